@@ -1,0 +1,36 @@
+"""Registries of detr_plugin: children of mmdet's, with scope ``detr_plugin``.
+
+Our names never collide with mmdet's (``DETR`` and ``DETRHead`` exist in both), and a lookup
+that misses here falls back to mmdet and then mmengine, so a config in our scope still finds
+``ResNet``, ``CocoDataset`` or ``CocoMetric``. Every registry mmdet defines has a child here:
+a scope missing a registry would make mmengine fall back to its root and miss mmdet's modules.
+"""
+from mmdet import registry as mmdet_registry
+from mmengine.registry import Registry
+
+
+def _child(parent: Registry, *locations: str) -> Registry:
+    return Registry(parent.name, parent=parent, scope='detr_plugin', locations=list(locations))
+
+
+RUNNERS = _child(mmdet_registry.RUNNERS)
+RUNNER_CONSTRUCTORS = _child(mmdet_registry.RUNNER_CONSTRUCTORS)
+LOOPS = _child(mmdet_registry.LOOPS)
+HOOKS = _child(mmdet_registry.HOOKS)
+DATASETS = _child(mmdet_registry.DATASETS, 'detr_plugin.datasets')
+DATA_SAMPLERS = _child(mmdet_registry.DATA_SAMPLERS)
+TRANSFORMS = _child(mmdet_registry.TRANSFORMS, 'detr_plugin.datasets.transforms')
+MODELS = _child(mmdet_registry.MODELS, 'detr_plugin.models')
+MODEL_WRAPPERS = _child(mmdet_registry.MODEL_WRAPPERS)
+WEIGHT_INITIALIZERS = _child(mmdet_registry.WEIGHT_INITIALIZERS)
+OPTIMIZERS = _child(mmdet_registry.OPTIMIZERS)
+OPTIM_WRAPPERS = _child(mmdet_registry.OPTIM_WRAPPERS)
+OPTIM_WRAPPER_CONSTRUCTORS = _child(mmdet_registry.OPTIM_WRAPPER_CONSTRUCTORS)
+PARAM_SCHEDULERS = _child(mmdet_registry.PARAM_SCHEDULERS)
+METRICS = _child(mmdet_registry.METRICS)
+EVALUATOR = _child(mmdet_registry.EVALUATOR)
+TASK_UTILS = _child(mmdet_registry.TASK_UTILS, 'detr_plugin.models.task_modules')
+VISUALIZERS = _child(mmdet_registry.VISUALIZERS)
+VISBACKENDS = _child(mmdet_registry.VISBACKENDS)
+LOG_PROCESSORS = _child(mmdet_registry.LOG_PROCESSORS)
+INFERENCERS = _child(mmdet_registry.INFERENCERS)

@@ -29,8 +29,8 @@ def cuda_extensions():
         name='detr_plugin._ext',
         sources=sources,
         extra_compile_args={
-            'cxx': ['-O3', '-std=c++17'],
-            'nvcc': ['-O3', '-std=c++17', '--use_fast_math', '-lineinfo',
+            'cxx': ['-O3', '-std=c++20'],
+            'nvcc': ['-O3', '-std=c++20', '-lineinfo',
                      '-U__CUDA_NO_HALF_OPERATORS__', '-U__CUDA_NO_HALF_CONVERSIONS__',
                      '-U__CUDA_NO_BFLOAT16_OPERATORS__', '-U__CUDA_NO_BFLOAT16_CONVERSIONS__'],
         })

@@ -1,0 +1,13 @@
+// Python bindings of detr_plugin._ext (the MSDA CUDA op); the kernels are in ms_deform_attn_cuda.cu.
+#include <torch/extension.h>
+
+#include "ms_deform_attn.h"
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("ms_deform_attn_forward", &detr_plugin::ms_deform_attn_forward,
+        "MSDA forward: (value, spatial_shapes, level_start_index, sampling_locations, "
+        "attention_weights) -> output (bs, num_query, heads * dim)");
+  m.def("ms_deform_attn_backward", &detr_plugin::ms_deform_attn_backward,
+        "MSDA backward: (..., grad_output) -> [grad_value, grad_sampling_locations, "
+        "grad_attention_weights]");
+}

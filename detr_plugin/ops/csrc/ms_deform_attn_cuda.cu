@@ -1,0 +1,531 @@
+// Multi-scale deformable attention: CUDA forward and backward kernels (shapes in ms_deform_attn.h).
+//
+// Layout of the work (docs/msda_notes.md has the versions tried and their timings):
+// - a group of G consecutive lanes serves one (batch, query, head, channel slab); each lane owns VEC
+//   contiguous channels. The fast paths (dim 32 and 64, 16-byte aligned) move 16 bytes per lane per
+//   corner (VEC = 4 floats or 8 halves), so a group reads one head's whole channel row at a time;
+//   the generic path (any dim) has VEC = 1 and slabs of G channels.
+// - every lane of a group computes the corners and bilinear weights of a point itself: the group
+//   reads the same location (one broadcast transaction), and the arithmetic is done once per lane,
+//   not once per channel.
+// - backward: per corner, a lane dots grad_output with the value vector once; the gradients of the
+//   location and of the attention weight are weighted sums of those dots, reduced over the group's
+//   lanes with xor shuffles (no shared memory, no barriers). grad_value is accumulated with atomics
+//   into an fp32 buffer (float4 vector atomics on sm_90), cast to the storage type at the end.
+// Accumulation is fp32 for float, half and bfloat16 storage, and double for double.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <climits>
+#include <cstdint>
+#include <type_traits>
+
+#include "ms_deform_attn.h"
+
+namespace detr_plugin {
+namespace {
+
+constexpr int kThreads = 256;
+
+// at:: scalar types -> CUDA's own, so that the conversion intrinsics apply.
+template <typename T> struct CudaType { using type = T; };
+template <> struct CudaType<at::Half> { using type = __half; };
+template <> struct CudaType<at::BFloat16> { using type = __nv_bfloat16; };
+
+template <typename T> struct AccType { using type = float; };
+template <> struct AccType<double> { using type = double; };
+
+template <typename A, typename T>
+__device__ __forceinline__ A to_acc(T x) {
+  if constexpr (std::is_same_v<T, __half>) {
+    return __half2float(x);
+  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    return __bfloat162float(x);
+  } else {
+    return static_cast<A>(x);
+  }
+}
+
+template <typename T, typename A>
+__device__ __forceinline__ T from_acc(A x) {
+  if constexpr (std::is_same_v<T, __half>) {
+    return __float2half_rn(x);
+  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    return __float2bfloat16_rn(x);
+  } else {
+    return static_cast<T>(x);
+  }
+}
+
+// Two 16-bit values packed in a 32-bit word <-> float2.
+template <typename T>
+__device__ __forceinline__ float2 unpack2(uint32_t word) {
+  if constexpr (std::is_same_v<T, __half>) {
+    __half2 h;
+    *reinterpret_cast<uint32_t*>(&h) = word;
+    return __half22float2(h);
+  } else {
+    __nv_bfloat162 h;
+    *reinterpret_cast<uint32_t*>(&h) = word;
+    return __bfloat1622float2(h);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  uint32_t word;
+  if constexpr (std::is_same_v<T, __half>) {
+    const __half2 h = __floats2half2_rn(lo, hi);
+    word = *reinterpret_cast<const uint32_t*>(&h);
+  } else {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    word = *reinterpret_cast<const uint32_t*>(&h);
+  }
+  return word;
+}
+
+// Reads VEC contiguous elements; VEC > 1 is one 16-byte load (the caller checked alignment).
+template <int VEC, typename T, typename A>
+__device__ __forceinline__ void load_vec(const T* __restrict__ p, A (&out)[VEC]) {
+  if constexpr (VEC == 1) {
+    out[0] = to_acc<A>(__ldg(p));
+  } else {
+    static_assert(VEC * sizeof(T) == 16 && !std::is_same_v<T, double>, "16-byte float/half paths");
+    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
+    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+    if constexpr (std::is_same_v<T, float>) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) out[i] = __uint_as_float(words[i]);
+    } else {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float2 f = unpack2<T>(words[i]);
+        out[2 * i] = f.x;
+        out[2 * i + 1] = f.y;
+      }
+    }
+  }
+}
+
+template <int VEC, typename T, typename A>
+__device__ __forceinline__ void store_vec(T* __restrict__ p, const A (&v)[VEC]) {
+  if constexpr (VEC == 1) {
+    p[0] = from_acc<T>(v[0]);
+  } else if constexpr (std::is_same_v<T, float>) {
+    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+  } else {
+    static_assert(VEC == 8, "16-bit vector path stores 8 values");
+    uint4 raw;
+    raw.x = pack2<T>(v[0], v[1]);
+    raw.y = pack2<T>(v[2], v[3]);
+    raw.z = pack2<T>(v[4], v[5]);
+    raw.w = pack2<T>(v[6], v[7]);
+    *reinterpret_cast<uint4*>(p) = raw;
+  }
+}
+
+// p[i] += scale * v[i] with atomics; 16-byte vector atomics where the GPU has them (sm_90).
+template <int VEC, typename A>
+__device__ __forceinline__ void atomic_add_vec(A* p, const A (&v)[VEC], A scale) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr bool kVector = std::is_same_v<A, float> && VEC % 4 == 0;
+#else
+  constexpr bool kVector = false;
+#endif
+  if constexpr (kVector) {
+#pragma unroll
+    for (int i = 0; i < VEC; i += 4) {
+      atomicAdd(reinterpret_cast<float4*>(p + i),
+                make_float4(scale * v[i], scale * v[i + 1], scale * v[i + 2], scale * v[i + 3]));
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) atomicAdd(p + i, scale * v[i]);
+  }
+}
+
+// The bilinear footprint of one sampling point on a (height, width) map, with grid_sample's
+// semantics (align_corners=False, zeros padding): pixel = loc * size - 0.5.
+template <typename A>
+struct Footprint {
+  int offset[4];  // token offsets y * width + x of corners (y0,x0), (y0,x1), (y1,x0), (y1,x1)
+  bool inside[4];  // the corner lies on the map; corners off the map read as zero
+  A fx, fy;  // position inside the cell, in [0, 1)
+};
+
+// Returns false when no corner can matter (and for NaN locations). x == -1 is kept, as grid_sample
+// keeps it: the corner at 0 has weight 0 there but a gradient.
+template <typename A, typename T>
+__device__ __forceinline__ bool footprint(T loc_x, T loc_y, int height, int width, Footprint<A>& f) {
+  // float locations go through double: loc * size - 0.5 is then exact, as in a float64 reference.
+  using P = std::conditional_t<std::is_same_v<T, float>, double, A>;
+  const P x = fma(static_cast<P>(to_acc<A>(loc_x)), static_cast<P>(width), P(-0.5));
+  const P y = fma(static_cast<P>(to_acc<A>(loc_y)), static_cast<P>(height), P(-0.5));
+  if (!(x >= P(-1) && y >= P(-1) && x < P(width) && y < P(height))) return false;
+  const P x0 = floor(x);
+  const P y0 = floor(y);
+  f.fx = static_cast<A>(x - x0);
+  f.fy = static_cast<A>(y - y0);
+  const int ix = static_cast<int>(x0);
+  const int iy = static_cast<int>(y0);
+  const bool x0_in = ix >= 0, x1_in = ix + 1 < width, y0_in = iy >= 0, y1_in = iy + 1 < height;
+  const int base = iy * width + ix;
+  f.offset[0] = base;
+  f.offset[1] = base + 1;
+  f.offset[2] = base + width;
+  f.offset[3] = base + width + 1;
+  f.inside[0] = y0_in && x0_in;
+  f.inside[1] = y0_in && x1_in;
+  f.inside[2] = y1_in && x0_in;
+  f.inside[3] = y1_in && x1_in;
+  return true;
+}
+
+// Sizes of one call; value tokens per batch element times heads * dim fit in int (checked).
+struct Problem {
+  int batch, num_value, num_query, heads, dim, levels, points;
+};
+
+// Which (batch, query, head, channels) a lane serves.
+template <int VEC, int G>
+struct LaneWork {
+  int64_t query_head;  // (batch * num_query + query) * heads + head
+  int64_t value_offset;  // of value[batch, 0, head, channel]
+  int channel;
+  int lane;  // within the group
+
+  __device__ __forceinline__ LaneWork(int64_t group, int num_slabs, const Problem& p) {
+    const int slab = static_cast<int>(group % num_slabs);
+    query_head = group / num_slabs;
+    const int head = static_cast<int>(query_head % p.heads);
+    const int64_t batch = query_head / p.heads / p.num_query;
+    lane = threadIdx.x % G;
+    channel = slab * (G * VEC) + lane * VEC;
+    value_offset = (batch * p.num_value * p.heads + head) * p.dim + channel;
+  }
+};
+
+template <typename T, int VEC, int G>
+__global__ void __launch_bounds__(kThreads)
+    msda_forward_kernel(const T* __restrict__ value, const int64_t* __restrict__ spatial_shapes,
+                        const int64_t* __restrict__ level_start_index,
+                        const T* __restrict__ sampling_locations,
+                        const T* __restrict__ attention_weights, T* __restrict__ output,
+                        const Problem p, const int64_t num_groups, const int num_slabs) {
+  using A = typename AccType<T>::type;
+  const int64_t group = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) / G;
+  if (group >= num_groups) return;
+  const LaneWork<VEC, G> w(group, num_slabs, p);
+  if (w.channel >= p.dim) return;  // generic path: dim not a multiple of the slab width
+  const int token_stride = p.heads * p.dim;
+  const int points_per_head = p.levels * p.points;
+  const T* loc = sampling_locations + w.query_head * points_per_head * 2;
+  const T* weight = attention_weights + w.query_head * points_per_head;
+
+  A acc[VEC];
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) acc[i] = A(0);
+  for (int level = 0; level < p.levels; ++level) {
+    const int height = static_cast<int>(__ldg(spatial_shapes + 2 * level));
+    const int width = static_cast<int>(__ldg(spatial_shapes + 2 * level + 1));
+    const T* value_level = value + w.value_offset + __ldg(level_start_index + level) * token_stride;
+#pragma unroll 1
+    for (int point = 0; point < p.points; ++point, loc += 2, ++weight) {
+      Footprint<A> f;
+      if (!footprint(loc[0], loc[1], height, width, f)) continue;
+      const A a = to_acc<A>(*weight);
+      const A hx = A(1) - f.fx, hy = A(1) - f.fy;
+      const A corner_weight[4] = {a * hy * hx, a * hy * f.fx, a * f.fy * hx, a * f.fy * f.fx};
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        if (!f.inside[k]) continue;
+        A v[VEC];
+        load_vec<VEC>(value_level + f.offset[k] * token_stride, v);
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) acc[i] = fma(corner_weight[k], v[i], acc[i]);
+      }
+    }
+  }
+  store_vec<VEC>(output + w.query_head * p.dim + w.channel, acc);
+}
+
+// grad_value_acc: zeroed accumulation buffer shaped like value (fp32; double for double).
+// With one slab per head (fast paths, dim <= 32) each group owns its points' gradients and writes
+// grad_loc / grad_weight; with several slabs they are summed atomically into the zeroed buffers
+// grad_loc_acc / grad_weight_acc instead.
+template <typename T, int VEC, int G>
+__global__ void __launch_bounds__(kThreads) msda_backward_kernel(
+    const T* __restrict__ value, const int64_t* __restrict__ spatial_shapes,
+    const int64_t* __restrict__ level_start_index, const T* __restrict__ sampling_locations,
+    const T* __restrict__ attention_weights, const T* __restrict__ grad_output,
+    typename AccType<T>::type* __restrict__ grad_value_acc, T* __restrict__ grad_loc,
+    T* __restrict__ grad_weight, typename AccType<T>::type* __restrict__ grad_loc_acc,
+    typename AccType<T>::type* __restrict__ grad_weight_acc, const Problem p,
+    const int64_t num_groups, const int num_slabs) {
+  using A = typename AccType<T>::type;
+  const int64_t group = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) / G;
+  if (group >= num_groups) return;  // whole groups leave together: the shuffles below stay legal
+  const LaneWork<VEC, G> w(group, num_slabs, p);
+  const unsigned group_mask =
+      G == 32 ? 0xffffffffu : ((1u << G) - 1u) << (threadIdx.x % 32 / G * G);
+  const bool active = w.channel < p.dim;  // generic path: idle lanes past dim
+  const int token_stride = p.heads * p.dim;
+  const int points_per_head = p.levels * p.points;
+  const int64_t first_point = w.query_head * points_per_head;
+  const T* loc = sampling_locations + first_point * 2;
+  const T* weight = attention_weights + first_point;
+
+  A grad[VEC];
+  if (active) {
+    load_vec<VEC>(grad_output + w.query_head * p.dim + w.channel, grad);
+  } else {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) grad[i] = A(0);
+  }
+  int64_t point_index = first_point;
+  for (int level = 0; level < p.levels; ++level) {
+    const int height = static_cast<int>(__ldg(spatial_shapes + 2 * level));
+    const int width = static_cast<int>(__ldg(spatial_shapes + 2 * level + 1));
+    const int64_t level_offset = w.value_offset + __ldg(level_start_index + level) * token_stride;
+    const T* value_level = value + level_offset;
+    A* grad_value_level = grad_value_acc + level_offset;
+    for (int point = 0; point < p.points; ++point, loc += 2, ++weight, ++point_index) {
+      Footprint<A> f;
+      if (!footprint(loc[0], loc[1], height, width, f)) {  // same answer on every lane
+        if (num_slabs == 1 && w.lane == 0) {
+          grad_loc[2 * point_index] = from_acc<T>(A(0));
+          grad_loc[2 * point_index + 1] = from_acc<T>(A(0));
+          grad_weight[point_index] = from_acc<T>(A(0));
+        }
+        continue;
+      }
+      const A a = to_acc<A>(*weight);
+      const A hx = A(1) - f.fx, hy = A(1) - f.fy;
+      const A corner_weight[4] = {hy * hx, hy * f.fx, f.fy * hx, f.fy * f.fx};
+      const A d_dx[4] = {-hy, hy, -f.fy, f.fy};  // d corner_weight / d fx
+      const A d_dy[4] = {-hx, -f.fx, hx, f.fx};  // d corner_weight / d fy
+      A sum_w = A(0), sum_x = A(0), sum_y = A(0);  // this lane's channels only
+      if (active) {
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          if (!f.inside[k]) continue;
+          A v[VEC];
+          load_vec<VEC>(value_level + f.offset[k] * token_stride, v);
+          A dot = A(0);  // grad_output . value at this corner
+#pragma unroll
+          for (int i = 0; i < VEC; ++i) dot = fma(grad[i], v[i], dot);
+          sum_w = fma(corner_weight[k], dot, sum_w);
+          sum_x = fma(d_dx[k], dot, sum_x);
+          sum_y = fma(d_dy[k], dot, sum_y);
+          atomic_add_vec<VEC>(grad_value_level + f.offset[k] * token_stride, grad,
+                              a * corner_weight[k]);
+        }
+      }
+#pragma unroll
+      for (int offset = G / 2; offset > 0; offset /= 2) {
+        sum_w += __shfl_xor_sync(group_mask, sum_w, offset);
+        sum_x += __shfl_xor_sync(group_mask, sum_x, offset);
+        sum_y += __shfl_xor_sync(group_mask, sum_y, offset);
+      }
+      if (w.lane == 0) {
+        const A grad_x = a * static_cast<A>(width) * sum_x;  // d pixel_x / d loc_x = width
+        const A grad_y = a * static_cast<A>(height) * sum_y;
+        if (num_slabs == 1) {
+          grad_loc[2 * point_index] = from_acc<T>(grad_x);
+          grad_loc[2 * point_index + 1] = from_acc<T>(grad_y);
+          grad_weight[point_index] = from_acc<T>(sum_w);
+        } else {
+          atomicAdd(grad_loc_acc + 2 * point_index, grad_x);
+          atomicAdd(grad_loc_acc + 2 * point_index + 1, grad_y);
+          atomicAdd(grad_weight_acc + point_index, sum_w);
+        }
+      }
+    }
+  }
+}
+
+// Calls fn(integral_constant VEC, integral_constant G) for the layout that suits dim.
+template <typename T, typename Fn>
+void with_layout(int dim, bool aligned16, Fn&& fn) {
+  if constexpr (!std::is_same_v<T, double>) {
+    constexpr int kVec = 16 / sizeof(T);
+    if (aligned16 && dim == 32) {
+      return fn(std::integral_constant<int, kVec>{}, std::integral_constant<int, 32 / kVec>{});
+    }
+    if (aligned16 && dim == 64) {
+      return fn(std::integral_constant<int, kVec>{}, std::integral_constant<int, 64 / kVec>{});
+    }
+  }
+  if (dim <= 8) return fn(std::integral_constant<int, 1>{}, std::integral_constant<int, 8>{});
+  if (dim <= 16) return fn(std::integral_constant<int, 1>{}, std::integral_constant<int, 16>{});
+  return fn(std::integral_constant<int, 1>{}, std::integral_constant<int, 32>{});
+}
+
+bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
+
+void check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                  const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+                  const at::Tensor& attention_weights) {
+  for (const at::Tensor* t : {&value, &spatial_shapes, &level_start_index, &sampling_locations,
+                              &attention_weights}) {
+    TORCH_CHECK(t->is_cuda(), "ms_deform_attn: every input must be a CUDA tensor");
+    TORCH_CHECK(t->device() == value.device(), "ms_deform_attn: inputs on different devices");
+  }
+  TORCH_CHECK(value.dim() == 4, "value must be (bs, num_value, heads, dim)");
+  TORCH_CHECK(sampling_locations.dim() == 6 && sampling_locations.size(5) == 2,
+              "sampling_locations must be (bs, num_query, heads, levels, points, 2)");
+  TORCH_CHECK(attention_weights.dim() == 5,
+              "attention_weights must be (bs, num_query, heads, levels, points)");
+  TORCH_CHECK(spatial_shapes.dim() == 2 && spatial_shapes.size(1) == 2,
+              "spatial_shapes must be (levels, 2)");
+  TORCH_CHECK(level_start_index.dim() == 1, "level_start_index must be (levels,)");
+  TORCH_CHECK(sampling_locations.scalar_type() == value.scalar_type() &&
+                  attention_weights.scalar_type() == value.scalar_type(),
+              "value, sampling_locations and attention_weights must share a dtype");
+  const int64_t levels = spatial_shapes.size(0);
+  TORCH_CHECK(level_start_index.size(0) == levels && sampling_locations.size(3) == levels &&
+                  attention_weights.size(3) == levels,
+              "number of levels differs between inputs");
+  for (int d = 0; d < 5; ++d) {
+    TORCH_CHECK(attention_weights.size(d) == sampling_locations.size(d),
+                "attention_weights and sampling_locations disagree in dimension ", d);
+  }
+  TORCH_CHECK(value.size(0) == sampling_locations.size(0), "batch sizes differ");
+  TORCH_CHECK(value.size(2) == sampling_locations.size(2), "numbers of heads differ");
+  TORCH_CHECK(value.size(1) * value.size(2) * value.size(3) < INT_MAX,
+              "value is too large per batch element for 32-bit offsets");
+  TORCH_CHECK(sampling_locations.numel() < INT64_MAX / 2 && value.size(0) < INT_MAX &&
+                  sampling_locations.size(1) < INT_MAX && levels * sampling_locations.size(4) < INT_MAX,
+              "inputs too large");
+}
+
+Problem problem_of(const at::Tensor& value, const at::Tensor& sampling_locations) {
+  return Problem{static_cast<int>(value.size(0)), static_cast<int>(value.size(1)),
+                 static_cast<int>(sampling_locations.size(1)), static_cast<int>(value.size(2)),
+                 static_cast<int>(value.size(3)), static_cast<int>(sampling_locations.size(3)),
+                 static_cast<int>(sampling_locations.size(4))};
+}
+
+// Number of groups (one per batch, query, head and channel slab) and blocks for G-lane groups.
+struct Launch {
+  int64_t groups;
+  int64_t blocks;
+  int slabs;
+};
+
+Launch launch_of(const Problem& p, int vec, int group_size) {
+  const int slab_width = vec * group_size;
+  const int slabs = (p.dim + slab_width - 1) / slab_width;
+  const int64_t groups = static_cast<int64_t>(p.batch) * p.num_query * p.heads * slabs;
+  return Launch{groups, (groups * group_size + kThreads - 1) / kThreads, slabs};
+}
+
+}  // namespace
+
+at::Tensor ms_deform_attn_forward(const at::Tensor& value_in, const at::Tensor& spatial_shapes_in,
+                                  const at::Tensor& level_start_index_in,
+                                  const at::Tensor& sampling_locations_in,
+                                  const at::Tensor& attention_weights_in) {
+  check_inputs(value_in, spatial_shapes_in, level_start_index_in, sampling_locations_in,
+               attention_weights_in);
+  const c10::cuda::CUDAGuard guard(value_in.device());
+  const at::Tensor value = value_in.contiguous();
+  const at::Tensor spatial_shapes = spatial_shapes_in.to(at::kLong).contiguous();
+  const at::Tensor level_start_index = level_start_index_in.to(at::kLong).contiguous();
+  const at::Tensor sampling_locations = sampling_locations_in.contiguous();
+  const at::Tensor attention_weights = attention_weights_in.contiguous();
+  const Problem p = problem_of(value, sampling_locations);
+  at::Tensor output = at::empty({p.batch, p.num_query, p.heads * p.dim}, value.options());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "msda_forward", [&] {
+    using T = typename CudaType<scalar_t>::type;
+    with_layout<T>(p.dim, aligned16(value) && aligned16(output), [&](auto vec, auto group_size) {
+      constexpr int VEC = decltype(vec)::value;
+      constexpr int G = decltype(group_size)::value;
+      const Launch l = launch_of(p, VEC, G);
+      if (l.groups == 0) return;
+      msda_forward_kernel<T, VEC, G><<<l.blocks, kThreads, 0, stream>>>(
+          reinterpret_cast<const T*>(value.data_ptr()), spatial_shapes.data_ptr<int64_t>(),
+          level_start_index.data_ptr<int64_t>(),
+          reinterpret_cast<const T*>(sampling_locations.data_ptr()),
+          reinterpret_cast<const T*>(attention_weights.data_ptr()),
+          reinterpret_cast<T*>(output.data_ptr()), p, l.groups, l.slabs);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return output;
+}
+
+std::vector<at::Tensor> ms_deform_attn_backward(const at::Tensor& value_in,
+                                                const at::Tensor& spatial_shapes_in,
+                                                const at::Tensor& level_start_index_in,
+                                                const at::Tensor& sampling_locations_in,
+                                                const at::Tensor& attention_weights_in,
+                                                const at::Tensor& grad_output_in) {
+  check_inputs(value_in, spatial_shapes_in, level_start_index_in, sampling_locations_in,
+               attention_weights_in);
+  TORCH_CHECK(grad_output_in.device() == value_in.device() &&
+                  grad_output_in.scalar_type() == value_in.scalar_type(),
+              "grad_output must match value's device and dtype");
+  const c10::cuda::CUDAGuard guard(value_in.device());
+  const at::Tensor value = value_in.contiguous();
+  const at::Tensor spatial_shapes = spatial_shapes_in.to(at::kLong).contiguous();
+  const at::Tensor level_start_index = level_start_index_in.to(at::kLong).contiguous();
+  const at::Tensor sampling_locations = sampling_locations_in.contiguous();
+  const at::Tensor attention_weights = attention_weights_in.contiguous();
+  const at::Tensor grad_output = grad_output_in.contiguous();
+  const Problem p = problem_of(value, sampling_locations);
+  TORCH_CHECK(grad_output.numel() == static_cast<int64_t>(p.batch) * p.num_query * p.heads * p.dim,
+              "grad_output must be (bs, num_query, heads * dim)");
+
+  const auto acc_dtype = value.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc_options = value.options().dtype(acc_dtype);
+  at::Tensor grad_value = at::zeros(value.sizes(), acc_options);
+  at::Tensor grad_loc, grad_weight;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "msda_backward", [&] {
+    using T = typename CudaType<scalar_t>::type;
+    using A = typename AccType<T>::type;
+    const bool aligned = aligned16(value) && aligned16(grad_output) && aligned16(grad_value);
+    with_layout<T>(p.dim, aligned, [&](auto vec, auto group_size) {
+      constexpr int VEC = decltype(vec)::value;
+      constexpr int G = decltype(group_size)::value;
+      const Launch l = launch_of(p, VEC, G);
+      // One slab per head: the kernel writes every point's gradient. Several: it adds into zeros.
+      if (l.slabs == 1) {
+        grad_loc = at::empty(sampling_locations.sizes(), value.options());
+        grad_weight = at::empty(attention_weights.sizes(), value.options());
+      } else {
+        grad_loc = at::zeros(sampling_locations.sizes(), acc_options);
+        grad_weight = at::zeros(attention_weights.sizes(), acc_options);
+      }
+      if (l.groups == 0) {
+        grad_loc.zero_();
+        grad_weight.zero_();
+        return;
+      }
+      T* loc_out = l.slabs == 1 ? reinterpret_cast<T*>(grad_loc.data_ptr()) : nullptr;
+      T* weight_out = l.slabs == 1 ? reinterpret_cast<T*>(grad_weight.data_ptr()) : nullptr;
+      A* loc_acc = l.slabs == 1 ? nullptr : reinterpret_cast<A*>(grad_loc.data_ptr());
+      A* weight_acc = l.slabs == 1 ? nullptr : reinterpret_cast<A*>(grad_weight.data_ptr());
+      msda_backward_kernel<T, VEC, G><<<l.blocks, kThreads, 0, stream>>>(
+          reinterpret_cast<const T*>(value.data_ptr()), spatial_shapes.data_ptr<int64_t>(),
+          level_start_index.data_ptr<int64_t>(),
+          reinterpret_cast<const T*>(sampling_locations.data_ptr()),
+          reinterpret_cast<const T*>(attention_weights.data_ptr()),
+          reinterpret_cast<const T*>(grad_output.data_ptr()),
+          reinterpret_cast<A*>(grad_value.data_ptr()), loc_out, weight_out, loc_acc, weight_acc, p,
+          l.groups, l.slabs);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  const auto dtype = value.scalar_type();
+  return {grad_value.to(dtype), grad_loc.to(dtype), grad_weight.to(dtype)};
+}
+
+}  // namespace detr_plugin

@@ -1,0 +1,121 @@
+"""MultiScaleDeformableAttention: the MSDeformAttn module of Deformable DETR (Zhu et al., 2021).
+
+Each query predicts, per head, level and point, a sampling offset around its reference point and an
+attention weight (softmax over levels x points); the projected value is sampled there by
+``multi_scale_deformable_attention``, and the heads are mixed by ``output_proj``. The calling layer
+adds the residual and dropout.
+"""
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..registry import MODELS
+from .ms_deform_attn import multi_scale_deformable_attention
+
+
+@MODELS.register_module()
+class MultiScaleDeformableAttention(nn.Module):
+    """Multi-scale deformable attention with the paper's initialization.
+
+    Args:
+        embed_dims: channels C of query, value and output; divisible by num_heads.
+        num_heads: attention heads; each samples C / num_heads channels.
+        num_levels: feature levels L.
+        num_points: sampling points P per head and level.
+        backend: forwarded to ``multi_scale_deformable_attention`` (None: automatic).
+    """
+
+    def __init__(self, embed_dims: int = 256, num_heads: int = 8, num_levels: int = 4,
+                 num_points: int = 4, backend: Optional[str] = None):
+        super().__init__()
+        if embed_dims % num_heads != 0:
+            raise ValueError(f'embed_dims ({embed_dims}) must be divisible by num_heads '
+                             f'({num_heads})')
+        self.embed_dims = embed_dims
+        self.num_heads = num_heads
+        self.num_levels = num_levels
+        self.num_points = num_points
+        self.backend = backend
+        self.sampling_offsets = nn.Linear(embed_dims, num_heads * num_levels * num_points * 2)
+        self.attention_weights = nn.Linear(embed_dims, num_heads * num_levels * num_points)
+        self.value_proj = nn.Linear(embed_dims, embed_dims)
+        self.output_proj = nn.Linear(embed_dims, embed_dims)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Offsets start on a circle per head, at distance i + 1 for point i (bias only, weight 0);
+        attention starts uniform (weight and bias 0); projections are xavier-uniform, bias 0."""
+        thetas = torch.arange(self.num_heads, dtype=torch.float32) * (2.0 * math.pi / self.num_heads)
+        grid = torch.stack([thetas.cos(), thetas.sin()], -1)  # (heads, 2) as (x, y)
+        grid = grid / grid.abs().max(-1, keepdim=True).values  # onto the square of radius 1
+        scale = torch.arange(1, self.num_points + 1, dtype=torch.float32)  # (points,)
+        # (heads, levels, points, 2): the same circle on every level, point i at distance i + 1
+        bias = grid[:, None, None, :] * scale[None, None, :, None]
+        bias = bias.expand(self.num_heads, self.num_levels, self.num_points, 2)
+        with torch.no_grad():
+            self.sampling_offsets.weight.zero_()
+            self.sampling_offsets.bias.copy_(bias.reshape(-1))
+            self.attention_weights.weight.zero_()
+            self.attention_weights.bias.zero_()
+            for proj in (self.value_proj, self.output_proj):
+                nn.init.xavier_uniform_(proj.weight)
+                proj.bias.zero_()
+
+    def forward(self, query: Tensor, reference_points: Tensor, value: Tensor,
+                spatial_shapes: Tensor, level_start_index: Tensor,
+                value_padding_mask: Optional[Tensor] = None) -> Tensor:
+        """Attends from each query to P points per head and level around its reference.
+
+        Args:
+            query: (bs, num_query, C), positional embedding already added.
+            reference_points: (bs, num_query, L or 1, 2) as (x, y), or (..., 4) as (cx, cy, w, h),
+                normalized to [0, 1]; one size-1 level is shared by all levels.
+            value: (bs, num_value, C), the levels' tokens concatenated.
+            spatial_shapes: (L, 2) integer (H_l, W_l); level_start_index: (L,).
+            value_padding_mask: (bs, num_value) bool, True on padding (zeroed before sampling).
+
+        Returns:
+            (bs, num_query, C), after output_proj.
+        """
+        bs, num_query, _ = query.shape
+        heads, levels, points = self.num_heads, self.num_levels, self.num_points
+        if value.dim() != 3 or value.shape[0] != bs or value.shape[2] != self.embed_dims:
+            raise ValueError(f'value must be (bs={bs}, num_value, {self.embed_dims}), got '
+                             f'{tuple(value.shape)}')
+        if (reference_points.dim() != 4 or reference_points.shape[:2] != (bs, num_query)
+                or reference_points.shape[2] not in (1, levels)
+                or reference_points.shape[3] not in (2, 4)):
+            raise ValueError(f'reference_points must be (bs={bs}, num_query={num_query}, '
+                             f'{levels} or 1, 2 or 4), got {tuple(reference_points.shape)}')
+        if spatial_shapes.shape[0] != levels:
+            raise ValueError(f'spatial_shapes has {spatial_shapes.shape[0]} levels, the module '
+                             f'{levels}')
+
+        value = self.value_proj(value)
+        if value_padding_mask is not None:
+            if value_padding_mask.shape != value.shape[:2]:
+                raise ValueError(f'value_padding_mask must be {tuple(value.shape[:2])}, got '
+                                 f'{tuple(value_padding_mask.shape)}')
+            value = value.masked_fill(value_padding_mask[..., None], 0.0)
+        value = value.view(bs, -1, heads, self.embed_dims // heads)
+
+        offsets = self.sampling_offsets(query).view(bs, num_query, heads, levels, points, 2)
+        weights = self.attention_weights(query).view(bs, num_query, heads, levels * points)
+        weights = weights.softmax(-1).view(bs, num_query, heads, levels, points)
+        ref = reference_points[:, :, None, :, None, :]  # (bs, num_query, 1, L or 1, 1, 2|4)
+        if reference_points.shape[-1] == 2:
+            # offsets are in pixels of each level: (W_l, H_l) normalizes them
+            size_xy = spatial_shapes.flip(-1).to(offsets.dtype)  # (L, 2) as (W_l, H_l)
+            locations = ref + offsets / size_xy[None, None, None, :, None, :]
+        else:
+            # offsets are in units of the box's half size, divided among the points
+            locations = ref[..., :2] + offsets / points * ref[..., 2:] * 0.5
+        # One dtype for the op. Under autocast, float32 locations are kept (and the rest upcast):
+        # bfloat16 locations would move samples by up to half a pixel on a 150-pixel-wide level.
+        dtype = torch.promote_types(value.dtype, locations.dtype)
+        output = multi_scale_deformable_attention(
+            value.to(dtype), spatial_shapes, level_start_index, locations.to(dtype),
+            weights.to(dtype), backend=self.backend)
+        return self.output_proj(output)  # (bs, num_query, C)

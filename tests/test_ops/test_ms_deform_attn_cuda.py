@@ -1,0 +1,137 @@
+"""The CUDA kernels (detr_plugin._ext) against the float64 gather reference: outputs and the three
+input gradients over >= 200 random shapes and dtypes, float64 gradcheck, strided inputs, edge
+sizes. Skipped without a GPU or without the compiled extension."""
+import random
+
+import pytest
+import torch
+
+from detr_plugin.ops import MultiScaleDeformableAttention, cuda_ext_available
+from detr_plugin.ops import multi_scale_deformable_attention as msda
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not cuda_ext_available(),
+                                 reason='needs a CUDA GPU and the compiled detr_plugin._ext')]
+
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2, torch.float64: 1e-12}
+DIMS = [32, 64, 32, 64, 1, 5, 8, 16, 24, 48, 96, 128]  # fast paths (32, 64) twice as often
+
+
+def relative_error(x, ref):
+    return ((x.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def check_against_reference(msda_ref, value, spatial_shapes, start, loc, weight, grad_out):
+    """Forward and backward of the CUDA op vs the float64 reference on the same (rounded) inputs."""
+    shapes = [tuple(s) for s in spatial_shapes.tolist()]
+    inputs = [t.detach().requires_grad_() for t in (value, loc, weight)]
+    out = msda(inputs[0], spatial_shapes, start, inputs[1], inputs[2], backend='cuda')
+    grads = torch.autograd.grad(out, inputs, grad_out)
+    ref_inputs = [t.detach().double().requires_grad_() for t in (value, loc, weight)]
+    ref_out = msda_ref.gather_msda(ref_inputs[0], shapes, ref_inputs[1], ref_inputs[2])
+    ref_grads = torch.autograd.grad(ref_out, ref_inputs, grad_out.double())
+    tol = TOLERANCE[value.dtype]
+    assert out.dtype == value.dtype and out.shape == ref_out.shape
+    errors = {'output': relative_error(out, ref_out)}
+    for name, grad, ref_grad, given in zip(('value', 'locations', 'weights'), grads, ref_grads,
+                                           inputs):
+        assert grad.dtype == given.dtype and grad.shape == given.shape
+        errors[f'grad_{name}'] = relative_error(grad, ref_grad)
+    assert all(e <= tol for e in errors.values()), errors
+    return errors
+
+
+def random_case(seed):
+    rng = random.Random(seed)
+    levels = rng.randint(1, 5)
+    shapes = [(rng.randint(1, 24), rng.randint(1, 24)) for _ in range(levels)]
+    dtype = (torch.float32, torch.float16, torch.bfloat16)[seed % 3]
+    return dict(bs=rng.randint(1, 4), num_query=rng.randint(1, 160), heads=rng.randint(1, 8),
+                dim=DIMS[(seed // 3) % len(DIMS)], shapes=shapes, points=rng.randint(1, 8),
+                dtype=dtype, strided=rng.random() < 0.3)
+
+
+def strided_copy(t):
+    """Same values, non-contiguous layout (every other element of a wider buffer)."""
+    wide = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
+    wide[..., ::2] = t
+    return wide[..., ::2]
+
+
+@pytest.mark.parametrize('seed', range(240))
+def test_random_cases_match_float64_reference(msda_ref, seed):
+    case = random_case(seed)
+    gen = torch.Generator().manual_seed(seed)
+    value, spatial_shapes, start, loc, weight = msda_ref.random_inputs(
+        case['bs'], case['num_query'], case['heads'], case['dim'], case['shapes'], case['points'],
+        dtype=case['dtype'], device='cuda', margin=0.1, generator=gen)
+    grad_out = torch.randn(case['bs'], case['num_query'], case['heads'] * case['dim'],
+                           generator=gen, dtype=torch.float64).to('cuda', case['dtype'])
+    if case['strided']:
+        value, loc, weight, grad_out = map(strided_copy, (value, loc, weight, grad_out))
+    check_against_reference(msda_ref, value, spatial_shapes, start, loc, weight, grad_out)
+
+
+@pytest.mark.parametrize('dim', [32, 5, 40])
+def test_gradcheck_float64(msda_ref, dim):
+    gen = torch.Generator().manual_seed(dim)
+    value, spatial_shapes, start, loc, weight = msda_ref.random_inputs(
+        2, 3, 2, dim, [(3, 4), (2, 3)], 2, device='cuda', margin=0.2, generator=gen)
+    inputs = [t.requires_grad_() for t in (value, loc, weight)]
+
+    def fn(v, l, w):
+        return msda(v, spatial_shapes, start, l, w, backend='cuda')
+
+    # atomics make the summation order vary between runs: allow last-bit differences
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, nondet_tol=1e-10)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_points_on_borders_and_outside(msda_ref, dtype):
+    height, width = 4, 8  # all locations exact in bfloat16: pixel edges, centres, borders, beyond
+    xs = torch.tensor([0.0, 1.0, 1 / 16, -1 / 16, -1 / 8, 15 / 16, 1 + 1 / 16, 0.5, 3.0, -2.0, 1.125])
+    ys = torch.tensor([0.0, 1.0, 1 / 8, -1 / 8, 7 / 8, 9 / 8, 0.5])
+    pairs = torch.cartesian_prod(xs, ys)  # (n, 2) as (x, y)
+    n = pairs.shape[0]
+    gen = torch.Generator().manual_seed(0)
+    value = torch.randn(1, height * width, 2, 32, generator=gen, dtype=torch.float64)
+    loc = pairs.view(1, n, 1, 1, 1, 2).expand(1, n, 2, 1, 1, 2).double()
+    weight = torch.rand(1, n, 2, 1, 1, generator=gen, dtype=torch.float64)
+    grad_out = torch.randn(1, n, 64, generator=gen, dtype=torch.float64)
+    to = dict(device='cuda', dtype=dtype)
+    check_against_reference(msda_ref, value.to(**to), torch.tensor([[height, width]], device='cuda'),
+                            torch.tensor([0], device='cuda'), loc.to(**to), weight.to(**to),
+                            grad_out.to(**to))
+
+
+@pytest.mark.parametrize('bs,num_query', [(1, 0), (0, 5), (37, 3)])
+def test_edge_sizes(msda_ref, bs, num_query):
+    value, spatial_shapes, start, loc, weight = msda_ref.random_inputs(
+        bs, num_query, 2, 32, [(3, 3), (1, 1)], 2, dtype=torch.float32, device='cuda')
+    grad_out = torch.randn(bs, num_query, 64, device='cuda')
+    if value.numel() and loc.numel():
+        check_against_reference(msda_ref, value, spatial_shapes, start, loc, weight, grad_out)
+    else:
+        inputs = [t.requires_grad_() for t in (value, loc, weight)]
+        out = msda(inputs[0], spatial_shapes, start, inputs[1], inputs[2], backend='cuda')
+        assert out.shape == (bs, num_query, 64)
+        grads = torch.autograd.grad(out, inputs, grad_out, allow_unused=True)
+        assert all(g is None or g.abs().sum() == 0 for g in grads)
+
+
+def test_module_cuda_matches_pytorch_backend():
+    torch.manual_seed(0)
+    attn = MultiScaleDeformableAttention(embed_dims=64, num_heads=2, num_levels=2, num_points=4)
+    with torch.no_grad():
+        attn.sampling_offsets.weight.normal_(0, 0.1)
+    attn = attn.cuda()
+    shapes = torch.tensor([[10, 12], [5, 6]], device='cuda')
+    start = torch.tensor([0, 120], device='cuda')
+    query, value = torch.randn(2, 7, 64, device='cuda'), torch.randn(2, 150, 64, device='cuda')
+    ref = torch.rand(2, 7, 1, 4, device='cuda')
+    mask = torch.rand(2, 150, device='cuda') < 0.2
+    outputs = []
+    for backend in ('cuda', 'pytorch'):
+        attn.backend = backend
+        outputs.append(attn(query, ref, value, shapes, start, value_padding_mask=mask))
+    assert relative_error(outputs[0], outputs[1].double()) < 1e-5

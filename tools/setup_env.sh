@@ -32,5 +32,8 @@ if ! has 'import mmcv, mmcv.ops; assert mmcv.__version__ == "2.1.0"'; then
 fi
 has 'import mmdet; assert mmdet.__version__ == "3.3.0"' || pip_install mmdet==3.3.0
 has 'import pytest' || pip_install pytest
-has 'import detr_plugin' || pip_install --no-build-isolation -e .
+# Without the current directory on sys.path: from the repo root the source tree imports even when
+# the package is not installed, but tools/*.py (sys.path[0] = tools/) need it installed.
+has 'import sys; sys.path[:] = [p for p in sys.path if p not in ("", ".")]; import detr_plugin' \
+  || pip_install --no-build-isolation -e .
 echo "$py"

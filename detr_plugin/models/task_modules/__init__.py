@@ -1,0 +1,7 @@
+from .hungarian_assigner import HungarianAssigner, Matches
+from .match_costs import BBoxL1Cost, ClassificationCost, FocalLossCost, IoUCost, MatchCost
+
+__all__ = [
+    'HungarianAssigner', 'Matches', 'MatchCost', 'ClassificationCost', 'FocalLossCost',
+    'BBoxL1Cost', 'IoUCost'
+]

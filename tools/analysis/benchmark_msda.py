@@ -1,0 +1,194 @@
+"""Speed and memory of multi-scale deformable attention: our CUDA op, the grid_sample path and
+mmcv's MultiScaleDeformableAttnFunction, in one run on one GPU.
+
+For each case (Deformable DETR encoder and decoder, RT-DETR decoder), sampling-location kind
+(``realistic``: reference points plus offsets of a few pixels; ``uniform``: anywhere on the map)
+and implementation/dtype, it reports the median forward and forward+backward times (CUDA events)
+and the peak extra memory of forward+backward, then the speed-ups over mmcv in float32.
+
+    python tools/analysis/benchmark_msda.py                       # everything (about a minute)
+    python tools/analysis/benchmark_msda.py --cases enc-b2 --reps 100 --out msda.md
+"""
+import argparse
+import statistics
+import sys
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from detr_plugin.ops import multi_scale_deformable_attention
+
+ENCODER_SHAPES = [(100, 150), (50, 75), (25, 38), (13, 19)]
+RTDETR_SHAPES = [(80, 80), (40, 40), (20, 20)]
+# name: batch, levels (H, W), queries (None: one per value token, as in the encoder)
+CASES = {
+    'enc-b2': dict(title='Deformable DETR encoder, batch 2', bs=2, shapes=ENCODER_SHAPES, queries=None),
+    'enc-b8': dict(title='Deformable DETR encoder, batch 8', bs=8, shapes=ENCODER_SHAPES, queries=None),
+    'dec-b2': dict(title='Deformable DETR decoder, batch 2', bs=2, shapes=ENCODER_SHAPES, queries=300),
+    'rtdetr-dec-b8': dict(title='RT-DETR decoder, batch 8', bs=8, shapes=RTDETR_SHAPES, queries=500),
+}
+HEADS, DIM, POINTS = 8, 32, 4
+DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+# implementation: dtypes it is timed in
+IMPLS = {'ours': ['fp32', 'bf16'], 'grid_sample': ['fp32', 'bf16'], 'mmcv': ['fp32', 'fp16']}
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--cases', default=','.join(CASES), help=f'comma list of {list(CASES)}')
+    p.add_argument('--locations', default='realistic,uniform', help='realistic,uniform')
+    p.add_argument('--impls', default=','.join(IMPLS), help=f'comma list of {list(IMPLS)}')
+    p.add_argument('--reps', type=int, default=30, help='timed repetitions (median reported)')
+    p.add_argument('--warmup', type=int, default=5)
+    p.add_argument('--out', help='also write the markdown tables to this file')
+    return p.parse_args()
+
+
+def make_inputs(case: dict, kind: str, seed: int = 0):
+    """value, spatial_shapes, level_start_index, locations, weights (float32, on the GPU).
+
+    realistic: encoder queries sit on their own token's pixel centre (the same normalized point
+    on every level), decoder queries at random points; offsets ~ N(0, 2 pixels) per level.
+    uniform: locations uniform in [0, 1].
+    """
+    gen = torch.Generator().manual_seed(seed)
+    shapes = case['shapes']
+    sizes = [h * w for h, w in shapes]
+    num_value, levels, bs = sum(sizes), len(shapes), case['bs']
+    num_query = case['queries'] or num_value
+    value = torch.randn(bs, num_value, HEADS, DIM, generator=gen)
+    if kind == 'uniform':
+        loc = torch.rand(bs, num_query, HEADS, levels, POINTS, 2, generator=gen)
+    else:
+        if case['queries'] is None:
+            centres = [torch.stack(torch.meshgrid((torch.arange(h) + 0.5) / h,
+                                                  (torch.arange(w) + 0.5) / w, indexing='ij')[::-1],
+                                   -1).reshape(-1, 2) for h, w in shapes]
+            ref = torch.cat(centres).expand(bs, -1, -1)  # (bs, num_query, 2) as (x, y)
+        else:
+            ref = torch.rand(bs, num_query, 2, generator=gen) * 0.9 + 0.05
+        size_xy = torch.tensor([(w, h) for h, w in shapes], dtype=torch.float32)  # (levels, 2)
+        offsets = torch.randn(bs, num_query, HEADS, levels, POINTS, 2, generator=gen) * 2.0
+        loc = ref[:, :, None, None, None, :] + offsets / size_xy[:, None, :]
+    weights = torch.randn(bs, num_query, HEADS, levels * POINTS, generator=gen).softmax(-1)
+    weights = weights.view(bs, num_query, HEADS, levels, POINTS)
+    spatial_shapes = torch.tensor(shapes, dtype=torch.long)
+    start = torch.tensor([sum(sizes[:i]) for i in range(levels)], dtype=torch.long)
+    return [t.cuda() for t in (value, spatial_shapes, start, loc, weights)]
+
+
+def implementation(name: str) -> Optional[Callable]:
+    """fn(value, spatial_shapes, level_start_index, locations, weights) or None if unavailable."""
+    if name == 'ours':
+        return lambda *a: multi_scale_deformable_attention(*a, backend='cuda')
+    if name == 'grid_sample':
+        return lambda *a: multi_scale_deformable_attention(*a, backend='pytorch')
+    try:
+        from mmcv.ops.multi_scale_deform_attn import MultiScaleDeformableAttnFunction
+    except Exception as err:  # mmcv missing or built without ops
+        print(f'mmcv unavailable: {err!r}', file=sys.stderr)
+        return None
+    return lambda *a: MultiScaleDeformableAttnFunction.apply(*a, 64)  # mmcv's default im2col_step
+
+
+def time_ms(fn: Callable, warmup: int, reps: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def peak_mib(fn: Callable) -> float:
+    """Peak memory allocated during fn beyond what was allocated before it, in MiB."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def measure(fn: Callable, inputs: List[torch.Tensor], dtype: torch.dtype, args) -> Dict[str, float]:
+    value, spatial_shapes, start, loc, weights = inputs
+    floats = [t.to(dtype) for t in (value, loc, weights)]
+    grad_out = torch.randn(value.shape[0], loc.shape[1], HEADS * DIM, device='cuda', dtype=dtype)
+
+    def forward():
+        with torch.no_grad():
+            return fn(floats[0], spatial_shapes, start, floats[1], floats[2])
+
+    leaves = [t.detach().requires_grad_() for t in floats]
+
+    def forward_backward():
+        out = fn(leaves[0], spatial_shapes, start, leaves[1], leaves[2])
+        return torch.autograd.grad(out, leaves, grad_out)
+
+    result = dict(out=forward().float())
+    result['fwd'] = time_ms(forward, args.warmup, args.reps)
+    result['fwd_bwd'] = time_ms(forward_backward, args.warmup, args.reps)
+    result['mem_fwd'] = peak_mib(forward)
+    result['mem_fwd_bwd'] = peak_mib(forward_backward)
+    return result
+
+
+def speedup(base: Optional[dict], row: dict, key: str) -> str:
+    return f'{base[key] / row[key]:.2f}x' if base else 'n/a'
+
+
+def main():
+    args = parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    impls = {name: implementation(name) for name in args.impls.split(',')}
+    device = torch.cuda.get_device_name()
+    header = (f'device: {device}; torch {torch.__version__}; heads {HEADS} x dim {DIM}, '
+              f'{POINTS} points; median of {args.reps} (CUDA events); memory = peak extra MiB')
+    lines = [header, '']
+    print(header, flush=True)
+    for case_name in args.cases.split(','):
+        case = CASES[case_name]
+        for kind in args.locations.split(','):
+            inputs = make_inputs(case, kind)
+            rows = []
+            for impl, fn in impls.items():
+                for dtype_name in IMPLS[impl]:
+                    if fn is None:
+                        continue
+                    try:
+                        r = measure(fn, inputs, DTYPES[dtype_name], args)
+                    except (RuntimeError, TypeError) as err:  # e.g. a dtype mmcv lacks
+                        print(f'{case_name} {kind} {impl} {dtype_name}: {str(err)[:120]}',
+                              file=sys.stderr)
+                        continue
+                    rows.append(dict(impl=impl, dtype=dtype_name, **r))
+                    torch.cuda.empty_cache()
+            base = next((r for r in rows if r['impl'] == 'mmcv' and r['dtype'] == 'fp32'), None)
+            ours = next((r for r in rows if r['impl'] == 'ours' and r['dtype'] == 'fp32'), None)
+            queries = inputs[3].shape[1]
+            block = [f'### {case["title"]}, {queries} queries, {kind} locations', '',
+                     '| impl | dtype | fwd ms | fwd+bwd ms | fwd MiB | fwd+bwd MiB '
+                     '| fwd vs mmcv fp32 | fwd+bwd vs mmcv fp32 |',
+                     '|---|---|---:|---:|---:|---:|---:|---:|']
+            for r in rows:
+                block.append(f'| {r["impl"]} | {r["dtype"]} | {r["fwd"]:.3f} | {r["fwd_bwd"]:.3f} '
+                             f'| {r["mem_fwd"]:.0f} | {r["mem_fwd_bwd"]:.0f} '
+                             f'| {speedup(base, r, "fwd")} | {speedup(base, r, "fwd_bwd")} |')
+            if base and ours:
+                diff = (ours['out'] - base['out']).norm() / base['out'].norm()
+                block.append(f'\nours fp32 vs mmcv fp32 output: relative difference {diff:.2e}')
+            block.append('')
+            print('\n'.join(block), flush=True)
+            lines += block
+    if args.out:
+        with open(args.out, 'w') as f:
+            f.write('\n'.join(lines) + '\n')
+
+
+if __name__ == '__main__':
+    main()

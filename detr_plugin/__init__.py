@@ -2,7 +2,7 @@
 
 ``import detr_plugin`` registers every component under the scope ``detr_plugin``.
 """
-from . import datasets, models, ops  # noqa: F401  (registers modules)
+from . import datasets, engine, models, ops  # noqa: F401  (registers modules)
 from .utils import register_all_modules
 from .version import __version__
 

@@ -16,7 +16,7 @@ def _child(parent: Registry, *locations: str) -> Registry:
 RUNNERS = _child(mmdet_registry.RUNNERS)
 RUNNER_CONSTRUCTORS = _child(mmdet_registry.RUNNER_CONSTRUCTORS)
 LOOPS = _child(mmdet_registry.LOOPS)
-HOOKS = _child(mmdet_registry.HOOKS)
+HOOKS = _child(mmdet_registry.HOOKS, 'detr_plugin.engine')
 DATASETS = _child(mmdet_registry.DATASETS, 'detr_plugin.datasets')
 DATA_SAMPLERS = _child(mmdet_registry.DATA_SAMPLERS)
 TRANSFORMS = _child(mmdet_registry.TRANSFORMS, 'detr_plugin.datasets.transforms')
@@ -33,4 +33,3 @@ TASK_UTILS = _child(mmdet_registry.TASK_UTILS, 'detr_plugin.models.task_modules'
 VISUALIZERS = _child(mmdet_registry.VISUALIZERS)
 VISBACKENDS = _child(mmdet_registry.VISBACKENDS)
 LOG_PROCESSORS = _child(mmdet_registry.LOG_PROCESSORS)
-INFERENCERS = _child(mmdet_registry.INFERENCERS)

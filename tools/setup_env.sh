@@ -21,11 +21,16 @@ fi
 pip_install() { "$py" -m pip install -q --disable-pip-version-check "$@"; }
 has() { "$py" -c "$1" >/dev/null 2>&1; }
 
-has 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) >= 81)' \
-  || pip_install 'setuptools<81' wheel
+# mmcv's setup.py imports pkg_resources, which setuptools 81 removed; other installs may upgrade it.
+old_setuptools() {
+  has 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) >= 81)' \
+    || pip_install 'setuptools<81' wheel
+}
+old_setuptools
 has 'import torch' || pip_install torch==2.13.0
 has 'import numpy, scipy, pycocotools' || pip_install numpy scipy pycocotools
 has 'import mmengine; assert mmengine.__version__ == "0.10.7"' || pip_install mmengine==0.10.7
+old_setuptools
 if ! has 'import mmcv, mmcv.ops; assert mmcv.__version__ == "2.1.0"'; then
   echo "building mmcv 2.1.0 with its ops (about 16 minutes on 2 cores the first time; pip caches the wheel)"
   MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} pip_install --no-build-isolation mmcv==2.1.0

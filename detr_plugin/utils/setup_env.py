@@ -13,6 +13,7 @@ def register_all_modules(init_default_scope: bool = True) -> None:
     from mmdet.utils import register_all_modules as register_mmdet_modules
     register_mmdet_modules(init_default_scope=False)
     import detr_plugin.datasets  # noqa: F401
+    import detr_plugin.engine  # noqa: F401
     import detr_plugin.models  # noqa: F401
     if not init_default_scope:
         return

@@ -1,0 +1,3 @@
+from .detr import DETR
+
+__all__ = ['DETR']

@@ -1,0 +1,10 @@
+from .mlp import FFN, MLP
+from .multihead_attention import MultiheadAttention
+from .positional_encoding import LearnedPositionalEncoding, SinePositionalEncoding
+from .transformer import (DetrDecoderLayer, DetrEncoderLayer, DetrTransformerDecoder,
+                          DetrTransformerEncoder)
+
+__all__ = [
+    'FFN', 'MLP', 'MultiheadAttention', 'SinePositionalEncoding', 'LearnedPositionalEncoding',
+    'DetrEncoderLayer', 'DetrDecoderLayer', 'DetrTransformerEncoder', 'DetrTransformerDecoder'
+]

@@ -1,0 +1,4 @@
+_base_ = './detr_r50_8xb2-500e_coco.py'
+
+model = dict(
+    backbone=dict(depth=101, init_cfg=dict(type='Pretrained', checkpoint='torchvision://resnet101')))

@@ -1,0 +1,208 @@
+"""DETR's prediction head and set-prediction loss (Carion et al. 2020, Sec. 3.1)."""
+from typing import Dict, List, NamedTuple, Optional, Tuple
+
+import torch
+from mmdet.structures import SampleList
+from mmdet.structures.bbox import bbox_cxcywh_to_xyxy, bbox_xyxy_to_cxcywh
+from mmdet.utils import InstanceList, reduce_mean
+from mmengine.model import BaseModule
+from mmengine.structures import InstanceData
+from torch import Tensor, nn
+
+from detr_plugin.registry import MODELS, TASK_UTILS
+from ..layers import MLP
+
+
+class MatchedPairs(NamedTuple):
+    """Hungarian matches of all decoder layers and images, flattened into index tensors (M pairs)."""
+    layer: Tensor   # (M,) decoder layer of each pair
+    batch: Tensor   # (M,) image of each pair
+    query: Tensor   # (M,) query index within the image
+    gt: Tensor      # (M,) index into the ground truth concatenated over the batch
+
+
+class GroundTruth(NamedTuple):
+    """Ground truth of a batch, in the normalized frame the heads predict in."""
+    labels: List[Tensor]      # bs x (G_i,) long
+    boxes: List[Tensor]       # bs x (G_i, 4) cxcywh, normalized by the image (not padded) size
+    all_labels: Tensor        # (G,) concatenated over the batch
+    all_boxes: Tensor         # (G, 4)
+
+
+@MODELS.register_module()
+class DETRHead(BaseModule):
+    """Class and box predictions for every query, the Hungarian set loss, and post-processing.
+
+    The class branch predicts ``num_classes + 1`` logits (no-object last), trained with
+    cross-entropy where the no-object class weighs ``no_object_weight``. The box branch is a
+    3-layer MLP predicting normalized (cx, cy, w, h). Every decoder layer is matched and
+    supervised; the last layer's losses are ``loss_*``, the earlier ones ``d{i}.loss_*``.
+
+    Args:
+        num_classes: number of object classes (without no-object).
+        embed_dims: width of the decoder output.
+        no_object_weight: cross-entropy weight of the no-object class.
+        loss_cls / loss_bbox / loss_iou: mmdet loss configs; ``loss_iou`` takes xyxy boxes.
+        train_cfg: ``dict(assigner=...)``, a Hungarian assigner config.
+        test_cfg: ``dict(max_per_img=...)``.
+    """
+
+    def __init__(self,
+                 num_classes: int,
+                 embed_dims: int = 256,
+                 no_object_weight: float = 0.1,
+                 loss_cls: dict = dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0),
+                 loss_bbox: dict = dict(type='L1Loss', loss_weight=5.0),
+                 loss_iou: dict = dict(type='GIoULoss', loss_weight=2.0),
+                 train_cfg: Optional[dict] = None,
+                 test_cfg: Optional[dict] = None,
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        self.num_classes = num_classes
+        self.embed_dims = embed_dims
+        self.no_object_weight = no_object_weight
+        self.loss_cls = MODELS.build(loss_cls)
+        self.loss_bbox = MODELS.build(loss_bbox)
+        self.loss_iou = MODELS.build(loss_iou)
+        train_cfg = train_cfg or dict(assigner=dict(type='HungarianAssigner', match_costs=[
+            dict(type='ClassificationCost', weight=1.0),
+            dict(type='BBoxL1Cost', weight=5.0),
+            dict(type='IoUCost', iou_mode='giou', weight=2.0)]))
+        self.assigner = TASK_UTILS.build(train_cfg['assigner'])
+        self.test_cfg = test_cfg or dict(max_per_img=100)
+        self._init_layers()
+
+    def _init_layers(self) -> None:
+        self.fc_cls = nn.Linear(self.embed_dims, self.num_classes + 1)
+        self.fc_reg = MLP(self.embed_dims, self.embed_dims, 4, num_layers=3)
+
+    def forward(self, hidden_states: Tensor) -> Tuple[Tensor, Tensor]:
+        """hidden_states: (L, bs, Q, C) decoder outputs.
+        Returns class logits (L, bs, Q, num_classes + 1) and boxes (L, bs, Q, 4), cxcywh in [0, 1]."""
+        return self.fc_cls(hidden_states), self.fc_reg(hidden_states).sigmoid()
+
+    def loss(self, hidden_states: Tensor, batch_data_samples: SampleList) -> Dict[str, Tensor]:
+        return self.loss_by_outputs(*self(hidden_states), batch_data_samples)
+
+    def predict(self, hidden_states: Tensor, batch_data_samples: SampleList,
+                rescale: bool = True) -> InstanceList:
+        cls_logits, boxes = self(hidden_states[-1:])
+        return self.predict_by_outputs(cls_logits[0], boxes[0], batch_data_samples, rescale)
+
+    # ------------------------------------------------------------------ loss
+    def loss_by_outputs(self, cls_logits: Tensor, boxes: Tensor,
+                        batch_data_samples: SampleList) -> Dict[str, Tensor]:
+        """cls_logits: (L, bs, Q, K'); boxes: (L, bs, Q, 4) cxcywh normalized. Losses of all L layers."""
+        gt = self.ground_truth(batch_data_samples, boxes)
+        pairs = self.match(cls_logits, boxes, gt)
+        num_boxes = reduce_mean(boxes.new_tensor(float(len(gt.all_labels)))).clamp(min=1.0)
+        loss_cls = self.loss_cls_per_layer(cls_logits, boxes, gt, pairs, num_boxes)
+        loss_bbox, loss_iou = self.loss_boxes_per_layer(boxes, gt, pairs, num_boxes)
+        return self.name_losses(loss_cls=loss_cls, loss_bbox=loss_bbox, loss_iou=loss_iou)
+
+    @staticmethod
+    def ground_truth(batch_data_samples: SampleList, like: Tensor) -> GroundTruth:
+        """Normalizes every image's gt boxes (xyxy pixels) by its image size to cxcywh in [0, 1]."""
+        labels, boxes = [], []
+        for sample in batch_data_samples:
+            h, w = sample.metainfo['img_shape'][:2]
+            gt_boxes = sample.gt_instances.bboxes
+            gt_boxes = gt_boxes.tensor if hasattr(gt_boxes, 'tensor') else gt_boxes
+            scale = gt_boxes.new_tensor([w, h, w, h])
+            boxes.append(bbox_xyxy_to_cxcywh(gt_boxes.to(like.dtype) / scale))
+            labels.append(sample.gt_instances.labels.long())
+        return GroundTruth(labels, boxes, torch.cat(labels), torch.cat(boxes).reshape(-1, 4))
+
+    @torch.no_grad()
+    def match(self, cls_logits: Tensor, boxes: Tensor, gt: GroundTruth) -> MatchedPairs:
+        """Hungarian matching of every layer and image, returned as flat index tensors."""
+        matches = self.assigner.assign(cls_logits.detach(), boxes.detach(), gt.labels, gt.boxes)
+        offsets = [0]
+        for labels in gt.labels[:-1]:
+            offsets.append(offsets[-1] + len(labels))
+        layer, batch, query, gt_index = [], [], [], []
+        for l, per_image in enumerate(matches):
+            for b, (q_idx, g_idx) in enumerate(per_image):
+                layer.append(torch.full_like(q_idx, l))
+                batch.append(torch.full_like(q_idx, b))
+                query.append(q_idx)
+                gt_index.append(g_idx + offsets[b])
+        return MatchedPairs(*(torch.cat(t) for t in (layer, batch, query, gt_index)))
+
+    def classification_targets(self, cls_logits: Tensor, gt: GroundTruth,
+                               pairs: MatchedPairs) -> Tensor:
+        """(L, bs, Q) class index of every query: its matched gt's label, else ``num_classes``."""
+        labels = torch.full(cls_logits.shape[:3], self.num_classes, dtype=torch.long,
+                            device=cls_logits.device)
+        labels[pairs.layer, pairs.batch, pairs.query] = gt.all_labels[pairs.gt]
+        return labels
+
+    def loss_cls_per_layer(self, cls_logits: Tensor, boxes: Tensor, gt: GroundTruth,
+                           pairs: MatchedPairs, num_boxes: Tensor) -> Tensor:
+        """(L,) cross-entropy of each layer: a mean over queries weighted by class weight."""
+        labels = self.classification_targets(cls_logits, gt, pairs)
+        weights = torch.where(labels == self.num_classes, self.no_object_weight, 1.0).to(cls_logits.dtype)
+        num_layers = cls_logits.shape[0]
+        loss = self.loss_cls(cls_logits.flatten(0, 2), labels.flatten(), weight=weights.flatten(),
+                             reduction_override='none')
+        return loss.view(num_layers, -1).sum(1) / weights.view(num_layers, -1).sum(1)
+
+    def loss_boxes_per_layer(self, boxes: Tensor, gt: GroundTruth, pairs: MatchedPairs,
+                             num_boxes: Tensor) -> Tuple[Tensor, Tensor]:
+        """(L,) L1 and (L,) IoU losses of each layer, summed over matched pairs / num_boxes."""
+        num_layers = boxes.shape[0]
+        if len(pairs.gt) == 0:  # keeps every box parameter in the graph (DDP needs it)
+            zero = boxes.sum() * 0
+            return zero.expand(num_layers), zero.expand(num_layers)
+        pred = boxes[pairs.layer, pairs.batch, pairs.query]  # (M, 4)
+        target = gt.all_boxes[pairs.gt]
+        l1 = self.loss_bbox(pred, target, reduction_override='none').sum(-1)
+        iou = self.loss_iou(bbox_cxcywh_to_xyxy(pred), bbox_cxcywh_to_xyxy(target),
+                            reduction_override='none')
+        per_layer = boxes.new_zeros(2, num_layers).index_add_(1, pairs.layer, torch.stack((l1, iou)))
+        return per_layer[0] / num_boxes, per_layer[1] / num_boxes
+
+    @staticmethod
+    def name_losses(**per_layer: Tensor) -> Dict[str, Tensor]:
+        """mmdet naming: the last layer's losses plain, earlier layers' prefixed ``d{i}.``."""
+        losses = {}
+        for name, values in per_layer.items():
+            losses[name] = values[-1]
+            for i, value in enumerate(values[:-1]):
+                losses[f'd{i}.{name}'] = value
+        return losses
+
+    # ------------------------------------------------------------- inference
+    def predict_by_outputs(self, cls_logits: Tensor, boxes: Tensor, batch_data_samples: SampleList,
+                           rescale: bool = True) -> InstanceList:
+        """cls_logits: (bs, Q, K'); boxes: (bs, Q, 4) of the last layer. One InstanceData per image
+        with ``scores``, ``labels`` and ``bboxes`` (xyxy pixels of the original image if rescale)."""
+        scores, labels, keep = self.scores_and_labels(cls_logits)
+        results = []
+        for b, sample in enumerate(batch_data_samples):
+            box = boxes[b] if keep is None else boxes[b][keep[b]]
+            results.append(InstanceData(scores=scores[b], labels=labels[b],
+                                        bboxes=self.to_pixels(box, sample.metainfo, rescale)))
+        return results
+
+    def scores_and_labels(self, cls_logits: Tensor) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """Softmax without no-object, one label per query; keeps the ``max_per_img`` best queries.
+        Returns (bs, k) scores, (bs, k) labels and the (bs, k) kept query indices (None: all kept)."""
+        scores, labels = cls_logits.softmax(-1)[..., :-1].max(-1)
+        k = self.test_cfg.get('max_per_img', scores.shape[1])
+        if k >= scores.shape[1]:
+            return scores, labels, None
+        scores, keep = scores.topk(k, dim=1)
+        return scores, labels.gather(1, keep), keep
+
+    @staticmethod
+    def to_pixels(boxes: Tensor, metainfo: dict, rescale: bool) -> Tensor:
+        """(n, 4) normalized cxcywh -> (n, 4) xyxy pixels, clamped to the image, optionally
+        mapped back to the original image size."""
+        h, w = metainfo['img_shape'][:2]
+        boxes = bbox_cxcywh_to_xyxy(boxes) * boxes.new_tensor([w, h, w, h])
+        boxes[:, 0::2].clamp_(0, w)
+        boxes[:, 1::2].clamp_(0, h)
+        if rescale:
+            boxes = boxes / boxes.new_tensor(metainfo['scale_factor']).repeat(2)
+        return boxes

@@ -1,0 +1,137 @@
+"""Training-step and inference time and peak memory of detectors built from configs.
+
+Several configs in one run share the device, the inputs and the settings, so their figures can
+be compared directly (e.g. ours next to mmdet's own DETR via ``mmdet::detr/...``). Weights are
+random (no checkpoint is downloaded); every image gets ``--boxes`` random ground-truth boxes.
+
+    python tools/analysis/benchmark_model.py configs/detr/detr_r50_8xb2-150e_coco.py \\
+        mmdet::detr/detr_r50_8xb2-150e_coco.py --mode train --shape 800 1216 --batch 2 --amp
+"""
+import argparse
+import statistics
+import time
+from typing import Callable, List
+
+import torch
+from mmdet.structures import DetDataSample
+from mmengine.config import Config
+from mmengine.optim import build_optim_wrapper
+from mmengine.registry import init_default_scope
+from mmengine.structures import InstanceData
+
+DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('configs', nargs='+', help='config files (mmdet::path for mmdet\'s own configs)')
+    p.add_argument('--mode', choices=['train', 'infer'], default='train')
+    p.add_argument('--shape', type=int, nargs=2, default=[800, 1216], metavar=('H', 'W'))
+    p.add_argument('--batch', type=int, default=2)
+    p.add_argument('--boxes', type=int, default=12, help='ground-truth boxes per image')
+    p.add_argument('--amp', action='store_true', help='automatic mixed precision (train)')
+    p.add_argument('--dtype', choices=list(DTYPES), default='fp32',
+                   help='autocast dtype; with --amp in train mode bf16 if unset')
+    p.add_argument('--warmup', type=int, default=5)
+    p.add_argument('--iters', type=int, default=20)
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    return p.parse_args()
+
+
+def build_model(config: str, device: str):
+    cfg = Config.fromfile(config)
+    init_default_scope(cfg.get('default_scope', 'mmdet'))
+    cfg.model.backbone.init_cfg = None  # random weights: nothing to download
+    from mmengine.registry import MODELS
+    model = MODELS.build(cfg.model).to(device)
+    model.init_weights()
+    return cfg, model
+
+
+def random_batch(args, num_classes: int, device: str) -> dict:
+    h, w = args.shape
+    g = torch.Generator().manual_seed(0)
+    inputs, samples = [], []
+    for _ in range(args.batch):
+        inputs.append(torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g).to(device))
+        xy = torch.rand(args.boxes, 2, generator=g) * torch.tensor([w * 0.8, h * 0.8])
+        wh = torch.rand(args.boxes, 2, generator=g) * torch.tensor([w * 0.2, h * 0.2]) + 4
+        s = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), scale_factor=(1., 1.),
+                                        pad_shape=(h, w), batch_input_shape=(h, w)))
+        s.gt_instances = InstanceData(
+            bboxes=torch.cat([xy, xy + wh], 1).to(device),
+            labels=torch.randint(0, num_classes, (args.boxes, ), generator=g).to(device))
+        samples.append(s)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def timed(fn: Callable, args, device: str) -> List[float]:
+    """Milliseconds of each of ``args.iters`` calls after ``args.warmup``, device-synchronised."""
+    for _ in range(args.warmup):
+        fn()
+    times = []
+    for _ in range(args.iters):
+        if device.startswith('cuda'):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1e3)
+    return times
+
+
+def benchmark(config: str, args) -> dict:
+    cfg, model = build_model(config, args.device)
+    num_classes = cfg.model.bbox_head.num_classes
+    data = random_batch(args, num_classes, args.device)
+    dtype = DTYPES[args.dtype]
+    if args.mode == 'train':
+        model.train()
+        optim_cfg = cfg.optim_wrapper.copy()
+        if args.amp:
+            optim_cfg.update(type='AmpOptimWrapper', dtype=args.dtype if dtype else 'bfloat16')
+            optim_cfg.pop('loss_scale', None)
+        optim_wrapper = build_optim_wrapper(model, optim_cfg)
+        fn = lambda: model.train_step(data, optim_wrapper)  # noqa: E731
+    else:
+        model.eval()
+
+        def fn():
+            with torch.no_grad(), torch.autocast(args.device.split(':')[0], dtype=dtype,
+                                                 enabled=dtype is not None):
+                model.test_step(data)
+    if args.device.startswith('cuda'):
+        torch.cuda.reset_peak_memory_stats()
+    times = timed(fn, args, args.device)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith('cuda') else float('nan')
+    del model
+    if args.device.startswith('cuda'):
+        torch.cuda.empty_cache()
+    return dict(config=config, median_ms=statistics.median(times), min_ms=min(times), peak_gib=peak)
+
+
+def main():
+    args = parse_args()
+    from detr_plugin.utils import register_all_modules
+    register_all_modules(init_default_scope=False)  # ours and mmdet's
+    results = [benchmark(c, args) for c in args.configs]
+    dev = torch.cuda.get_device_name() if args.device.startswith('cuda') else 'cpu'
+    prec = ('amp-' if args.amp else '') + args.dtype
+    print(f'\n{args.mode}, batch {args.batch}, {args.shape[0]}x{args.shape[1]}, {prec}, '
+          f'{args.boxes} boxes/img, {args.iters} iters after {args.warmup} warm-up, {dev}, '
+          f'torch {torch.__version__}')
+    print('| config | median ms | min ms | peak GiB | speed-up vs last |')
+    print('|---|---|---|---|---|')
+    for r in results:
+        print(f"| {r['config']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {r['peak_gib']:.2f} | "
+              f"{results[-1]['median_ms'] / r['median_ms']:.2f}x |")
+
+
+if __name__ == '__main__':
+    main()

@@ -11,14 +11,7 @@ from torch import Tensor, nn
 
 from detr_plugin.registry import MODELS, TASK_UTILS
 from ..layers import MLP
-
-
-class MatchedPairs(NamedTuple):
-    """Hungarian matches of all decoder layers and images, flattened into index tensors (M pairs)."""
-    layer: Tensor   # (M,) decoder layer of each pair
-    batch: Tensor   # (M,) image of each pair
-    query: Tensor   # (M,) query index within the image
-    gt: Tensor      # (M,) index into the ground truth concatenated over the batch
+from ..task_modules import Matches
 
 
 class GroundTruth(NamedTuple):
@@ -94,10 +87,10 @@ class DETRHead(BaseModule):
                         batch_data_samples: SampleList) -> Dict[str, Tensor]:
         """cls_logits: (L, bs, Q, K'); boxes: (L, bs, Q, 4) cxcywh normalized. Losses of all L layers."""
         gt = self.ground_truth(batch_data_samples, boxes)
-        pairs = self.match(cls_logits, boxes, gt)
+        matches = self.match(cls_logits, boxes, gt)
         num_boxes = reduce_mean(boxes.new_tensor(float(len(gt.all_labels)))).clamp(min=1.0)
-        loss_cls = self.loss_cls_per_layer(cls_logits, boxes, gt, pairs, num_boxes)
-        loss_bbox, loss_iou = self.loss_boxes_per_layer(boxes, gt, pairs, num_boxes)
+        loss_cls = self.loss_cls_per_layer(cls_logits, boxes, gt, matches, num_boxes)
+        loss_bbox, loss_iou = self.loss_boxes_per_layer(boxes, gt, matches, num_boxes)
         return self.name_losses(loss_cls=loss_cls, loss_bbox=loss_bbox, loss_iou=loss_iou)
 
     @staticmethod
@@ -113,53 +106,42 @@ class DETRHead(BaseModule):
             labels.append(sample.gt_instances.labels.long())
         return GroundTruth(labels, boxes, torch.cat(labels), torch.cat(boxes).reshape(-1, 4))
 
-    @torch.no_grad()
-    def match(self, cls_logits: Tensor, boxes: Tensor, gt: GroundTruth) -> MatchedPairs:
-        """Hungarian matching of every layer and image, returned as flat index tensors."""
-        matches = self.assigner.assign(cls_logits.detach(), boxes.detach(), gt.labels, gt.boxes)
-        offsets = [0]
-        for labels in gt.labels[:-1]:
-            offsets.append(offsets[-1] + len(labels))
-        layer, batch, query, gt_index = [], [], [], []
-        for l, per_image in enumerate(matches):
-            for b, (q_idx, g_idx) in enumerate(per_image):
-                layer.append(torch.full_like(q_idx, l))
-                batch.append(torch.full_like(q_idx, b))
-                query.append(q_idx)
-                gt_index.append(g_idx + offsets[b])
-        return MatchedPairs(*(torch.cat(t) for t in (layer, batch, query, gt_index)))
+    def match(self, cls_logits: Tensor, boxes: Tensor, gt: GroundTruth) -> Matches:
+        """Hungarian matching of every layer and image (one device-host round trip)."""
+        return self.assigner.match(cls_logits.detach(), boxes.detach(), gt.labels, gt.boxes)
 
     def classification_targets(self, cls_logits: Tensor, gt: GroundTruth,
-                               pairs: MatchedPairs) -> Tensor:
+                               matches: Matches) -> Tensor:
         """(L, bs, Q) class index of every query: its matched gt's label, else ``num_classes``."""
         labels = torch.full(cls_logits.shape[:3], self.num_classes, dtype=torch.long,
                             device=cls_logits.device)
-        labels[pairs.layer, pairs.batch, pairs.query] = gt.all_labels[pairs.gt]
+        labels.view(-1)[matches.pred_index] = gt.all_labels[matches.gt_index]
         return labels
 
     def loss_cls_per_layer(self, cls_logits: Tensor, boxes: Tensor, gt: GroundTruth,
-                           pairs: MatchedPairs, num_boxes: Tensor) -> Tensor:
+                           matches: Matches, num_boxes: Tensor) -> Tensor:
         """(L,) cross-entropy of each layer: a mean over queries weighted by class weight."""
-        labels = self.classification_targets(cls_logits, gt, pairs)
+        labels = self.classification_targets(cls_logits, gt, matches)
         weights = torch.where(labels == self.num_classes, self.no_object_weight, 1.0).to(cls_logits.dtype)
         num_layers = cls_logits.shape[0]
         loss = self.loss_cls(cls_logits.flatten(0, 2), labels.flatten(), weight=weights.flatten(),
                              reduction_override='none')
         return loss.view(num_layers, -1).sum(1) / weights.view(num_layers, -1).sum(1)
 
-    def loss_boxes_per_layer(self, boxes: Tensor, gt: GroundTruth, pairs: MatchedPairs,
+    def loss_boxes_per_layer(self, boxes: Tensor, gt: GroundTruth, matches: Matches,
                              num_boxes: Tensor) -> Tuple[Tensor, Tensor]:
         """(L,) L1 and (L,) IoU losses of each layer, summed over matched pairs / num_boxes."""
         num_layers = boxes.shape[0]
-        if len(pairs.gt) == 0:  # keeps every box parameter in the graph (DDP needs it)
+        if len(matches.gt_index) == 0:  # keeps every box parameter in the graph (DDP needs it)
             zero = boxes.sum() * 0
             return zero.expand(num_layers), zero.expand(num_layers)
-        pred = boxes[pairs.layer, pairs.batch, pairs.query]  # (M, 4)
-        target = gt.all_boxes[pairs.gt]
+        pred = boxes.flatten(0, 2)[matches.pred_index]  # (M, 4)
+        target = gt.all_boxes[matches.gt_index]
         l1 = self.loss_bbox(pred, target, reduction_override='none').sum(-1)
         iou = self.loss_iou(bbox_cxcywh_to_xyxy(pred), bbox_cxcywh_to_xyxy(target),
                             reduction_override='none')
-        per_layer = boxes.new_zeros(2, num_layers).index_add_(1, pairs.layer, torch.stack((l1, iou)))
+        layer = matches.pred_index // boxes[0, ..., 0].numel()
+        per_layer = boxes.new_zeros(2, num_layers).index_add_(1, layer, torch.stack((l1, iou)))
         return per_layer[0] / num_boxes, per_layer[1] / num_boxes
 
     @staticmethod

@@ -1,3 +1,4 @@
+from .deformable_transformer import DeformableDecoderLayer, DeformableEncoderLayer
 from .mlp import FFN, MLP
 from .multihead_attention import MultiheadAttention
 from .positional_encoding import LearnedPositionalEncoding, SinePositionalEncoding
@@ -5,6 +6,7 @@ from .transformer import (DetrDecoderLayer, DetrEncoderLayer, DetrTransformerDec
                           DetrTransformerEncoder)
 
 __all__ = [
+    'DeformableEncoderLayer', 'DeformableDecoderLayer',
     'FFN', 'MLP', 'MultiheadAttention', 'SinePositionalEncoding', 'LearnedPositionalEncoding',
     'DetrEncoderLayer', 'DetrDecoderLayer', 'DetrTransformerEncoder', 'DetrTransformerDecoder'
 ]

@@ -8,12 +8,12 @@
 # 3. evaluates the untrained model (tools/test.py without a checkpoint),
 # 4. trains it (tools/train.py) into a new directory work_dirs/demo/<timestamp>/,
 # 5. evaluates the last checkpoint, then prints both COCO bbox mAPs and the wall times.
-# DEMO_CONFIG overrides the config (default configs/detr/detr_r18_8xb8-demo.py). About 15 minutes
+# DEMO_CONFIG overrides the config (default configs/detr/detr_r18_1xb8-demo.py). About 15 minutes
 # on 2 CPU cores once the environment exists.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-config=${DEMO_CONFIG:-configs/detr/detr_r18_8xb8-demo.py}
+config=${DEMO_CONFIG:-configs/detr/detr_r18_1xb8-demo.py}
 [ -f "$config" ] || { echo "run_demo: config $config not found" >&2; exit 1; }
 
 stage() { echo; echo "==== run_demo: $* ===="; }

@@ -133,12 +133,14 @@ def test_rejects_bad_arguments(gen, tmp_path):
 def test_mmdet_coco_dataset_reads_it_with_the_demo_config(dataset, repo_root):
     """The val pipeline of configs/_base_/datasets/demo_detection.py gives the json's boxes."""
     from mmengine.config import Config
+    from mmengine.registry import DefaultScope
 
     from detr_plugin.registry import DATASETS
     root, train, val = dataset
     cfg = Config.fromfile(str(repo_root / 'configs/_base_/datasets/demo_detection.py'))
-    val_ds = DATASETS.build(dict(cfg.val_dataloader.dataset, data_root=str(root)))
-    train_ds = DATASETS.build(dict(cfg.train_dataloader.dataset, data_root=str(root)))
+    with DefaultScope.overwrite_default_scope('detr_plugin'):
+        val_ds = DATASETS.build(dict(cfg.val_dataloader.dataset, data_root=str(root)))
+        train_ds = DATASETS.build(dict(cfg.train_dataloader.dataset, data_root=str(root)))
     assert len(train_ds) == len(train['images']), 'images without objects are kept'
     assert val_ds.metainfo['classes'] == ('square', 'circle', 'triangle')
     for index in (0, len(val_ds) - 1):

@@ -1,0 +1,117 @@
+"""tools/train.py: argument parsing and how the options change the config."""
+import pytest
+from mmengine.registry import RUNNERS
+
+CONFIG = '''
+optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='SGD', lr=0.01))
+auto_scale_lr = dict(enable=False, base_batch_size=16)
+train_cfg = dict(max_epochs=12)
+model = dict(type='Anything', depth=18, sizes=[1, 2])
+'''
+
+
+@pytest.fixture(scope='module')
+def train(load_tool):
+    return load_tool('tools/train.py')
+
+
+@pytest.fixture
+def config(tmp_path):
+    path = tmp_path / 'my_model_8xb2-1e_demo.py'
+    path.write_text(CONFIG)
+    return str(path)
+
+
+def test_defaults(train):
+    args = train.parse_args(['a.py'])
+    assert (args.config, args.work_dir, args.amp, args.resume, args.auto_scale_lr,
+            args.cfg_options, args.launcher, args.local_rank) == (
+                'a.py', None, False, None, False, None, 'none', 0)
+
+
+@pytest.mark.parametrize('argv, expected', [
+    (['a.py', '--resume'], 'auto'),
+    (['a.py', '--resume', 'ckpt/epoch_3.pth'], 'ckpt/epoch_3.pth'),
+    (['a.py', '--resume', '--amp'], 'auto'),
+])
+def test_resume_with_and_without_path(train, argv, expected):
+    assert train.parse_args(argv).resume == expected
+
+
+@pytest.mark.parametrize('flag', [['--local-rank', '3'], ['--local_rank=3']])
+def test_both_local_rank_spellings(train, flag):
+    assert train.parse_args(['a.py'] + flag).local_rank == 3
+
+
+def test_rejects_unknown_launcher(train):
+    with pytest.raises(SystemExit):
+        train.parse_args(['a.py', '--launcher', 'kubernetes'])
+
+
+def test_cfg_options_merge_into_nested_keys(train, config):
+    cfg = train.setup_cfg(train.parse_args(
+        [config, '--cfg-options', 'train_cfg.max_epochs=2', 'optim_wrapper.optimizer.lr=0.1',
+         'model.sizes=[3,4]', 'new_key=abc']))
+    assert cfg.train_cfg.max_epochs == 2
+    assert cfg.optim_wrapper.optimizer == dict(type='SGD', lr=0.1)
+    assert cfg.model == dict(type='Anything', depth=18, sizes=[3, 4])
+    assert cfg.new_key == 'abc'
+    assert cfg.launcher == 'none' and cfg.get('resume', False) is False
+
+
+def test_work_dir_priority(train, config):
+    assert train.setup_cfg(train.parse_args([config])).work_dir == './work_dirs/my_model_8xb2-1e_demo'
+    from_config = train.setup_cfg(train.parse_args([config, '--cfg-options', 'work_dir=wd_cfg']))
+    assert from_config.work_dir == 'wd_cfg'
+    both = train.setup_cfg(train.parse_args(
+        [config, '--work-dir', 'wd_cli', '--cfg-options', 'work_dir=wd_cfg']))
+    assert both.work_dir == 'wd_cli'
+
+
+def test_amp_switches_the_optimizer_wrapper(train, config):
+    cfg = train.setup_cfg(train.parse_args([config, '--amp']))
+    assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
+    assert cfg.optim_wrapper.loss_scale == 'dynamic'
+    assert cfg.optim_wrapper.optimizer == dict(type='SGD', lr=0.01)
+    with pytest.raises(ValueError, match='optim_wrapper.type'):
+        train.setup_cfg(train.parse_args(
+            [config, '--amp', '--cfg-options', 'optim_wrapper.type=SomeOtherWrapper']))
+
+
+def test_auto_scale_lr(train, config, tmp_path):
+    assert train.setup_cfg(train.parse_args([config, '--auto-scale-lr'])).auto_scale_lr == dict(
+        enable=True, base_batch_size=16)
+    without = tmp_path / 'no_auto_scale.py'
+    without.write_text("optim_wrapper = dict(type='OptimWrapper')\n")
+    with pytest.raises(ValueError, match='base_batch_size'):
+        train.setup_cfg(train.parse_args([str(without), '--auto-scale-lr']))
+
+
+def test_resume_sets_resume_and_load_from(train, config):
+    auto = train.setup_cfg(train.parse_args([config, '--resume']))
+    assert (auto.resume, auto.load_from) == (True, None)
+    given = train.setup_cfg(train.parse_args([config, '--resume', 'x/epoch_2.pth']))
+    assert (given.resume, given.load_from) == (True, 'x/epoch_2.pth')
+
+
+def test_launcher_reaches_the_config(train, config):
+    assert train.setup_cfg(train.parse_args([config, '--launcher', 'slurm'])).launcher == 'slurm'
+
+
+class _RecordingRunner:
+    built_from = None
+
+    @classmethod
+    def from_cfg(cls, cfg):
+        cls.built_from = cfg
+        return cls()
+
+
+def test_runner_type_picks_a_registered_runner(train, config):
+    RUNNERS.register_module(name='_RecordingRunnerForTrainTest', module=_RecordingRunner, force=True)
+    cfg = train.setup_cfg(train.parse_args(
+        [config, '--cfg-options', 'runner_type=_RecordingRunnerForTrainTest']))
+    runner = train.build_runner(cfg)
+    assert isinstance(runner, _RecordingRunner)
+    assert _RecordingRunner.built_from.work_dir == './work_dirs/my_model_8xb2-1e_demo'
+    assert _RecordingRunner.built_from.model == dict(type='Anything', depth=18, sizes=[1, 2])

@@ -1,0 +1,118 @@
+"""Trains a detector from a config with mmengine's Runner.
+
+    python tools/train.py CONFIG [--work-dir DIR] [--amp] [--resume [CHECKPOINT]] [--auto-scale-lr]
+                          [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
+
+Multi-GPU: ``tools/dist_train.sh`` (torchrun) or ``tools/slurm_train.sh`` (srun) call this script
+with ``--launcher pytorch`` / ``--launcher slurm``.
+"""
+import argparse
+import os
+import os.path as osp
+
+from mmengine.config import Config, DictAction
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+from detr_plugin.utils import register_all_modules
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Train a detector')
+    parser.add_argument('config', help='config file path')
+    parser.add_argument('--work-dir', help='directory for logs and checkpoints '
+                        '(default: the config\'s work_dir, else ./work_dirs/CONFIG_NAME)')
+    parser.add_argument('--amp', action='store_true',
+                        help='train with automatic mixed precision (AmpOptimWrapper)')
+    parser.add_argument('--resume', nargs='?', type=str, const='auto',
+                        help='resume from CHECKPOINT; without a path, from the latest checkpoint '
+                        'in the work dir')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='scale the learning rate by the actual batch size over the config\'s '
+                        'auto_scale_lr.base_batch_size')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config entries, e.g. train_cfg.max_epochs=12 '
+                        'optim_wrapper.optimizer.lr=1e-4 (a list: key="[a,b]")')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
+                        help='job launcher')
+    # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank (older).
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def default_work_dir(config_path: str) -> str:
+    """``./work_dirs/<config file name without .py>``."""
+    return osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
+
+
+def enable_amp(cfg: Config) -> None:
+    """Switches the config's optimizer wrapper to mixed precision with dynamic loss scaling."""
+    wrapper_type = cfg.optim_wrapper.get('type', 'OptimWrapper')
+    if wrapper_type == 'AmpOptimWrapper':
+        return
+    if wrapper_type != 'OptimWrapper':
+        raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper or AmpOptimWrapper, '
+                         f'but the config has {wrapper_type!r}')
+    cfg.optim_wrapper.type = 'AmpOptimWrapper'
+    cfg.optim_wrapper.loss_scale = 'dynamic'
+
+
+def enable_auto_scale_lr(cfg: Config) -> None:
+    auto_scale_lr = cfg.get('auto_scale_lr')
+    if not auto_scale_lr or 'base_batch_size' not in auto_scale_lr:
+        raise ValueError('--auto-scale-lr needs auto_scale_lr = dict(base_batch_size=N) in the config '
+                         '(N: the total batch size its learning rate was tuned for)')
+    cfg.auto_scale_lr.enable = True
+
+
+def setup_cfg(args: argparse.Namespace) -> Config:
+    """Loads ``args.config`` and applies the command-line options to it."""
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    # Priority: --work-dir, then the config's work_dir, then one named after the config.
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = default_work_dir(args.config)
+    if args.amp:
+        enable_amp(cfg)
+    if args.auto_scale_lr:
+        enable_auto_scale_lr(cfg)
+    if args.resume == 'auto':
+        cfg.resume, cfg.load_from = True, None   # the Runner finds the latest checkpoint itself
+    elif args.resume is not None:
+        cfg.resume, cfg.load_from = True, args.resume
+    return cfg
+
+
+def allow_full_checkpoint_loading() -> None:
+    """Lets ``torch.load`` read whole mmengine checkpoints in this process, as torch < 2.6 did.
+
+    mmengine 0.10.7 calls ``torch.load`` without ``weights_only``, which torch >= 2.6 makes
+    weights-only by default, and its checkpoints also hold the message hub (numpy arrays, bound
+    methods) that this mode rejects. The checkpoints loaded here are the ones the user names
+    (CHECKPOINT, --resume, load_from): load only checkpoints you trust.
+    ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1`` in the environment keeps the strict mode.
+    """
+    if 'TORCH_FORCE_WEIGHTS_ONLY_LOAD' not in os.environ:
+        os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+
+
+def build_runner(cfg: Config) -> Runner:
+    """mmengine's Runner, or the registered runner named by ``cfg.runner_type``."""
+    return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    allow_full_checkpoint_loading()
+    register_all_modules(init_default_scope=False)
+    runner = build_runner(setup_cfg(args))
+    runner.train()
+
+
+if __name__ == '__main__':
+    main()

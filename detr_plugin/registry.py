@@ -6,7 +6,7 @@ that misses here falls back to mmdet and then mmengine, so a config in our scope
 a scope missing a registry would make mmengine fall back to its root and miss mmdet's modules.
 """
 from mmdet import registry as mmdet_registry
-from mmengine.registry import Registry
+from mmengine.registry import DefaultScope, Registry
 
 
 def _child(parent: Registry, *locations: str) -> Registry:
@@ -33,3 +33,15 @@ TASK_UTILS = _child(mmdet_registry.TASK_UTILS, 'detr_plugin.models.task_modules'
 VISUALIZERS = _child(mmdet_registry.VISUALIZERS)
 VISBACKENDS = _child(mmdet_registry.VISBACKENDS)
 LOG_PROCESSORS = _child(mmdet_registry.LOG_PROCESSORS)
+
+
+def build_in_scope(registry: Registry, cfg, **kwargs):
+    """Builds ``cfg`` with ``detr_plugin`` as the default scope.
+
+    Our components build their parts through this, so a model named ``detr_plugin.DETR`` in a
+    config of another scope (say mmdet's) still gets our ``DETRHead`` and ``HungarianAssigner``
+    rather than mmdet's classes of the same names; mmdet's own parts (``ResNet``) are found
+    through the parent registry, and ``mmdet.X`` still selects mmdet's explicitly.
+    """
+    with DefaultScope.overwrite_default_scope('detr_plugin'):
+        return registry.build(cfg, **kwargs)

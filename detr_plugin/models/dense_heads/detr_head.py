@@ -9,7 +9,7 @@ from mmengine.model import BaseModule
 from mmengine.structures import InstanceData
 from torch import Tensor, nn
 
-from detr_plugin.registry import MODELS, TASK_UTILS
+from detr_plugin.registry import MODELS, TASK_UTILS, build_in_scope
 from ..layers import MLP
 from ..task_modules import Matches
 
@@ -54,14 +54,14 @@ class DETRHead(BaseModule):
         self.num_classes = num_classes
         self.embed_dims = embed_dims
         self.no_object_weight = no_object_weight
-        self.loss_cls = MODELS.build(loss_cls)
-        self.loss_bbox = MODELS.build(loss_bbox)
-        self.loss_iou = MODELS.build(loss_iou)
+        self.loss_cls = build_in_scope(MODELS, loss_cls)
+        self.loss_bbox = build_in_scope(MODELS, loss_bbox)
+        self.loss_iou = build_in_scope(MODELS, loss_iou)
         train_cfg = train_cfg or dict(assigner=dict(type='HungarianAssigner', match_costs=[
             dict(type='ClassificationCost', weight=1.0),
             dict(type='BBoxL1Cost', weight=5.0),
             dict(type='IoUCost', iou_mode='giou', weight=2.0)]))
-        self.assigner = TASK_UTILS.build(train_cfg['assigner'])
+        self.assigner = build_in_scope(TASK_UTILS, train_cfg['assigner'])
         self.test_cfg = test_cfg or dict(max_per_img=100)
         self._init_layers()
 

@@ -7,7 +7,7 @@ from mmdet.models.detectors import BaseDetector
 from mmdet.structures import SampleList
 from torch import Tensor, nn
 
-from detr_plugin.registry import MODELS
+from detr_plugin.registry import MODELS, build_in_scope
 
 
 @MODELS.register_module()
@@ -36,12 +36,13 @@ class DETR(BaseDetector):
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
-        self.backbone = MODELS.build(backbone)
-        self.neck = MODELS.build(neck)
-        self.positional_encoding = MODELS.build(positional_encoding)
-        self.encoder = MODELS.build(encoder)
-        self.decoder = MODELS.build(decoder)
-        self.bbox_head = MODELS.build(dict(bbox_head, train_cfg=train_cfg, test_cfg=test_cfg))
+        self.backbone = build_in_scope(MODELS, backbone)
+        self.neck = build_in_scope(MODELS, neck)
+        self.positional_encoding = build_in_scope(MODELS, positional_encoding)
+        self.encoder = build_in_scope(MODELS, encoder)
+        self.decoder = build_in_scope(MODELS, decoder)
+        self.bbox_head = build_in_scope(
+            MODELS, dict(bbox_head, train_cfg=train_cfg, test_cfg=test_cfg))
         self.embed_dims = self.bbox_head.embed_dims
         self.num_queries = num_queries
         self.query_embedding = nn.Embedding(num_queries, self.embed_dims)

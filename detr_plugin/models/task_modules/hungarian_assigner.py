@@ -10,11 +10,10 @@ from typing import List, NamedTuple, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from mmengine.registry import DefaultScope
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from detr_plugin.registry import TASK_UTILS
+from detr_plugin.registry import TASK_UTILS, build_in_scope
 from .match_costs import MatchCost
 
 # Stands in for NaN / +inf costs (and its negative for -inf) so that scipy never sees a
@@ -63,9 +62,8 @@ class HungarianAssigner:
             raise ValueError('match_costs must name at least one cost')
         # mmdet registers costs of the same names with another call signature: build ours even
         # when the current default scope is another package's
-        with DefaultScope.overwrite_default_scope(TASK_UTILS.scope):
-            self.match_costs = [TASK_UTILS.build(c) if isinstance(c, dict) else c
-                                for c in match_costs]
+        self.match_costs = [build_in_scope(TASK_UTILS, c) if isinstance(c, dict) else c
+                            for c in match_costs]
         for cost in self.match_costs:
             if not callable(cost):
                 raise TypeError(f'match_costs entries must be configs or callables, got {cost!r}')

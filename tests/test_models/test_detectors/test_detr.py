@@ -5,7 +5,7 @@ from mmdet.structures import DetDataSample
 from mmengine.config import Config
 from mmengine.structures import InstanceData
 
-from detr_plugin.registry import MODELS
+from detr_plugin.registry import MODELS, build_in_scope
 from detr_plugin.utils import register_all_modules
 
 register_all_modules()
@@ -38,7 +38,7 @@ def make_batch(shapes, boxes_per_image, batch_shape=(64, 64)):
 @pytest.fixture(scope='module')
 def model():
     torch.manual_seed(0)
-    m = MODELS.build(tiny_detr_cfg())
+    m = build_in_scope(MODELS, tiny_detr_cfg())
     m.init_weights()
     return m
 
@@ -84,4 +84,4 @@ def test_positional_width_mismatch_is_reported():
     cfg = tiny_detr_cfg()
     cfg.positional_encoding.num_feats = 32
     with pytest.raises(ValueError, match='num_feats=64'):
-        MODELS.build(cfg)
+        build_in_scope(MODELS, cfg)

@@ -1,3 +1,6 @@
 from .detr import DETR
 
 __all__ = ['DETR']
+from .deformable_detr import DeformableDETR  # noqa: E402
+
+__all__ += ['DeformableDETR']

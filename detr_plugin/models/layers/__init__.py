@@ -10,3 +10,11 @@ __all__ = [
     'FFN', 'MLP', 'MultiheadAttention', 'SinePositionalEncoding', 'LearnedPositionalEncoding',
     'DetrEncoderLayer', 'DetrDecoderLayer', 'DetrTransformerEncoder', 'DetrTransformerDecoder'
 ]
+from .deformable_detr_transformer import (DeformableDetrTransformerDecoder,  # noqa: E402
+                                          DeformableDetrTransformerEncoder, MultiScaleLevels)
+from .encoder_proposals import EncoderProposals  # noqa: E402
+
+__all__ += [
+    'DeformableDetrTransformerEncoder', 'DeformableDetrTransformerDecoder', 'MultiScaleLevels',
+    'EncoderProposals'
+]

@@ -89,26 +89,27 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
   return word;
 }
 
-// Reads VEC contiguous elements; VEC > 1 is one 16-byte load (the caller checked alignment).
+// Reads VEC contiguous elements: VEC == 4 is one 16-byte (float) or 8-byte (half, bfloat16) load;
+// the caller checked alignment.
 template <int VEC, typename T, typename A>
 __device__ __forceinline__ void load_vec(const T* __restrict__ p, A (&out)[VEC]) {
   if constexpr (VEC == 1) {
     out[0] = to_acc<A>(__ldg(p));
+  } else if constexpr (std::is_same_v<T, float>) {
+    static_assert(VEC == 4, "float vector path moves 16 bytes");
+    const float4 v = __ldg(reinterpret_cast<const float4*>(p));
+    out[0] = v.x;
+    out[1] = v.y;
+    out[2] = v.z;
+    out[3] = v.w;
   } else {
-    static_assert(VEC * sizeof(T) == 16 && !std::is_same_v<T, double>, "16-byte float/half paths");
-    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
-    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
-    if constexpr (std::is_same_v<T, float>) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) out[i] = __uint_as_float(words[i]);
-    } else {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float2 f = unpack2<T>(words[i]);
-        out[2 * i] = f.x;
-        out[2 * i + 1] = f.y;
-      }
-    }
+    static_assert(VEC == 4 && sizeof(T) == 2, "16-bit vector path moves 8 bytes");
+    const uint2 raw = __ldg(reinterpret_cast<const uint2*>(p));
+    const float2 lo = unpack2<T>(raw.x), hi = unpack2<T>(raw.y);
+    out[0] = lo.x;
+    out[1] = lo.y;
+    out[2] = hi.x;
+    out[3] = hi.y;
   }
 }
 
@@ -119,13 +120,8 @@ __device__ __forceinline__ void store_vec(T* __restrict__ p, const A (&v)[VEC]) 
   } else if constexpr (std::is_same_v<T, float>) {
     *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
   } else {
-    static_assert(VEC == 8, "16-bit vector path stores 8 values");
-    uint4 raw;
-    raw.x = pack2<T>(v[0], v[1]);
-    raw.y = pack2<T>(v[2], v[3]);
-    raw.z = pack2<T>(v[4], v[5]);
-    raw.w = pack2<T>(v[6], v[7]);
-    *reinterpret_cast<uint4*>(p) = raw;
+    static_assert(VEC == 4 && sizeof(T) == 2, "16-bit vector path stores 4 values");
+    *reinterpret_cast<uint2*>(p) = make_uint2(pack2<T>(v[0], v[1]), pack2<T>(v[2], v[3]));
   }
 }
 
@@ -210,6 +206,12 @@ struct LaneWork {
   }
 };
 
+// Points of one level are taken a chunk at a time (the last chunk predicated): a chunk's
+// locations, weights and corner values are all requested before any of them is used, and the
+// backward reduces a chunk's sums over the group in one round of independent shuffles.
+constexpr int kForwardChunk = 4;
+constexpr int kBackwardChunk = 4;
+
 template <typename T, int VEC, int G>
 __global__ void __launch_bounds__(kThreads)
     msda_forward_kernel(const T* __restrict__ value, const int64_t* __restrict__ spatial_shapes,
@@ -234,22 +236,34 @@ __global__ void __launch_bounds__(kThreads)
     const int height = static_cast<int>(__ldg(spatial_shapes + 2 * level));
     const int width = static_cast<int>(__ldg(spatial_shapes + 2 * level + 1));
     const T* value_level = value + w.value_offset + __ldg(level_start_index + level) * token_stride;
-#pragma unroll 1
-    for (int point = 0; point < p.points; ++point, loc += 2, ++weight) {
-      Footprint<A> f;
-      if (!footprint(loc[0], loc[1], height, width, f)) continue;
-      const A a = to_acc<A>(*weight);
-      const A hx = A(1) - f.fx, hy = A(1) - f.fy;
-      const A corner_weight[4] = {a * hy * hx, a * hy * f.fx, a * f.fy * hx, a * f.fy * f.fx};
+    for (int first = 0; first < p.points; first += kForwardChunk) {
+      Footprint<A> f[kForwardChunk];
+      bool on_map[kForwardChunk];
+      A a[kForwardChunk];
 #pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        if (!f.inside[k]) continue;
-        A v[VEC];
-        load_vec<VEC>(value_level + f.offset[k] * token_stride, v);
+      for (int j = 0; j < kForwardChunk; ++j) {
+        const int point = first + j;
+        on_map[j] = point < p.points && footprint(loc[2 * point], loc[2 * point + 1], height, width, f[j]);
+        a[j] = on_map[j] ? to_acc<A>(weight[point]) : A(0);
+      }
 #pragma unroll
-        for (int i = 0; i < VEC; ++i) acc[i] = fma(corner_weight[k], v[i], acc[i]);
+      for (int j = 0; j < kForwardChunk; ++j) {
+        if (!on_map[j]) continue;
+        const A hx = A(1) - f[j].fx, hy = A(1) - f[j].fy;
+        const A corner_weight[4] = {a[j] * hy * hx, a[j] * hy * f[j].fx, a[j] * f[j].fy * hx,
+                                    a[j] * f[j].fy * f[j].fx};
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          if (!f[j].inside[k]) continue;
+          A v[VEC];
+          load_vec<VEC>(value_level + f[j].offset[k] * token_stride, v);
+#pragma unroll
+          for (int i = 0; i < VEC; ++i) acc[i] = fma(corner_weight[k], v[i], acc[i]);
+        }
       }
     }
+    loc += 2 * p.points;
+    weight += p.points;
   }
   store_vec<VEC>(output + w.query_head * p.dim + w.channel, acc);
 }
@@ -276,9 +290,7 @@ __global__ void __launch_bounds__(kThreads) msda_backward_kernel(
   const bool active = w.channel < p.dim;  // generic path: idle lanes past dim
   const int token_stride = p.heads * p.dim;
   const int points_per_head = p.levels * p.points;
-  const int64_t first_point = w.query_head * points_per_head;
-  const T* loc = sampling_locations + first_point * 2;
-  const T* weight = attention_weights + first_point;
+  int64_t level_first_point = w.query_head * points_per_head;  // index of (query_head, level, 0)
 
   A grad[VEC];
   if (active) {
@@ -287,78 +299,93 @@ __global__ void __launch_bounds__(kThreads) msda_backward_kernel(
 #pragma unroll
     for (int i = 0; i < VEC; ++i) grad[i] = A(0);
   }
-  int64_t point_index = first_point;
-  for (int level = 0; level < p.levels; ++level) {
+  for (int level = 0; level < p.levels; ++level, level_first_point += p.points) {
     const int height = static_cast<int>(__ldg(spatial_shapes + 2 * level));
     const int width = static_cast<int>(__ldg(spatial_shapes + 2 * level + 1));
     const int64_t level_offset = w.value_offset + __ldg(level_start_index + level) * token_stride;
     const T* value_level = value + level_offset;
     A* grad_value_level = grad_value_acc + level_offset;
-    for (int point = 0; point < p.points; ++point, loc += 2, ++weight, ++point_index) {
-      Footprint<A> f;
-      if (!footprint(loc[0], loc[1], height, width, f)) {  // same answer on every lane
-        if (num_slabs == 1 && w.lane == 0) {
-          grad_loc[2 * point_index] = from_acc<T>(A(0));
-          grad_loc[2 * point_index + 1] = from_acc<T>(A(0));
-          grad_weight[point_index] = from_acc<T>(A(0));
-        }
-        continue;
+    const T* loc = sampling_locations + 2 * level_first_point;
+    const T* weight = attention_weights + level_first_point;
+    for (int first = 0; first < p.points; first += kBackwardChunk) {
+      Footprint<A> f[kBackwardChunk];
+      bool on_map[kBackwardChunk];  // the same on every lane of the group
+      A a[kBackwardChunk];
+#pragma unroll
+      for (int j = 0; j < kBackwardChunk; ++j) {
+        const int point = first + j;
+        on_map[j] = point < p.points && footprint(loc[2 * point], loc[2 * point + 1], height, width, f[j]);
+        a[j] = on_map[j] ? to_acc<A>(weight[point]) : A(0);
       }
-      const A a = to_acc<A>(*weight);
-      const A hx = A(1) - f.fx, hy = A(1) - f.fy;
-      const A corner_weight[4] = {hy * hx, hy * f.fx, f.fy * hx, f.fy * f.fx};
-      const A d_dx[4] = {-hy, hy, -f.fy, f.fy};  // d corner_weight / d fx
-      const A d_dy[4] = {-hx, -f.fx, hx, f.fx};  // d corner_weight / d fy
-      A sum_w = A(0), sum_x = A(0), sum_y = A(0);  // this lane's channels only
-      if (active) {
+      // per point: d loss / d attention weight, and d loss / d fx, d fy over a; this lane's part
+      A sum_w[kBackwardChunk], sum_x[kBackwardChunk], sum_y[kBackwardChunk];
+#pragma unroll
+      for (int j = 0; j < kBackwardChunk; ++j) {
+        sum_w[j] = sum_x[j] = sum_y[j] = A(0);
+        if (!on_map[j] || !active) continue;
+        const A fx = f[j].fx, fy = f[j].fy, hx = A(1) - fx, hy = A(1) - fy;
+        const A corner_weight[4] = {hy * hx, hy * fx, fy * hx, fy * fx};
+        const A d_dx[4] = {-hy, hy, -fy, fy};  // d corner_weight / d fx
+        const A d_dy[4] = {-hx, -fx, hx, fx};  // d corner_weight / d fy
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
-          if (!f.inside[k]) continue;
+          if (!f[j].inside[k]) continue;
           A v[VEC];
-          load_vec<VEC>(value_level + f.offset[k] * token_stride, v);
+          load_vec<VEC>(value_level + f[j].offset[k] * token_stride, v);
           A dot = A(0);  // grad_output . value at this corner
 #pragma unroll
           for (int i = 0; i < VEC; ++i) dot = fma(grad[i], v[i], dot);
-          sum_w = fma(corner_weight[k], dot, sum_w);
-          sum_x = fma(d_dx[k], dot, sum_x);
-          sum_y = fma(d_dy[k], dot, sum_y);
-          atomic_add_vec<VEC>(grad_value_level + f.offset[k] * token_stride, grad,
-                              a * corner_weight[k]);
+          sum_w[j] = fma(corner_weight[k], dot, sum_w[j]);
+          sum_x[j] = fma(d_dx[k], dot, sum_x[j]);
+          sum_y[j] = fma(d_dy[k], dot, sum_y[j]);
+          atomic_add_vec<VEC>(grad_value_level + f[j].offset[k] * token_stride, grad,
+                              a[j] * corner_weight[k]);
         }
       }
+      // sum over the group's lanes: 3 * kBackwardChunk independent shuffle chains
 #pragma unroll
       for (int offset = G / 2; offset > 0; offset /= 2) {
-        sum_w += __shfl_xor_sync(group_mask, sum_w, offset);
-        sum_x += __shfl_xor_sync(group_mask, sum_x, offset);
-        sum_y += __shfl_xor_sync(group_mask, sum_y, offset);
+#pragma unroll
+        for (int j = 0; j < kBackwardChunk; ++j) {
+          sum_w[j] += __shfl_xor_sync(group_mask, sum_w[j], offset);
+          sum_x[j] += __shfl_xor_sync(group_mask, sum_x[j], offset);
+          sum_y[j] += __shfl_xor_sync(group_mask, sum_y[j], offset);
+        }
       }
       if (w.lane == 0) {
-        const A grad_x = a * static_cast<A>(width) * sum_x;  // d pixel_x / d loc_x = width
-        const A grad_y = a * static_cast<A>(height) * sum_y;
-        if (num_slabs == 1) {
-          grad_loc[2 * point_index] = from_acc<T>(grad_x);
-          grad_loc[2 * point_index + 1] = from_acc<T>(grad_y);
-          grad_weight[point_index] = from_acc<T>(sum_w);
-        } else {
-          atomicAdd(grad_loc_acc + 2 * point_index, grad_x);
-          atomicAdd(grad_loc_acc + 2 * point_index + 1, grad_y);
-          atomicAdd(grad_weight_acc + point_index, sum_w);
+#pragma unroll
+        for (int j = 0; j < kBackwardChunk; ++j) {
+          const int64_t point = level_first_point + first + j;
+          if (first + j >= p.points) break;
+          // d pixel / d loc = size; points off the map have a = 0 and zero sums
+          const A grad_x = a[j] * static_cast<A>(width) * sum_x[j];
+          const A grad_y = a[j] * static_cast<A>(height) * sum_y[j];
+          if (num_slabs == 1) {
+            grad_loc[2 * point] = from_acc<T>(grad_x);
+            grad_loc[2 * point + 1] = from_acc<T>(grad_y);
+            grad_weight[point] = from_acc<T>(sum_w[j]);
+          } else if (on_map[j]) {
+            atomicAdd(grad_loc_acc + 2 * point, grad_x);
+            atomicAdd(grad_loc_acc + 2 * point + 1, grad_y);
+            atomicAdd(grad_weight_acc + point, sum_w[j]);
+          }
         }
       }
     }
   }
 }
 
-// Calls fn(integral_constant VEC, integral_constant G) for the layout that suits dim.
+// Calls fn(integral_constant VEC, integral_constant G) for the layout that suits dim. The fast
+// paths give every lane 4 channels (16 bytes of float, 8 of half / bfloat16), so that a group's
+// grad_value atomics cover whole 32-byte sectors in every storage type.
 template <typename T, typename Fn>
 void with_layout(int dim, bool aligned16, Fn&& fn) {
   if constexpr (!std::is_same_v<T, double>) {
-    constexpr int kVec = 16 / sizeof(T);
     if (aligned16 && dim == 32) {
-      return fn(std::integral_constant<int, kVec>{}, std::integral_constant<int, 32 / kVec>{});
+      return fn(std::integral_constant<int, 4>{}, std::integral_constant<int, 8>{});
     }
     if (aligned16 && dim == 64) {
-      return fn(std::integral_constant<int, kVec>{}, std::integral_constant<int, 64 / kVec>{});
+      return fn(std::integral_constant<int, 4>{}, std::integral_constant<int, 16>{});
     }
   }
   if (dim <= 8) return fn(std::integral_constant<int, 1>{}, std::integral_constant<int, 8>{});

@@ -8,6 +8,8 @@ random (no checkpoint is downloaded); every image gets ``--boxes`` random ground
         mmdet::detr/detr_r50_8xb2-150e_coco.py --mode train --shape 800 1216 --batch 2 --amp
 """
 import argparse
+import importlib
+import os
 import statistics
 import time
 from typing import Callable, List
@@ -38,8 +40,17 @@ def parse_args():
     return p.parse_args()
 
 
+def resolve(config: str) -> str:
+    """``pkg::rel/path.py`` -> the config shipped inside an installed OpenMMLab package."""
+    if '::' not in config:
+        return config
+    package, relative = config.split('::', 1)
+    root = os.path.dirname(importlib.import_module(package).__file__)
+    return os.path.join(root, '.mim', 'configs', relative)
+
+
 def build_model(config: str, device: str):
-    cfg = Config.fromfile(config)
+    cfg = Config.fromfile(resolve(config))
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     cfg.model.backbone.init_cfg = None  # random weights: nothing to download
     from mmengine.registry import MODELS

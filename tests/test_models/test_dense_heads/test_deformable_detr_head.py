@@ -1,0 +1,147 @@
+"""DeformableDETRHead: branch sharing and init, focal loss against a float64 formula, the
+class-agnostic encoder loss, top-k over (query, class) pairs against brute force."""
+import math
+
+import pytest
+import torch
+from mmdet.structures import DetDataSample
+from mmengine.structures import InstanceData
+
+from detr_plugin.models.dense_heads import DeformableDETRHead
+from detr_plugin.models.layers.deformable_detr_transformer import refine_boxes
+
+
+def make_head(**kwargs):
+    cfg = dict(num_classes=3, embed_dims=8, num_layers=2, test_cfg=dict(max_per_img=5))
+    cfg.update(kwargs)
+    head = DeformableDETRHead(**cfg)
+    head.init_weights()
+    return head
+
+
+def samples_with(boxes_per_image, labels_per_image, shape=(40, 50)):
+    samples = []
+    for boxes, labels in zip(boxes_per_image, labels_per_image):
+        s = DetDataSample(metainfo=dict(img_shape=shape, ori_shape=shape, scale_factor=(1., 1.)))
+        s.gt_instances = InstanceData(bboxes=torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                                      labels=torch.tensor(labels, dtype=torch.long))
+        samples.append(s)
+    return samples
+
+
+@pytest.mark.parametrize('refine,two_stage', [(False, False), (True, False), (True, True)])
+def test_branches_and_init(refine, two_stage):
+    head = make_head(with_box_refine=refine, as_two_stage=two_stage)
+    assert len(head.cls_branches) == len(head.reg_branches) == 2 + two_stage
+    shared = head.reg_branches[0] is head.reg_branches[1]
+    assert shared == (not refine)
+    prior = -math.log(0.99 / 0.01)
+    for cls, reg in zip(head.cls_branches, head.reg_branches):
+        torch.testing.assert_close(cls.bias, torch.full((3,), prior))
+        assert not reg.layers[-1].weight.any()
+    # w, h start at sigmoid(-2) on the first layer (all layers when shared); two-stage: at 0
+    first = 0.0 if two_stage else -2.0
+    torch.testing.assert_close(head.reg_branches[0].layers[-1].bias, torch.tensor([0, 0, first, first]))
+    if refine:
+        torch.testing.assert_close(head.reg_branches[1].layers[-1].bias, torch.zeros(4))
+        # clones start equal
+        torch.testing.assert_close(head.cls_branches[0].weight, head.cls_branches[1].weight)
+
+
+def test_forward_adds_offsets_to_each_layers_reference():
+    torch.manual_seed(0)
+    head = make_head(with_box_refine=True)
+    for p in head.parameters():
+        p.data.normal_()
+    hidden = torch.randn(2, 1, 4, 8)
+    refs = [torch.rand(1, 4, 2), torch.rand(1, 4, 4)]
+    logits, boxes = head(hidden, refs)
+    for i in range(2):
+        torch.testing.assert_close(logits[i], head.cls_branches[i](hidden[i]))
+        torch.testing.assert_close(boxes[i], refine_boxes(refs[i], head.reg_branches[i](hidden[i])))
+
+
+def focal_float64(logits, targets, alpha=0.25, gamma=2.0):
+    """Sigmoid focal loss summed over all entries; targets one-hot (float)."""
+    p = logits.double().sigmoid()
+    t = targets.double()
+    pt = p * t + (1 - p) * (1 - t)
+    ce = -(t * p.log() + (1 - t) * (1 - p).log())
+    return ((alpha * t + (1 - alpha) * (1 - t)) * (1 - pt)**gamma * ce).sum()
+
+
+def test_focal_loss_per_layer_against_formula():
+    torch.manual_seed(0)
+    head = make_head()
+    logits = torch.randn(2, 2, 4, 3)  # (L, bs, Q, K)
+    boxes = torch.rand(2, 2, 4, 4) * 0.5 + 0.25
+    samples = samples_with([[[5, 5, 20, 30], [10, 0, 40, 20]], []], [[2, 0], []])
+    gt = head.ground_truth(samples, boxes)
+    matches = head.match(logits, boxes, gt)
+    num_boxes = torch.tensor(2.0)
+    loss = head.loss_cls_per_layer(logits, boxes, gt, matches, num_boxes)
+    for layer in range(2):
+        targets = torch.zeros(2, 4, 3)
+        for b, (q, g) in enumerate(matches.pairs[layer]):
+            targets[b, q, gt.labels[b][g]] = 1.0
+        expected = 2.0 * focal_float64(logits[layer], targets) / 2.0  # loss_weight 2, / num_boxes
+        assert math.isclose(loss[layer].item(), expected.item(), rel_tol=1e-5)
+
+
+def test_encoder_loss_is_class_agnostic():
+    torch.manual_seed(0)
+    head = make_head(with_box_refine=True, as_two_stage=True)
+    logits = torch.randn(2, 30, 3)
+    boxes = torch.rand(2, 30, 4) * 0.5 + 0.25
+    a = head.loss_encoder(logits, boxes, samples_with([[[5, 5, 20, 30]], [[0, 0, 9, 9]]], [[2], [1]]))
+    b = head.loss_encoder(logits, boxes, samples_with([[[5, 5, 20, 30]], [[0, 0, 9, 9]]], [[0], [0]]))
+    assert set(a) == {'enc_loss_cls', 'enc_loss_bbox', 'enc_loss_iou'}
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+    # the matched proposals' class-0 logit is the positive one
+    gt = head.ground_truth(samples_with([[[5, 5, 20, 30]], [[0, 0, 9, 9]]], [[0], [0]]), boxes)
+    matches = head.match(logits[None], boxes[None], gt)
+    targets = torch.zeros(2, 30, 3)
+    for bi, (q, _) in enumerate(matches.pairs[0]):
+        targets[bi, q, 0] = 1.0
+    expected = 2.0 * focal_float64(logits, targets) / 2.0
+    assert math.isclose(a['enc_loss_cls'].item(), expected.item(), rel_tol=1e-5)
+
+
+def test_loss_with_an_image_without_boxes():
+    torch.manual_seed(0)
+    head = make_head()
+    hidden = torch.randn(2, 2, 6, 8, requires_grad=True)
+    refs = [torch.rand(2, 6, 2)] * 2
+    losses = head.loss(hidden, refs, samples_with([[], []], [[], []]))
+    total = sum(losses.values())
+    total.backward()
+    assert torch.isfinite(total) and losses['loss_bbox'] == 0 and losses['loss_cls'] > 0
+
+
+def test_top_k_over_queries_and_classes_brute_force():
+    torch.manual_seed(0)
+    head = make_head()
+    logits = torch.randn(2, 4, 3)
+    scores, labels, queries = head.scores_and_labels(logits)
+    for b in range(2):
+        pairs = sorted(((logits[b, q, k].sigmoid().item(), q, k) for q in range(4) for k in range(3)),
+                       reverse=True)[:5]
+        assert [(q, k) for _, q, k in pairs] == list(zip(queries[b].tolist(), labels[b].tolist()))
+        torch.testing.assert_close(scores[b], torch.tensor([s for s, _, _ in pairs]))
+
+
+def test_predict_uses_last_layer_branches():
+    torch.manual_seed(0)
+    head = make_head(with_box_refine=True)
+    for p in head.parameters():
+        p.data.normal_()
+    hidden = torch.randn(2, 1, 4, 8)
+    refs = [torch.rand(1, 4, 2), torch.rand(1, 4, 4)]
+    sample = samples_with([[]], [[]], shape=(10, 20))
+    result = head.predict(hidden, refs, sample, rescale=False)[0]
+    logits, boxes = head(hidden, refs)
+    scores, labels, queries = head.scores_and_labels(logits[-1])
+    torch.testing.assert_close(result.scores, scores[0])
+    expected = head.to_pixels(boxes[-1, 0, queries[0]], sample[0].metainfo, rescale=False)
+    torch.testing.assert_close(result.bboxes, expected)

@@ -18,3 +18,12 @@ __all__ += [
     'DeformableDetrTransformerEncoder', 'DeformableDetrTransformerDecoder', 'MultiScaleLevels',
     'EncoderProposals'
 ]
+from .csp_rep_layer import ConvNormAct, CSPRepLayer, RepVggBlock  # noqa: E402
+from .denoising import ContrastiveDenoising, DenoisingGroups  # noqa: E402
+from .frozen_batch_norm import FrozenBatchNorm2d  # noqa: E402
+from .rtdetr_decoder import RTDETRDecoder, RTDETROutputs  # noqa: E402
+
+__all__ += [
+    'ConvNormAct', 'CSPRepLayer', 'RepVggBlock', 'ContrastiveDenoising', 'DenoisingGroups',
+    'FrozenBatchNorm2d', 'RTDETRDecoder', 'RTDETROutputs'
+]

@@ -1,0 +1,3 @@
+from .resnet_vd import ResNetVd
+
+__all__ = ['ResNetVd']

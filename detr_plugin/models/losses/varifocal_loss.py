@@ -1,0 +1,78 @@
+"""RT-DETR's varifocal loss (Zhao et al. 2024, Eq. 6; after VarifocalNet, Zhang et al. 2021).
+
+Binary cross-entropy on every (query, class) logit against a soft target: the IoU of the query's
+box with its matched gt for the matched class, 0 elsewhere. Each term is weighted by
+``alpha * p^gamma`` off the matched class (down-weighting easy negatives as focal loss does) and by
+the target IoU on it. Unlike mmdet's ``VarifocalLoss``, the matched class is a positive even when
+its IoU is 0 (its weight is then 0, as in the original), and no normalization by positives is done
+here: the head divides by the number of gt boxes.
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from detr_plugin.registry import MODELS
+
+
+def varifocal_loss(logits: Tensor, labels: Tensor, ious: Tensor, alpha: float = 0.75,
+                   gamma: float = 2.0) -> Tensor:
+    """Elementwise loss.
+
+    Args:
+        logits: (N, K) class logits.
+        labels: (N,) long in [0, K]; K means "no object".
+        ious: (N,) target score of each query's label (ignored where labels == K), no gradient.
+    Returns:
+        (N, K) loss of every logit.
+    """
+    num_classes = logits.shape[-1]
+    one_hot = F.one_hot(labels, num_classes + 1)[..., :num_classes].to(logits.dtype)  # (N, K)
+    target = one_hot * ious.detach()[..., None].to(logits.dtype)
+    prob = logits.detach().sigmoid()
+    weight = alpha * prob.pow(gamma) * (1 - one_hot) + target
+    return F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction='none')
+
+
+@MODELS.register_module()
+class RTDETRVarifocalLoss(nn.Module):
+    """``loss_weight * sum(varifocal_loss) / avg_factor`` (``reduction='sum'`` then divided).
+
+    Args:
+        alpha: weight of the negative terms.
+        gamma: focusing exponent of the negative terms.
+        loss_weight: multiplies the loss.
+        reduction: 'none' (elementwise, (N, K)), 'sum' or 'mean' (over all N * K terms).
+    """
+
+    def __init__(self, alpha: float = 0.75, gamma: float = 2.0, loss_weight: float = 1.0,
+                 reduction: str = 'sum') -> None:
+        super().__init__()
+        self.alpha = alpha
+        self.gamma = gamma
+        self.loss_weight = loss_weight
+        self.reduction = self._check_reduction(reduction)
+
+    def forward(self, logits: Tensor, labels: Tensor, ious: Tensor,
+                avg_factor: Optional[float] = None,
+                reduction_override: Optional[str] = None) -> Tensor:
+        """logits (N, K), labels (N,) in [0, K], ious (N,); see :func:`varifocal_loss`."""
+        if logits.dim() != 2 or labels.shape != logits.shape[:1] or ious.shape != labels.shape:
+            raise ValueError(f'expected logits (N, K), labels (N,) and ious (N,), got '
+                             f'{tuple(logits.shape)}, {tuple(labels.shape)}, {tuple(ious.shape)}')
+        reduction = self._check_reduction(reduction_override or self.reduction)
+        loss = varifocal_loss(logits, labels, ious, self.alpha, self.gamma)
+        if reduction == 'sum':
+            loss = loss.sum()
+        elif reduction == 'mean':
+            loss = loss.mean()
+        if avg_factor is not None:
+            loss = loss / avg_factor
+        return self.loss_weight * loss
+
+    @staticmethod
+    def _check_reduction(reduction: str) -> str:
+        if reduction not in ('none', 'sum', 'mean'):
+            raise ValueError(f"reduction must be 'none', 'sum' or 'mean', got {reduction!r}")
+        return reduction

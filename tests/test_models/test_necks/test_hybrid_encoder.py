@@ -1,0 +1,89 @@
+"""Hybrid encoder: position embedding by hand, RepVGG block by hand, shapes of every config."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from mmengine.config import Config
+
+from detr_plugin.models.layers.csp_rep_layer import CSPRepLayer, RepVggBlock
+from detr_plugin.models.necks import HybridEncoder, sincos_position_embedding
+
+
+def test_sincos_embedding_by_hand():
+    h, w, dims, temperature = 2, 3, 8, 10000.
+    pos = sincos_position_embedding(h, w, dims, temperature)
+    assert pos.shape == (1, 6, 8)
+    # the original enumerates a w x h grid (u, v) u-major: token k has u = k // h, v = k % h
+    tokens = [(u, v) for u in range(w) for v in range(h)]
+    for k, (u, v) in enumerate(tokens):
+        expected = []
+        for fn, coord in ((math.sin, u), (math.cos, u), (math.sin, v), (math.cos, v)):
+            expected += [fn(coord / temperature ** (i / 2)) for i in range(2)]
+        torch.testing.assert_close(pos[0, k], torch.tensor(expected))
+    with pytest.raises(ValueError, match='divisible by 4'):
+        sincos_position_embedding(2, 2, 6)
+
+
+def bn_eval(x, bn):
+    return (x - bn.running_mean[:, None, None]) / torch.sqrt(bn.running_var[:, None, None] +
+                                                             bn.eps) * \
+        bn.weight[:, None, None] + bn.bias[:, None, None]
+
+
+def test_repvgg_block_and_csp_layer_by_hand():
+    torch.manual_seed(0)
+    block = RepVggBlock(4, act='silu').eval()
+    for bn in (block.conv1.norm, block.conv2.norm):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 4, 5, 5)
+    expected = F.silu(bn_eval(F.conv2d(x, block.conv1.conv.weight, padding=1), block.conv1.norm) +
+                      bn_eval(F.conv2d(x, block.conv2.conv.weight), block.conv2.norm))
+    torch.testing.assert_close(block(x), expected)
+
+    layer = CSPRepLayer(8, 6, num_blocks=2, expansion=0.5, act='silu').eval()
+    x = torch.randn(1, 8, 3, 3)
+    hidden = layer.bottlenecks[1](layer.bottlenecks[0](layer.conv1(x))) + layer.conv2(x)
+    torch.testing.assert_close(layer(x), layer.conv3(hidden))
+    assert layer.conv1.conv.out_channels == 3
+    assert isinstance(CSPRepLayer(8, 6, expansion=1.0).conv3, torch.nn.Identity)
+
+
+@pytest.mark.parametrize('config,in_channels,width,blocks,hidden', [
+    ('rtdetr_r18vd_8xb2-72e_coco.py', [128, 256, 512], 256, 3, 128),
+    ('rtdetr_r34vd_8xb2-72e_coco.py', [128, 256, 512], 256, 3, 128),
+    ('rtdetr_r50vd_8xb2-72e_coco.py', [512, 1024, 2048], 256, 3, 256),
+    ('rtdetr_r101vd_8xb2-72e_coco.py', [512, 1024, 2048], 384, 3, 384),
+])
+def test_shapes_of_every_config(config, in_channels, width, blocks, hidden):
+    cfg = Config.fromfile(f'configs/rtdetr/{config}').model.neck
+    cfg.pop('type')
+    neck = HybridEncoder(**cfg)
+    assert neck.in_channels == in_channels and neck.embed_dims == width
+    assert len(neck.fpn_blocks[0].bottlenecks) == blocks
+    assert neck.fpn_blocks[0].conv1.conv.out_channels == hidden
+    # an odd width, as a backbone gives it for a 64 x 56 input: 7, then ceil(7 / 2) = 4, then 2
+    sizes = [(8, 7), (4, 4), (2, 2)]
+    outs = neck([torch.randn(1, c, *size) for c, size in zip(in_channels, sizes)])
+    assert [tuple(o.shape) for o in outs] == [(1, width, *size) for size in sizes]
+
+
+def test_fusion_connects_every_level_to_every_output():
+    torch.manual_seed(0)
+    neck = HybridEncoder(in_channels=[4, 6, 8], embed_dims=16, num_heads=2, ffn_dims=32,
+                         expansion=0.5, depth_mult=1 / 3).eval()
+    feats = [torch.randn(1, c, 8 // 2 ** i, 8 // 2 ** i, requires_grad=True)
+             for i, c in enumerate([4, 6, 8])]
+    outs = neck(feats)
+    for out in outs:  # top-down then bottom-up: each output sees all inputs
+        grads = torch.autograd.grad(out.sum(), feats, retain_graph=True)
+        assert all(g.abs().sum() > 0 for g in grads)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match='encoder_levels'):
+        HybridEncoder(in_channels=[4, 8], encoder_levels=[2])
+    with pytest.raises(ValueError, match='feature levels'):
+        HybridEncoder(in_channels=[4, 8], embed_dims=8, num_heads=2,
+                      encoder_levels=[1])([torch.randn(1, 4, 2, 2)])

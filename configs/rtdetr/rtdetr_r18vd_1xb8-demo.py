@@ -1,0 +1,42 @@
+# A small RT-DETR trained from scratch on the generated demo data (tools/misc/make_demo_dataset.py),
+# a few minutes on 2 CPU cores; the counterpart of configs/detr/detr_r18_1xb8-demo.py. Same
+# architecture as the paper's R18 model, narrower: ResNet-18-vd (strides 8/16/32, trainable
+# BatchNorm, no pretrained weights), width 128, 3 decoder layers, 30 queries, 30 denoising queries.
+_base_ = [
+    '../_base_/models/rtdetr_r50vd.py', '../_base_/datasets/demo_detection.py',
+    '../_base_/default_runtime.py'
+]
+
+embed_dims = 128
+model = dict(
+    backbone=dict(
+        depth=18,
+        frozen_stages=-1,
+        norm_cfg=dict(type='BN', requires_grad=True),
+        norm_eval=False),
+    neck=dict(in_channels=[128, 256, 512], embed_dims=embed_dims, ffn_dims=512, expansion=0.5),
+    decoder=dict(
+        in_channels=[embed_dims] * 3,
+        embed_dims=embed_dims,
+        num_queries=30,
+        num_layers=3,
+        layer_cfg=dict(ffn_dims=512)),
+    denoising=dict(num_denoising=30),
+    bbox_head=dict(num_classes=3, embed_dims=embed_dims),
+    test_cfg=dict(max_per_img=30))
+
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=2e-4, weight_decay=1e-4),
+    clip_grad=dict(max_norm=0.1, norm_type=2),
+    paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0))
+
+max_epochs = 30
+train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=10)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+param_scheduler = [
+    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[25], gamma=0.1)
+]
+default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=10, max_keep_ckpts=1))
+auto_scale_lr = dict(base_batch_size=8)

@@ -1,0 +1,70 @@
+# RT-DETR R50-vd, the paper's COCO recipe (rtdetr_pytorch's rtdetr_r50vd_6x_coco.yml): 72 epochs,
+# total batch 16, AdamW 1e-4 (backbone 1e-5), weight decay 1e-4 except on norms and biases,
+# gradient clip 0.1, EMA 0.9999 with 2000 warm-up iterations, 640x640 inputs with batch-level
+# multi-scale 480-800 in training. Expected: 53.1 AP on val2017 (paper, Table 2).
+#
+# The backbone starts from the original's ImageNet weights (PaddleClas ResNet-vd), converted with
+#   python tools/model_converters/rtdetr_to_plugin.py ResNet50_vd_ssld_v2_pretrained_from_paddle.pth \
+#       checkpoints/presnet50vd_imagenet.pth
+# (download links: lyuwenyu/RT-DETR, rtdetr_pytorch/src/nn/backbone/presnet.py).
+_base_ = [
+    '../_base_/models/rtdetr_r50vd.py', '../_base_/datasets/coco_detection.py',
+    '../_base_/default_runtime.py'
+]
+
+model = dict(
+    backbone=dict(init_cfg=dict(type='Pretrained', prefix='backbone.',
+                                checkpoint='checkpoints/presnet50vd_imagenet.pth')),
+    # one random size per batch (multiples of 32 in 480-800), the original's model.multi_scale
+    data_preprocessor=dict(batch_augments=[
+        dict(type='BatchSyncRandomResize', random_size_range=(480, 800), size_divisor=32,
+             interval=1)
+    ]))
+
+backend_args = None
+train_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='RandomApply', transforms=[dict(type='PhotoMetricDistortion')], prob=0.5),
+    dict(type='Expand', mean=[0, 0, 0], to_rgb=True, ratio_range=(1, 4), prob=0.5),  # zoom out
+    dict(type='RandomApply', transforms=[dict(type='MinIoURandomCrop')], prob=0.8),
+    dict(type='FilterAnnotations', min_gt_bbox_wh=(1, 1), keep_empty=False),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='Resize', scale=(640, 640), keep_ratio=False),
+    dict(type='PackDetInputs')
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='Resize', scale=(640, 640), keep_ratio=False),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='PackDetInputs',
+         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))
+]
+train_dataloader = dict(
+    batch_size=2,
+    num_workers=4,
+    batch_sampler=None,  # every image is resized to 640 x 640
+    dataset=dict(filter_cfg=dict(filter_empty_gt=False), pipeline=train_pipeline))
+val_dataloader = dict(batch_size=8, dataset=dict(pipeline=test_pipeline))
+test_dataloader = val_dataloader
+
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4),
+    clip_grad=dict(max_norm=0.1, norm_type=2),
+    paramwise_cfg=dict(
+        custom_keys={'backbone': dict(lr_mult=0.1)}, norm_decay_mult=0.0, bias_decay_mult=0.0))
+
+max_epochs = 72
+train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=1)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+# the original keeps the learning rate constant (MultiStepLR at epoch 1000, no warm-up)
+
+custom_hooks = [
+    # decay 0.9999 * (1 - exp(-(1 + step) / 2000)), buffers included, as the original's ModelEMA
+    dict(type='EMAHook', ema_type='ExpMomentumEMA', momentum=0.0001, gamma=2000,
+         update_buffers=True, priority=49)
+]
+sync_bn = 'torch'  # as the original (matters where BatchNorm trains: encoder, R18/R34 backbone)
+auto_scale_lr = dict(base_batch_size=16)

@@ -1,0 +1,140 @@
+"""RT-DETR's prediction heads, set loss with varifocal classification, and top-k post-processing."""
+import math
+from typing import Dict
+
+import torch
+from mmdet.structures import SampleList
+from mmdet.structures.bbox import bbox_cxcywh_to_xyxy, bbox_overlaps
+from mmdet.utils import InstanceList, reduce_mean
+from torch import Tensor, nn
+
+from detr_plugin.registry import MODELS
+from ..layers import MLP
+from ..layers.denoising import DenoisingGroups
+from ..layers.rtdetr_decoder import RTDETROutputs
+from ..task_modules import Matches
+from .detr_head import DETRHead, GroundTruth
+
+
+@MODELS.register_module()
+class RTDETRHead(DETRHead):
+    """One class head and one box head per decoder layer plus one pair for the encoder tokens.
+
+    The box heads predict a delta in inverse-sigmoid space that the decoder adds to each layer's
+    reference box (:class:`RTDETRDecoder`); the class heads predict ``num_classes`` sigmoid logits.
+    The loss (varifocal + L1 + GIoU) supervises every decoder layer, the encoder's top-k queries
+    (matched on their own) and every layer's denoising queries (matched by construction). Names:
+    ``loss_*`` for the last layer, ``d{i}.loss_*`` for the others, ``enc_loss_*`` for the encoder,
+    ``dn_loss_*`` and ``d{i}.dn_loss_*`` for the denoising queries. Inference keeps the
+    ``max_per_img`` best (query, class) pairs of the sigmoid scores.
+
+    Args:
+        num_classes: object classes.
+        embed_dims: decoder width.
+        num_pred_layers: decoder layers (set by the detector from its decoder).
+        loss_cls / loss_bbox / loss_iou: loss configs (``RTDETRVarifocalLoss``, L1, GIoU).
+        train_cfg: ``dict(assigner=...)``; default: focal class cost 2, L1 5, GIoU 2.
+        test_cfg: ``dict(max_per_img=300)``.
+    """
+
+    def __init__(self,
+                 num_classes: int,
+                 embed_dims: int = 256,
+                 num_pred_layers: int = 6,
+                 loss_cls: dict = dict(type='RTDETRVarifocalLoss', alpha=0.75, gamma=2.0,
+                                       loss_weight=1.0),
+                 loss_bbox: dict = dict(type='L1Loss', loss_weight=5.0),
+                 loss_iou: dict = dict(type='GIoULoss', loss_weight=2.0),
+                 train_cfg: dict = None,
+                 test_cfg: dict = None,
+                 init_cfg: dict = None) -> None:
+        self.num_pred_layers = num_pred_layers
+        train_cfg = train_cfg or dict(assigner=dict(type='HungarianAssigner', match_costs=[
+            dict(type='FocalLossCost', weight=2.0, alpha=0.25, gamma=2.0),
+            dict(type='BBoxL1Cost', weight=5.0),
+            dict(type='IoUCost', iou_mode='giou', weight=2.0)]))
+        super().__init__(num_classes, embed_dims, loss_cls=loss_cls, loss_bbox=loss_bbox,
+                         loss_iou=loss_iou, train_cfg=train_cfg,
+                         test_cfg=test_cfg or dict(max_per_img=300), init_cfg=init_cfg)
+
+    def _init_layers(self) -> None:
+        c, k = self.embed_dims, self.num_classes
+        self.cls_branches = nn.ModuleList(nn.Linear(c, k) for _ in range(self.num_pred_layers))
+        self.reg_branches = nn.ModuleList(MLP(c, c, 4, 3) for _ in range(self.num_pred_layers))
+        self.enc_cls_branch = nn.Linear(c, k)
+        self.enc_reg_branch = MLP(c, c, 4, 3)
+        prior_bias = -math.log((1 - 0.01) / 0.01)  # every class starts at probability 0.01
+        for cls in (*self.cls_branches, self.enc_cls_branch):
+            nn.init.constant_(cls.bias, prior_bias)
+        for reg in (*self.reg_branches, self.enc_reg_branch):  # boxes start at their references
+            nn.init.zeros_(reg.layers[-1].weight)
+            nn.init.zeros_(reg.layers[-1].bias)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError('RTDETRHead has no forward: RTDETRDecoder applies its branches '
+                                  'layer by layer; use loss() / predict() on its outputs')
+
+    # ------------------------------------------------------------------ loss
+    def loss(self, outputs: RTDETROutputs, batch_data_samples: SampleList) -> Dict[str, Tensor]:
+        """Losses of every decoder layer, the encoder top-k and the denoising queries."""
+        gt = self.ground_truth(batch_data_samples, outputs.boxes)
+        # the encoder's top-k is matched with the decoder layers, as one more layer
+        logits = torch.cat([outputs.logits, outputs.enc_logits[None]])  # (L + 1, bs, Q, K)
+        boxes = torch.cat([outputs.boxes, outputs.enc_boxes[None]])
+        matches = self.match(logits, boxes, gt)
+        num_boxes = reduce_mean(boxes.new_tensor(float(len(gt.all_labels)))).clamp(min=1.0)
+        per_layer = self.losses_per_layer(logits, boxes, gt, matches, num_boxes)
+        losses = self.name_losses(**{name: value[:-1] for name, value in per_layer.items()})
+        losses.update({f'enc_{name}': value[-1] for name, value in per_layer.items()})
+        if outputs.denoising is not None:
+            dn = outputs.denoising
+            dn_matches = self.denoising_matches(dn, outputs.dn_logits.shape[0])
+            per_layer = self.losses_per_layer(outputs.dn_logits, outputs.dn_boxes, gt, dn_matches,
+                                              num_boxes * dn.num_groups)
+            losses.update(self.name_losses(**{f'dn_{n}': v for n, v in per_layer.items()}))
+        return losses
+
+    def losses_per_layer(self, logits: Tensor, boxes: Tensor, gt: GroundTruth, matches: Matches,
+                         num_boxes: Tensor) -> Dict[str, Tensor]:
+        """(L,) class, L1 and IoU losses of each layer of (L, bs, Q, K) logits / (L, bs, Q, 4)."""
+        loss_cls = self.loss_cls_per_layer(logits, boxes, gt, matches, num_boxes)
+        loss_bbox, loss_iou = self.loss_boxes_per_layer(boxes, gt, matches, num_boxes)
+        return dict(loss_cls=loss_cls, loss_bbox=loss_bbox, loss_iou=loss_iou)
+
+    def loss_cls_per_layer(self, cls_logits: Tensor, boxes: Tensor, gt: GroundTruth,
+                           matches: Matches, num_boxes: Tensor) -> Tensor:
+        """(L,) varifocal loss of each layer: the matched class's target is the IoU of the query's
+        box with its gt; summed over queries and classes, divided by ``num_boxes``."""
+        num_layers = cls_logits.shape[0]
+        labels = self.classification_targets(cls_logits, gt, matches)  # (L, bs, Q)
+        ious = cls_logits.new_zeros(labels.numel())
+        if len(matches.pred_index):
+            pred = bbox_cxcywh_to_xyxy(boxes.detach().flatten(0, 2)[matches.pred_index])
+            target = bbox_cxcywh_to_xyxy(gt.all_boxes[matches.gt_index])
+            ious[matches.pred_index] = bbox_overlaps(pred, target, is_aligned=True).to(ious.dtype)
+        loss = self.loss_cls(cls_logits.flatten(0, 2), labels.flatten(), ious,
+                             reduction_override='none')  # (L * bs * Q, K)
+        return loss.view(num_layers, -1).sum(1) / num_boxes
+
+    @staticmethod
+    def denoising_matches(dn: DenoisingGroups, num_layers: int) -> Matches:
+        """Each positive denoising query reconstructs its own gt, on every layer."""
+        per_layer = dn.query.shape[0] * dn.query.shape[1]  # bs * D
+        layer_offsets = torch.arange(num_layers, device=dn.pred_index.device) * per_layer
+        pred_index = (layer_offsets[:, None] + dn.pred_index[None]).flatten()
+        return Matches(pairs=[], pred_index=pred_index, gt_index=dn.gt_index.repeat(num_layers))
+
+    # ------------------------------------------------------------- inference
+    def predict(self, outputs: RTDETROutputs, batch_data_samples: SampleList,
+                rescale: bool = True) -> InstanceList:
+        """Detections of the last computed decoder layer (``eval_idx`` at inference)."""
+        return self.predict_by_outputs(outputs.logits[-1], outputs.boxes[-1], batch_data_samples,
+                                       rescale)
+
+    def scores_and_labels(self, cls_logits: Tensor):
+        """Top ``max_per_img`` of the (bs, Q * K) sigmoid scores: a query may give several
+        detections of different classes. Returns (bs, k) scores, labels and query indices."""
+        num_classes = cls_logits.shape[-1]
+        k = min(self.test_cfg.get('max_per_img', 300), cls_logits.shape[1] * num_classes)
+        scores, index = cls_logits.sigmoid().flatten(1).topk(k, dim=1)
+        return scores, index % num_classes, index // num_classes

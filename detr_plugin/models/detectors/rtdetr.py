@@ -1,0 +1,81 @@
+"""RT-DETR: DETRs Beat YOLOs on Real-time Object Detection (Zhao et al., CVPR 2024)."""
+from typing import Dict, Optional, Tuple
+
+from mmdet.models.detectors import BaseDetector
+from mmdet.structures import SampleList
+from torch import Tensor
+
+from detr_plugin.registry import MODELS
+from ..layers.denoising import ContrastiveDenoising
+from ..layers.rtdetr_decoder import RTDETROutputs
+
+
+@MODELS.register_module()
+class RTDETR(BaseDetector):
+    """Backbone (strides 8/16/32) -> hybrid encoder -> query selection + decoder -> head.
+
+    Args:
+        backbone: e.g. ``ResNetVd`` with ``out_indices=(1, 2, 3)``.
+        neck: ``HybridEncoder`` config.
+        decoder: ``RTDETRDecoder`` config.
+        bbox_head: ``RTDETRHead`` config; receives ``num_pred_layers`` from the decoder and
+            ``train_cfg`` / ``test_cfg``.
+        denoising: ``ContrastiveDenoising`` arguments (num_denoising, label_noise_ratio,
+            box_noise_scale), or None to train without denoising queries.
+    """
+
+    def __init__(self,
+                 backbone: dict,
+                 neck: dict,
+                 decoder: dict,
+                 bbox_head: dict,
+                 denoising: Optional[dict] = dict(num_denoising=100, label_noise_ratio=0.5,
+                                                  box_noise_scale=1.0),
+                 train_cfg: Optional[dict] = None,
+                 test_cfg: Optional[dict] = None,
+                 data_preprocessor: Optional[dict] = None,
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        self.backbone = MODELS.build(backbone)
+        self.neck = MODELS.build(neck)
+        self.decoder = MODELS.build(decoder)
+        self.bbox_head = MODELS.build(dict(bbox_head, num_pred_layers=self.decoder.num_layers,
+                                           train_cfg=train_cfg, test_cfg=test_cfg))
+        if self.bbox_head.embed_dims != self.decoder.embed_dims:
+            raise ValueError(f'bbox_head embed_dims={self.bbox_head.embed_dims} differs from the '
+                             f'decoder embed_dims={self.decoder.embed_dims}')
+        self.denoising = (ContrastiveDenoising(self.bbox_head.num_classes, self.decoder.embed_dims,
+                                               **denoising) if denoising else None)
+
+    def extract_feat(self, batch_inputs: Tensor) -> Tuple[Tensor, ...]:
+        """(bs, 3, H, W) -> the hybrid encoder's levels (bs, C, H / s, W / s), s = 8, 16, 32."""
+        return self.neck(self.backbone(batch_inputs))
+
+    def forward_transformer(self, feats: Tuple[Tensor, ...],
+                            batch_data_samples: Optional[SampleList] = None) -> RTDETROutputs:
+        """Query selection and decoding; in training, denoising queries are added when the
+        samples (with their gts) are given."""
+        groups = None
+        if self.training and self.denoising is not None and batch_data_samples is not None:
+            gt = self.bbox_head.ground_truth(batch_data_samples, feats[0])
+            groups = self.denoising(gt.labels, gt.boxes, self.decoder.num_queries)
+        head = self.bbox_head
+        return self.decoder(feats, head.cls_branches, head.reg_branches, head.enc_cls_branch,
+                            head.enc_reg_branch, groups)
+
+    def loss(self, batch_inputs: Tensor, batch_data_samples: SampleList) -> Dict[str, Tensor]:
+        outputs = self.forward_transformer(self.extract_feat(batch_inputs), batch_data_samples)
+        return self.bbox_head.loss(outputs, batch_data_samples)
+
+    def predict(self, batch_inputs: Tensor, batch_data_samples: SampleList,
+                rescale: bool = True) -> SampleList:
+        outputs = self.forward_transformer(self.extract_feat(batch_inputs), batch_data_samples)
+        results = self.bbox_head.predict(outputs, batch_data_samples, rescale=rescale)
+        return self.add_pred_to_datasample(batch_data_samples, results)
+
+    def _forward(self, batch_inputs: Tensor,
+                 batch_data_samples: Optional[SampleList] = None) -> Tuple[Tensor, Tensor]:
+        """Raw logits (L', bs, Q, K) and boxes (L', bs, Q, 4): every layer in training mode
+        (without denoising), the ``eval_idx`` layer in eval mode."""
+        outputs = self.forward_transformer(self.extract_feat(batch_inputs))
+        return outputs.logits, outputs.boxes

@@ -1,0 +1,161 @@
+"""RT-DETR end to end on tiny inputs: every mode, batches with some or all images without boxes
+(every trainable parameter still gets a gradient, as DDP needs), eval_idx, and a 2-iteration
+mmengine Runner training on generated demo data."""
+import copy
+import importlib.util
+import pathlib
+
+import pytest
+import torch
+from mmdet.structures import DetDataSample
+from mmengine.config import Config
+from mmengine.registry import DefaultScope
+from mmengine.structures import InstanceData
+
+from detr_plugin.registry import MODELS
+from detr_plugin.utils import register_all_modules
+
+register_all_modules(init_default_scope=False)  # mmdet's modules too (the Runner's visualizer)
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[3]
+DEMO_CONFIG = str(REPO_ROOT / 'configs/rtdetr/rtdetr_r18vd_1xb8-demo.py')
+
+
+def tiny_cfg(**decoder):
+    cfg = Config.fromfile(DEMO_CONFIG).model
+    cfg.decoder.num_queries = 6
+    cfg.decoder.num_layers = 2
+    cfg.decoder.update(decoder)
+    cfg.denoising.num_denoising = 4
+    cfg.test_cfg.max_per_img = 5
+    return cfg
+
+
+def build(cfg):
+    torch.manual_seed(0)
+    with DefaultScope.overwrite_default_scope('detr_plugin'):  # module fixtures precede conftest's
+        m = MODELS.build(cfg)
+    m.init_weights()
+    return m
+
+
+def make_batch(boxes_per_image, size=(64, 64)):
+    """Images of one size with gt boxes (xyxy pixels)."""
+    inputs = torch.rand(len(boxes_per_image), 3, *size) * 255
+    samples = []
+    for boxes in boxes_per_image:
+        s = DetDataSample(metainfo=dict(img_shape=size, ori_shape=(2 * size[0], 2 * size[1]),
+                                        scale_factor=(0.5, 0.5), batch_input_shape=size,
+                                        pad_shape=size))
+        boxes = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+        s.gt_instances = InstanceData(bboxes=boxes, labels=torch.arange(len(boxes)) % 3)
+        samples.append(s)
+    return inputs, samples
+
+
+@pytest.fixture(scope='module')
+def model():
+    return build(tiny_cfg())
+
+
+def loss_and_grads(model, boxes_per_image):
+    model.train()
+    model.zero_grad()
+    inputs, samples = make_batch(boxes_per_image)
+    data = model.data_preprocessor(dict(inputs=list(inputs), data_samples=samples), training=True)
+    losses = model(**data, mode='loss')
+    total = sum(losses.values())
+    total.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    return losses, total, no_grad
+
+
+@pytest.mark.parametrize('boxes', [
+    [[[2, 3, 30, 40], [10, 10, 20, 50]], []],  # one image without boxes
+    [[], []],                                  # no box in the whole batch
+])
+def test_loss_reaches_every_parameter(model, boxes):
+    losses, total, no_grad = loss_and_grads(model, boxes)
+    assert torch.isfinite(total)
+    assert no_grad == []  # the same graph on every rank, whatever its images hold
+    names = {'loss_cls', 'loss_bbox', 'loss_iou'}
+    assert set(losses) == (names | {f'd0.{n}' for n in names} | {f'enc_{n}' for n in names} |
+                           {f'dn_{n}' for n in names} | {f'd0.dn_{n}' for n in names})
+    if not any(boxes):
+        assert losses['loss_bbox'] == 0 and losses['dn_loss_iou'] == 0
+
+
+def test_predict_and_tensor_modes(model):
+    model.eval()
+    inputs, samples = make_batch([[[2, 3, 30, 40]], []])
+    data = model.data_preprocessor(dict(inputs=list(inputs), data_samples=samples))
+    with torch.no_grad():
+        preds = model(**data, mode='predict')
+        logits, boxes = model(data['inputs'], mode='tensor')
+    assert logits.shape == (1, 2, 6, 3) and boxes.shape == (1, 2, 6, 4)
+    for pred in preds:
+        inst = pred.pred_instances
+        assert inst.bboxes.shape == (5, 4) and inst.labels.max() < 3
+        assert (inst.scores[:-1] >= inst.scores[1:]).all()
+        assert inst.bboxes.max() <= 128 and inst.bboxes.min() >= 0  # rescaled to 128 x 128
+    # the detections are the top-5 (query, class) pairs of the tensor outputs
+    expected = logits[0, 0].sigmoid().flatten().topk(5).values
+    torch.testing.assert_close(preds[0].pred_instances.scores, expected)
+
+
+def test_eval_idx_selects_the_inference_layer():
+    full, early = build(tiny_cfg()), build(tiny_cfg(eval_idx=0))
+    early.load_state_dict(full.state_dict())
+    inputs = torch.rand(1, 3, 64, 64)
+    full.train()
+    for module in full.modules():  # BatchNorm with running statistics in both passes
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
+    with torch.no_grad():
+        all_layers = full._forward(inputs)
+        early.eval()
+        first = early._forward(inputs)
+    torch.testing.assert_close(first[0][0], all_layers[0][0])
+    torch.testing.assert_close(first[1][0], all_layers[1][0])
+
+
+def test_mismatched_widths_are_reported():
+    cfg = tiny_cfg()
+    cfg.bbox_head.embed_dims = 64
+    with pytest.raises(ValueError, match='embed_dims'):
+        build(cfg)
+
+
+def load_demo_maker():
+    path = REPO_ROOT / 'tools/misc/make_demo_dataset.py'
+    spec = importlib.util.spec_from_file_location('make_demo_dataset_for_rtdetr', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_runner_trains_two_iterations(tmp_path):
+    from mmengine.runner import Runner
+    data = tmp_path / 'demo'
+    load_demo_maker().make_demo_dataset(str(data), seed=0, num_train=8, num_val=4)
+    cfg = Config.fromfile(DEMO_CONFIG)
+    cfg.model.decoder.num_layers = 2
+    cfg.work_dir = str(tmp_path / 'work')
+    cfg.train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=1, val_begin=2)  # 8 images / 4
+    cfg.train_dataloader.batch_size = 4
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        cfg[loader].dataset.data_root = f'{data}/'
+        cfg[loader].num_workers = 0
+        cfg[loader].persistent_workers = False
+    for evaluator in ('val_evaluator', 'test_evaluator'):
+        cfg[evaluator].ann_file = f'{data}/annotations/instances_val.json'
+    cfg.default_hooks.logger.interval = 1
+    runner = Runner.from_cfg(cfg)
+    before = copy.deepcopy(runner.model.state_dict())
+    runner.train()
+    assert runner.iter == 2
+    after = runner.model.state_dict()
+    for key in ('bbox_head.cls_branches.1.weight', 'denoising.label_embed.weight',
+                'neck.encoder.0.layers.0.self_attn.in_proj_weight'):
+        assert not torch.equal(before[key], after[key]), key
+    assert (tmp_path / 'work' / 'epoch_1.pth').is_file()

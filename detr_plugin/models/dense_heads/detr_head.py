@@ -85,7 +85,10 @@ class DETRHead(BaseModule):
     # ------------------------------------------------------------------ loss
     def loss_by_outputs(self, cls_logits: Tensor, boxes: Tensor,
                         batch_data_samples: SampleList) -> Dict[str, Tensor]:
-        """cls_logits: (L, bs, Q, K'); boxes: (L, bs, Q, 4) cxcywh normalized. Losses of all L layers."""
+        """cls_logits: (L, bs, Q, K'); boxes: (L, bs, Q, 4) cxcywh normalized. Losses of all L layers.
+
+        Losses are computed in float32, also under mixed precision."""
+        cls_logits, boxes = cls_logits.float(), boxes.float()
         gt = self.ground_truth(batch_data_samples, boxes)
         matches = self.match(cls_logits, boxes, gt)
         num_boxes = reduce_mean(boxes.new_tensor(float(len(gt.all_labels)))).clamp(min=1.0)

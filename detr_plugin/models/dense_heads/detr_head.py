@@ -161,7 +161,9 @@ class DETRHead(BaseModule):
     def predict_by_outputs(self, cls_logits: Tensor, boxes: Tensor, batch_data_samples: SampleList,
                            rescale: bool = True) -> InstanceList:
         """cls_logits: (bs, Q, K'); boxes: (bs, Q, 4) of the last layer. One InstanceData per image
-        with ``scores``, ``labels`` and ``bboxes`` (xyxy pixels of the original image if rescale)."""
+        with ``scores``, ``labels`` and ``bboxes`` (xyxy pixels of the original image if rescale),
+        float32 also under mixed precision."""
+        cls_logits, boxes = cls_logits.float(), boxes.float()
         scores, labels, keep = self.scores_and_labels(cls_logits)
         results = []
         for b, sample in enumerate(batch_data_samples):

@@ -153,7 +153,9 @@ class DeformableDETRHead(DETRHead):
         Unmatched queries are negatives for every class."""
         labels = self.classification_targets(cls_logits, gt, matches)  # num_classes: background
         num_layers = cls_logits.shape[0]
-        loss = self.loss_cls(cls_logits.flatten(0, 2), labels.flatten(), reduction_override='none')
+        # in float32: half-precision logits lose the small probabilities the focal term weighs
+        loss = self.loss_cls(cls_logits.flatten(0, 2).float(), labels.flatten(),
+                             reduction_override='none')
         return loss.reshape(num_layers, -1).sum(1) / num_boxes
 
     # ------------------------------------------------------------- inference

@@ -147,7 +147,7 @@ class DeformableDETR(BaseDetector):
         if not self.as_two_stage:
             query_pos, query = self.query_embedding.weight.split(self.embed_dims, -1)  # (Q, C) each
             query_pos = query_pos[None].expand(bs, -1, -1)
-            reference = self.reference_points(query_pos).sigmoid()  # (bs, Q, 2)
+            reference = self.reference_points(query_pos).float().sigmoid()  # (bs, Q, 2)
             return DecoderInput(query[None].expand(bs, -1, -1), query_pos, reference, None)
 
         num_tokens = memory.shape[1]

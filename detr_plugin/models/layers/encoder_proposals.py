@@ -84,7 +84,8 @@ class EncoderProposals(nn.Module):
 
         Returns:
             (bs, N, C) features for the encoder's class and box heads, and (bs, N, 4) proposal
-            boxes cxcywh in inverse-sigmoid space, ``+inf`` where no proposal may come from:
+            boxes cxcywh in inverse-sigmoid space (float32 whatever the memory's dtype: they
+            become the decoder's reference boxes), ``+inf`` where no proposal may come from:
             padding, and boxes reaching outside (0.01, 0.99). The features of those are computed
             from a zeroed memory.
         """
@@ -96,11 +97,11 @@ class EncoderProposals(nn.Module):
             invalid = invalid | levels.padding_mask
         boxes = torch.log(boxes / (1 - boxes)).masked_fill(invalid[..., None], float('inf'))
         memory = memory.masked_fill(invalid[..., None], 0.0)
-        return self.memory_norm(self.memory_proj(memory)), boxes.to(memory.dtype)
+        return self.memory_norm(self.memory_proj(memory)), boxes
 
     def queries(self, boxes_unact: Tensor) -> Tuple[Tensor, Tensor]:
         """boxes_unact: (bs, Q, 4) selected boxes in inverse-sigmoid space.
         Returns query_pos and query, (bs, Q, C) each."""
         embedding = box_sine_embedding(boxes_unact.sigmoid(), self.embed_dims // 2)
-        embedding = self.query_norm(self.query_proj(embedding.to(boxes_unact.dtype)))
+        embedding = self.query_norm(self.query_proj(embedding.to(self.query_proj.weight.dtype)))
         return embedding.split(self.embed_dims, -1)

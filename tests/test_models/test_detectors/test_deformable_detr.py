@@ -1,6 +1,6 @@
 """Deformable DETR end to end on tiny inputs (plain, box refinement, two-stage): every mode,
-images of different sizes, an image without boxes, padding invariance, config errors, and a
-2-iteration mmengine Runner training on generated demo data."""
+images of different sizes, an image without boxes, padding invariance, config errors, bfloat16
+autocast, and a 2-iteration mmengine Runner training on generated demo data."""
 import copy
 import importlib.util
 import pathlib
@@ -194,3 +194,18 @@ def test_runner_trains_two_iterations(variant, demo_data, tmp_path):
     assert not torch.equal(before['bbox_head.cls_branches.0.weight'],
                            after['bbox_head.cls_branches.0.weight'])
     assert (tmp_path / 'epoch_1.pth').is_file()
+
+
+def test_bfloat16_autocast(model):
+    """Mixed precision: the loss runs and the boxes stay float32 through the refinement."""
+    inputs, samples = make_batch([(64, 64), (48, 40)], [[[2, 3, 30, 40]], []])
+    data = model.data_preprocessor(dict(inputs=list(inputs), data_samples=samples), training=True)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        losses = model(**data, mode='loss')
+        feats = model.extract_feat(data['inputs'])
+        hidden, refs, _ = model.forward_transformer(feats, data['data_samples'])
+        _, boxes = model.bbox_head(hidden, refs)
+    total = sum(losses.values())
+    total.backward()
+    assert torch.isfinite(total)
+    assert boxes.dtype == torch.float32 and all(ref.dtype == torch.float32 for ref in refs)

@@ -1,17 +1,19 @@
 // Multi-scale deformable attention: CUDA forward and backward kernels (shapes in ms_deform_attn.h).
 //
 // Layout of the work (docs/msda_notes.md has the versions tried and their timings):
-// - a group of G consecutive lanes serves one (batch, query, head, channel slab); each lane owns VEC
-//   contiguous channels. The fast paths (dim 32 and 64, 16-byte aligned) move 16 bytes per lane per
-//   corner (VEC = 4 floats or 8 halves), so a group reads one head's whole channel row at a time;
-//   the generic path (any dim) has VEC = 1 and slabs of G channels.
+// - a group of G consecutive lanes serves one (batch, query, head, channel slab); each lane owns
+//   VEC contiguous channels. On the fast paths (dim 32 and 64, 16-byte aligned) the forward moves
+//   16 bytes per lane per corner (4 floats or 8 halves) and the backward 4 channels per lane, so a
+//   group covers one head's whole channel row; the generic path (any dim) has VEC = 1 and slabs
+//   of G channels.
 // - every lane of a group computes the corners and bilinear weights of a point itself: the group
-//   reads the same location (one broadcast transaction), and the arithmetic is done once per lane,
-//   not once per channel.
-// - backward: per corner, a lane dots grad_output with the value vector once; the gradients of the
-//   location and of the attention weight are weighted sums of those dots, reduced over the group's
-//   lanes with xor shuffles (no shared memory, no barriers). grad_value is accumulated with atomics
-//   into an fp32 buffer (float4 vector atomics on sm_90), cast to the storage type at the end.
+//   reads the same location (one broadcast transaction), and the arithmetic is done once per
+//   lane, not once per channel.
+// - backward: per corner, a lane dots grad_output with the value vector once; the gradients of
+//   the location and of the attention weight are weighted sums of those dots, reduced over the
+//   group's lanes with xor shuffles (no shared memory, no barriers). grad_value is accumulated
+//   with atomics into an fp32 buffer (float4 vector atomics on sm_90), cast to the storage type at
+//   the end. These atomics bound the backward's speed (docs/msda_notes.md).
 // Accumulation is fp32 for float, half and bfloat16 storage, and double for double.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -89,8 +91,8 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
   return word;
 }
 
-// Reads VEC contiguous elements: VEC == 4 is one 16-byte (float) or 8-byte (half, bfloat16) load;
-// the caller checked alignment.
+// Reads VEC contiguous elements with one load: 16 bytes for float (VEC 4), 8 or 16 bytes for
+// half / bfloat16 (VEC 4 or 8); the caller checked alignment.
 template <int VEC, typename T, typename A>
 __device__ __forceinline__ void load_vec(const T* __restrict__ p, A (&out)[VEC]) {
   if constexpr (VEC == 1) {
@@ -102,14 +104,24 @@ __device__ __forceinline__ void load_vec(const T* __restrict__ p, A (&out)[VEC])
     out[1] = v.y;
     out[2] = v.z;
     out[3] = v.w;
-  } else {
-    static_assert(VEC == 4 && sizeof(T) == 2, "16-bit vector path moves 8 bytes");
+  } else if constexpr (VEC == 4) {
+    static_assert(sizeof(T) == 2, "16-bit types only");
     const uint2 raw = __ldg(reinterpret_cast<const uint2*>(p));
     const float2 lo = unpack2<T>(raw.x), hi = unpack2<T>(raw.y);
     out[0] = lo.x;
     out[1] = lo.y;
     out[2] = hi.x;
     out[3] = hi.y;
+  } else {
+    static_assert(VEC == 8 && sizeof(T) == 2, "16-bit types move 8 values in 16 bytes");
+    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
+    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 f = unpack2<T>(words[i]);
+      out[2 * i] = f.x;
+      out[2 * i + 1] = f.y;
+    }
   }
 }
 
@@ -119,9 +131,12 @@ __device__ __forceinline__ void store_vec(T* __restrict__ p, const A (&v)[VEC]) 
     p[0] = from_acc<T>(v[0]);
   } else if constexpr (std::is_same_v<T, float>) {
     *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
-  } else {
-    static_assert(VEC == 4 && sizeof(T) == 2, "16-bit vector path stores 4 values");
+  } else if constexpr (VEC == 4) {
     *reinterpret_cast<uint2*>(p) = make_uint2(pack2<T>(v[0], v[1]), pack2<T>(v[2], v[3]));
+  } else {
+    static_assert(VEC == 8 && sizeof(T) == 2, "16-bit types store 8 values in 16 bytes");
+    *reinterpret_cast<uint4*>(p) = make_uint4(pack2<T>(v[0], v[1]), pack2<T>(v[2], v[3]),
+                                              pack2<T>(v[4], v[5]), pack2<T>(v[6], v[7]));
   }
 }
 
@@ -157,7 +172,8 @@ struct Footprint {
 // Returns false when no corner can matter (and for NaN locations). x == -1 is kept, as grid_sample
 // keeps it: the corner at 0 has weight 0 there but a gradient.
 template <typename A, typename T>
-__device__ __forceinline__ bool footprint(T loc_x, T loc_y, int height, int width, Footprint<A>& f) {
+__device__ __forceinline__ bool footprint(T loc_x, T loc_y, int height, int width,
+                                          Footprint<A>& f) {
   // float locations go through double: loc * size - 0.5 is then exact, as in a float64 reference.
   using P = std::conditional_t<std::is_same_v<T, float>, double, A>;
   const P x = fma(static_cast<P>(to_acc<A>(loc_x)), static_cast<P>(width), P(-0.5));
@@ -206,10 +222,10 @@ struct LaneWork {
   }
 };
 
-// Points of one level are taken a chunk at a time (the last chunk predicated): a chunk's
-// locations, weights and corner values are all requested before any of them is used, and the
-// backward reduces a chunk's sums over the group in one round of independent shuffles.
-constexpr int kForwardChunk = 4;
+// The backward takes the points of a level kBackwardChunk at a time (the last chunk predicated):
+// a chunk's locations, weights and corner values are all requested before any is used, and its
+// sums are reduced over the group in one round of independent shuffles. (The forward does one
+// point at a time: chunking it raised its registers to 78 and made it slower, docs/msda_notes.md.)
 constexpr int kBackwardChunk = 4;
 
 template <typename T, int VEC, int G>
@@ -236,34 +252,22 @@ __global__ void __launch_bounds__(kThreads)
     const int height = static_cast<int>(__ldg(spatial_shapes + 2 * level));
     const int width = static_cast<int>(__ldg(spatial_shapes + 2 * level + 1));
     const T* value_level = value + w.value_offset + __ldg(level_start_index + level) * token_stride;
-    for (int first = 0; first < p.points; first += kForwardChunk) {
-      Footprint<A> f[kForwardChunk];
-      bool on_map[kForwardChunk];
-      A a[kForwardChunk];
+#pragma unroll 1
+    for (int point = 0; point < p.points; ++point, loc += 2, ++weight) {
+      Footprint<A> f;
+      if (!footprint(loc[0], loc[1], height, width, f)) continue;
+      const A a = to_acc<A>(*weight);
+      const A hx = A(1) - f.fx, hy = A(1) - f.fy;
+      const A corner_weight[4] = {a * hy * hx, a * hy * f.fx, a * f.fy * hx, a * f.fy * f.fx};
 #pragma unroll
-      for (int j = 0; j < kForwardChunk; ++j) {
-        const int point = first + j;
-        on_map[j] = point < p.points && footprint(loc[2 * point], loc[2 * point + 1], height, width, f[j]);
-        a[j] = on_map[j] ? to_acc<A>(weight[point]) : A(0);
-      }
+      for (int k = 0; k < 4; ++k) {
+        if (!f.inside[k]) continue;
+        A v[VEC];
+        load_vec<VEC>(value_level + f.offset[k] * token_stride, v);
 #pragma unroll
-      for (int j = 0; j < kForwardChunk; ++j) {
-        if (!on_map[j]) continue;
-        const A hx = A(1) - f[j].fx, hy = A(1) - f[j].fy;
-        const A corner_weight[4] = {a[j] * hy * hx, a[j] * hy * f[j].fx, a[j] * f[j].fy * hx,
-                                    a[j] * f[j].fy * f[j].fx};
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          if (!f[j].inside[k]) continue;
-          A v[VEC];
-          load_vec<VEC>(value_level + f[j].offset[k] * token_stride, v);
-#pragma unroll
-          for (int i = 0; i < VEC; ++i) acc[i] = fma(corner_weight[k], v[i], acc[i]);
-        }
+        for (int i = 0; i < VEC; ++i) acc[i] = fma(corner_weight[k], v[i], acc[i]);
       }
     }
-    loc += 2 * p.points;
-    weight += p.points;
   }
   store_vec<VEC>(output + w.query_head * p.dim + w.channel, acc);
 }
@@ -314,7 +318,8 @@ __global__ void __launch_bounds__(kThreads) msda_backward_kernel(
 #pragma unroll
       for (int j = 0; j < kBackwardChunk; ++j) {
         const int point = first + j;
-        on_map[j] = point < p.points && footprint(loc[2 * point], loc[2 * point + 1], height, width, f[j]);
+        on_map[j] = point < p.points &&
+                    footprint(loc[2 * point], loc[2 * point + 1], height, width, f[j]);
         a[j] = on_map[j] ? to_acc<A>(weight[point]) : A(0);
       }
       // per point: d loss / d attention weight, and d loss / d fx, d fy over a; this lane's part
@@ -375,17 +380,20 @@ __global__ void __launch_bounds__(kThreads) msda_backward_kernel(
   }
 }
 
-// Calls fn(integral_constant VEC, integral_constant G) for the layout that suits dim. The fast
-// paths give every lane 4 channels (16 bytes of float, 8 of half / bfloat16), so that a group's
-// grad_value atomics cover whole 32-byte sectors in every storage type.
-template <typename T, typename Fn>
+// Calls fn(integral_constant VEC, integral_constant G) for the layout that suits dim. On the fast
+// paths (dim 32 or 64, 16-byte aligned) a lane owns kFastVec channels: the forward uses 16 bytes
+// per lane (4 floats, 8 halves); the backward 4 channels in every type, so that a group's
+// grad_value atomics (float4) cover whole 32-byte sectors. Otherwise one channel per lane.
+template <typename T, int kFastVec, typename Fn>
 void with_layout(int dim, bool aligned16, Fn&& fn) {
   if constexpr (!std::is_same_v<T, double>) {
     if (aligned16 && dim == 32) {
-      return fn(std::integral_constant<int, 4>{}, std::integral_constant<int, 8>{});
+      return fn(std::integral_constant<int, kFastVec>{},
+                std::integral_constant<int, 32 / kFastVec>{});
     }
     if (aligned16 && dim == 64) {
-      return fn(std::integral_constant<int, 4>{}, std::integral_constant<int, 16>{});
+      return fn(std::integral_constant<int, kFastVec>{},
+                std::integral_constant<int, 64 / kFastVec>{});
     }
   }
   if (dim <= 8) return fn(std::integral_constant<int, 1>{}, std::integral_constant<int, 8>{});
@@ -427,7 +435,8 @@ void check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
   TORCH_CHECK(value.size(1) * value.size(2) * value.size(3) < INT_MAX,
               "value is too large per batch element for 32-bit offsets");
   TORCH_CHECK(sampling_locations.numel() < INT64_MAX / 2 && value.size(0) < INT_MAX &&
-                  sampling_locations.size(1) < INT_MAX && levels * sampling_locations.size(4) < INT_MAX,
+                  sampling_locations.size(1) < INT_MAX &&
+                  levels * sampling_locations.size(4) < INT_MAX,
               "inputs too large");
 }
 
@@ -469,9 +478,12 @@ at::Tensor ms_deform_attn_forward(const at::Tensor& value_in, const at::Tensor& 
   const Problem p = problem_of(value, sampling_locations);
   at::Tensor output = at::empty({p.batch, p.num_query, p.heads * p.dim}, value.options());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "msda_forward", [&] {
+  const auto dtype = value.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "msda_forward", [&] {
     using T = typename CudaType<scalar_t>::type;
-    with_layout<T>(p.dim, aligned16(value) && aligned16(output), [&](auto vec, auto group_size) {
+    constexpr int kFastVec = std::is_same_v<T, double> ? 1 : 16 / sizeof(T);
+    const bool aligned = aligned16(value) && aligned16(output);
+    with_layout<T, kFastVec>(p.dim, aligned, [&](auto vec, auto group_size) {
       constexpr int VEC = decltype(vec)::value;
       constexpr int G = decltype(group_size)::value;
       const Launch l = launch_of(p, VEC, G);
@@ -515,11 +527,12 @@ std::vector<at::Tensor> ms_deform_attn_backward(const at::Tensor& value_in,
   at::Tensor grad_value = at::zeros(value.sizes(), acc_options);
   at::Tensor grad_loc, grad_weight;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "msda_backward", [&] {
+  const auto dtype = value.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "msda_backward", [&] {
     using T = typename CudaType<scalar_t>::type;
     using A = typename AccType<T>::type;
     const bool aligned = aligned16(value) && aligned16(grad_output) && aligned16(grad_value);
-    with_layout<T>(p.dim, aligned, [&](auto vec, auto group_size) {
+    with_layout<T, 4>(p.dim, aligned, [&](auto vec, auto group_size) {
       constexpr int VEC = decltype(vec)::value;
       constexpr int G = decltype(group_size)::value;
       const Launch l = launch_of(p, VEC, G);
@@ -551,7 +564,6 @@ std::vector<at::Tensor> ms_deform_attn_backward(const at::Tensor& value_in,
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  const auto dtype = value.scalar_type();
   return {grad_value.to(dtype), grad_loc.to(dtype), grad_weight.to(dtype)};
 }
 

@@ -86,7 +86,7 @@ class DeformableDETR(BaseDetector):
                              f'has embed_dims={self.embed_dims}; '
                              f'set num_feats={self.embed_dims // 2}')
         num_outs = neck.get('num_outs') or len(neck.get('in_channels', ()))
-        if num_outs != self.num_feature_levels:
+        if num_outs and num_outs != self.num_feature_levels:  # a ChannelMapper-like neck
             raise ValueError(f'the neck gives {num_outs} levels (num_outs) but '
                              f'num_feature_levels={self.num_feature_levels}')
         for attn in self.modules():

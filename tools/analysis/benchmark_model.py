@@ -131,7 +131,12 @@ def main():
     args = parse_args()
     from detr_plugin.utils import register_all_modules
     register_all_modules(init_default_scope=False)  # ours and mmdet's
-    results = [benchmark(c, args) for c in args.configs]
+    results = []
+    for config in args.configs:
+        try:
+            results.append(benchmark(config, args))
+        except Exception as e:  # a model that fails (e.g. no bf16 kernel) must not hide the others
+            results.append(dict(config=config, error=f'{type(e).__name__}: {e}'.splitlines()[0]))
     dev = torch.cuda.get_device_name() if args.device.startswith('cuda') else 'cpu'
     prec = ('amp-' if args.amp else '') + args.dtype
     print(f'\n{args.mode}, batch {args.batch}, {args.shape[0]}x{args.shape[1]}, {prec}, '
@@ -139,9 +144,13 @@ def main():
           f'torch {torch.__version__}')
     print('| config | median ms | min ms | peak GiB | speed-up vs last |')
     print('|---|---|---|---|---|')
+    last = results[-1].get('median_ms', float('nan'))
     for r in results:
+        if 'error' in r:
+            print(f"| {r['config']} | failed: {r['error'][:120]} | | | |")
+            continue
         print(f"| {r['config']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {r['peak_gib']:.2f} | "
-              f"{results[-1]['median_ms'] / r['median_ms']:.2f}x |")
+              f"{last / r['median_ms']:.2f}x |")
 
 
 if __name__ == '__main__':

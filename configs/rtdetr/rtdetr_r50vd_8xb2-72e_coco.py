@@ -4,8 +4,8 @@
 # multi-scale 480-800 in training. Expected: 53.1 AP on val2017 (paper, Table 2).
 #
 # The backbone starts from the original's ImageNet weights (PaddleClas ResNet-vd), converted with
-#   python tools/model_converters/rtdetr_to_plugin.py ResNet50_vd_ssld_v2_pretrained_from_paddle.pth \
-#       checkpoints/presnet50vd_imagenet.pth
+#   python tools/model_converters/rtdetr_to_plugin.py \
+#       ResNet50_vd_ssld_v2_pretrained_from_paddle.pth checkpoints/presnet50vd_imagenet.pth
 # (download links: lyuwenyu/RT-DETR, rtdetr_pytorch/src/nn/backbone/presnet.py).
 _base_ = [
     '../_base_/models/rtdetr_r50vd.py', '../_base_/datasets/coco_detection.py',

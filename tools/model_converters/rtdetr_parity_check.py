@@ -166,7 +166,8 @@ def main() -> None:
     for name, (diff, order) in diffs.items():
         print(f'| {name} | {diff:.2e}{"  FAIL" if diff > args.tol else ""} | {order} |')
     worst = max(diff for diff, _ in diffs.values())
-    print(f'worst: {worst:.2e} (tolerance {args.tol:g}) -> {"PASS" if worst <= args.tol else "FAIL"}')
+    verdict = 'PASS' if worst <= args.tol else 'FAIL'
+    print(f'worst: {worst:.2e} (tolerance {args.tol:g}) -> {verdict}')
     sys.exit(0 if worst <= args.tol else 1)
 
 

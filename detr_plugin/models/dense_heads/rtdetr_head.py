@@ -1,6 +1,6 @@
 """RT-DETR's prediction heads, set loss with varifocal classification, and top-k post-processing."""
 import math
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 from mmdet.structures import SampleList
@@ -45,9 +45,9 @@ class RTDETRHead(DETRHead):
                                        loss_weight=1.0),
                  loss_bbox: dict = dict(type='L1Loss', loss_weight=5.0),
                  loss_iou: dict = dict(type='GIoULoss', loss_weight=2.0),
-                 train_cfg: dict = None,
-                 test_cfg: dict = None,
-                 init_cfg: dict = None) -> None:
+                 train_cfg: Optional[dict] = None,
+                 test_cfg: Optional[dict] = None,
+                 init_cfg: Optional[dict] = None) -> None:
         self.num_pred_layers = num_pred_layers
         train_cfg = train_cfg or dict(assigner=dict(type='HungarianAssigner', match_costs=[
             dict(type='FocalLossCost', weight=2.0, alpha=0.25, gamma=2.0),

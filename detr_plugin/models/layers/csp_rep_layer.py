@@ -1,4 +1,4 @@
-"""Convolution blocks of RT-DETR's cross-scale fusion (CCFM): conv-BN-act, RepVGG block, CSPRepLayer.
+"""Convolution blocks of RT-DETR's cross-scale fusion (CCFM): conv-BN-act, RepVGG, CSPRepLayer.
 
 Parameter names (``conv``, ``norm``, ``conv1``...) follow the original implementation so that its
 checkpoints map onto these modules key for key.
@@ -32,7 +32,7 @@ class ConvNormAct(nn.Sequential):
 
 
 class RepVggBlock(nn.Module):
-    """act(BN(conv3x3(x)) + BN(conv1x1(x))): RepVGG's training-time form, without identity branch."""
+    """act(BN(conv3x3(x)) + BN(conv1x1(x))): RepVGG's training-time form, no identity branch."""
 
     def __init__(self, channels: int, act: str = 'silu') -> None:
         super().__init__()

@@ -1,4 +1,4 @@
-"""RT-DETR's hybrid encoder (Zhao et al., CVPR 2024, Sec. 4.2): AIFI on the coarsest level, then CCFM.
+"""RT-DETR's hybrid encoder (Zhao et al., CVPR 2024, Sec. 4.2): AIFI on the coarsest level + CCFM.
 
 AIFI (attention-based intra-scale feature interaction) is one transformer encoder layer over the
 tokens of the stride-32 map only; CCFM (CNN-based cross-scale feature fusion) is a PAN: a top-down
@@ -94,7 +94,8 @@ class HybridEncoder(nn.Module):
             for _ in range(num_levels - 1))
         # bottom-up: index i fuses level i into level i + 1
         self.downsample_convs = nn.ModuleList(
-            ConvNormAct(embed_dims, embed_dims, 3, stride=2, act=act) for _ in range(num_levels - 1))
+            ConvNormAct(embed_dims, embed_dims, 3, stride=2, act=act)
+            for _ in range(num_levels - 1))
         self.pan_blocks = nn.ModuleList(
             CSPRepLayer(2 * embed_dims, embed_dims, num_blocks, expansion, act)
             for _ in range(num_levels - 1))

@@ -1,4 +1,4 @@
-"""RTDETRHead: varifocal class loss per layer by hand, denoising matches, top-k over queries x classes."""
+"""RTDETRHead: varifocal loss per layer by hand, denoising matches, top-k over queries x classes."""
 import math
 
 import pytest

@@ -1,7 +1,9 @@
-# A small RT-DETR trained from scratch on the generated demo data (tools/misc/make_demo_dataset.py),
-# a few minutes on 2 CPU cores; the counterpart of configs/detr/detr_r18_1xb8-demo.py. Same
-# architecture as the paper's R18 model, narrower: ResNet-18-vd (strides 8/16/32, trainable
-# BatchNorm, no pretrained weights), width 128, 3 decoder layers, 30 queries, 30 denoising queries.
+# A small RT-DETR trained from scratch on the generated demo data (tools/misc/make_demo_dataset.py);
+# the counterpart of configs/detr/detr_r18_1xb8-demo.py. Same architecture as the paper's R18
+# model, narrower: ResNet-18-vd (strides 8/16/32, trainable BatchNorm, no pretrained weights),
+# width 128, 3 decoder layers, 30 queries, 30 denoising queries. Measured (data/demo, seed 0):
+# 0.578 / 0.709 / 0.801 bbox mAP on the 100 val images after 10 / 20 / 30 epochs (0.0 untrained);
+# 30 epochs (1500 iterations) took 34 min on a shared 2-core CPU.
 _base_ = [
     '../_base_/models/rtdetr_r50vd.py', '../_base_/datasets/demo_detection.py',
     '../_base_/default_runtime.py'

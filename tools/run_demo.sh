@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The demo: trains a small DETR from scratch on synthetic shapes on the CPU and shows that it learns.
+# The demo: trains a small RT-DETR from scratch on synthetic shapes on the CPU and shows that it learns.
 #
 #   bash tools/run_demo.sh [train.py options...]      # e.g. --cfg-options train_cfg.max_epochs=2
 #
@@ -8,12 +8,14 @@
 # 3. evaluates the untrained model (tools/test.py without a checkpoint),
 # 4. trains it (tools/train.py) into a new directory work_dirs/demo/<timestamp>/,
 # 5. evaluates the last checkpoint, then prints both COCO bbox mAPs and the wall times.
-# DEMO_CONFIG overrides the config (default configs/detr/detr_r18_1xb8-demo.py). About 15 minutes
+# DEMO_CONFIG overrides the config (default configs/rtdetr/rtdetr_r18vd_1xb8-demo.py; the DETR and
+# Deformable DETR demo configs are configs/detr/detr_r18_1xb8-demo.py and
+# configs/deformable_detr/deformable-detr_r18_1xb8-demo.py). About 10 minutes
 # on 2 CPU cores once the environment exists.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-config=${DEMO_CONFIG:-configs/detr/detr_r18_1xb8-demo.py}
+config=${DEMO_CONFIG:-configs/rtdetr/rtdetr_r18vd_1xb8-demo.py}
 [ -f "$config" ] || { echo "run_demo: config $config not found" >&2; exit 1; }
 
 stage() { echo; echo "==== run_demo: $* ===="; }

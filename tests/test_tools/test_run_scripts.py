@@ -59,8 +59,8 @@ def fake_repo(tmp_path, repo_root):
     _executable(root / 'tools/setup_env.sh', FAKE_SETUP)
     _executable(root / 'tools/ci/build_cuda_ext.sh', FAKE_CUDA_BUILD)
     _executable(tmp_path / 'fake_python', FAKE_PYTHON)
-    (root / 'configs/detr').mkdir(parents=True)
-    (root / 'configs/detr/detr_r18_1xb8-demo.py').write_text('')
+    (root / 'configs/rtdetr').mkdir(parents=True)
+    (root / 'configs/rtdetr/rtdetr_r18vd_1xb8-demo.py').write_text('')
     log = tmp_path / 'log'
 
     def run(script, *args, **env):
@@ -112,7 +112,7 @@ def test_ci_entry_point_runs_the_test_script(fake_repo):
 
 
 def test_run_demo_steps_and_summary(fake_repo):
-    config = 'configs/detr/detr_r18_1xb8-demo.py'
+    config = 'configs/rtdetr/rtdetr_r18vd_1xb8-demo.py'
     proc, calls = fake_repo('tools/run_demo.sh', '--cfg-options', 'train_cfg.max_epochs=1')
     assert proc.returncode == 0, proc.stderr
     work_dirs = list((fake_repo.root / 'work_dirs/demo').iterdir())

@@ -112,3 +112,18 @@ def test_num_classes_mismatch_fails_at_start_naming_both(demo_data, tmp_path):
 def test_demo_config_checks_num_classes():
     cfg = Config.fromfile('configs/detr/detr_r18_1xb8-demo.py')
     assert any(h['type'] == 'NumClassesCheckHook' for h in cfg.get('custom_hooks', []))
+
+
+@pytest.mark.parametrize('config', ['configs/rtdetr/rtdetr_r18vd_1xb8-demo.py',
+                                    'configs/deformable_detr/deformable-detr_r18_1xb8-demo.py'])
+def test_scoped_type_builds_our_parts_under_mmdet_scope(config):
+    """type='detr_plugin.X' in an mmdet-scoped config: heads and assigner are ours, not mmdet's."""
+    from mmengine.registry import MODELS as ROOT_MODELS
+    from detr_plugin.models.task_modules import HungarianAssigner
+    model = Config.fromfile(config).model.to_dict()
+    model['type'] = 'detr_plugin.' + model['type']
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        detector = ROOT_MODELS.build(model)
+    assert type(detector).__module__.startswith('detr_plugin.')
+    assert type(detector.bbox_head).__module__.startswith('detr_plugin.')
+    assert type(detector.bbox_head.assigner) is HungarianAssigner

@@ -5,7 +5,7 @@ from mmdet.models.detectors import BaseDetector
 from mmdet.structures import SampleList
 from torch import Tensor
 
-from detr_plugin.registry import MODELS
+from detr_plugin.registry import MODELS, build_in_scope
 from ..layers.denoising import ContrastiveDenoising
 from ..layers.rtdetr_decoder import RTDETROutputs
 
@@ -36,11 +36,12 @@ class RTDETR(BaseDetector):
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
-        self.backbone = MODELS.build(backbone)
-        self.neck = MODELS.build(neck)
-        self.decoder = MODELS.build(decoder)
-        self.bbox_head = MODELS.build(dict(bbox_head, num_pred_layers=self.decoder.num_layers,
-                                           train_cfg=train_cfg, test_cfg=test_cfg))
+        self.backbone = build_in_scope(MODELS, backbone)
+        self.neck = build_in_scope(MODELS, neck)
+        self.decoder = build_in_scope(MODELS, decoder)
+        self.bbox_head = build_in_scope(MODELS, dict(
+            bbox_head, num_pred_layers=self.decoder.num_layers, train_cfg=train_cfg,
+            test_cfg=test_cfg))
         if self.bbox_head.embed_dims != self.decoder.embed_dims:
             raise ValueError(f'bbox_head embed_dims={self.bbox_head.embed_dims} differs from the '
                              f'decoder embed_dims={self.decoder.embed_dims}')

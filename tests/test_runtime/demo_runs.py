@@ -1,0 +1,50 @@
+"""Helpers shared by the runtime tests: a tiny demo dataset and the tools/train.py command line."""
+import importlib.util
+import json
+import os
+import pathlib
+import sys
+from typing import Iterable, List
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def load_make_demo_dataset():
+    """tools/misc/make_demo_dataset.py (a script, not a package) imported as a module."""
+    path = REPO_ROOT / 'tools' / 'misc' / 'make_demo_dataset.py'
+    spec = importlib.util.spec_from_file_location('make_demo_dataset_for_runtime_tests', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_tiny_dataset(out: pathlib.Path, num_train: int, empty_images: Iterable[int] = ()):
+    """Generated demo images; the training images with ids in ``empty_images`` lose their boxes."""
+    load_make_demo_dataset().make_demo_dataset(
+        str(out), seed=1, num_train=num_train, num_val=2)
+    ann_path = out / 'annotations' / 'instances_train.json'
+    coco = json.loads(ann_path.read_text())
+    empty = set(empty_images)
+    coco['annotations'] = [a for a in coco['annotations'] if a['image_id'] not in empty]
+    ann_path.write_text(json.dumps(coco))
+    return coco
+
+
+def tiny_run_options(data_root: pathlib.Path, batch_size: int) -> List[str]:
+    """--cfg-options: this data, no workers, no validation, a log line per iteration."""
+    options = ['train_cfg.val_begin=1000', f'train_dataloader.batch_size={batch_size}',
+               'default_hooks.logger.interval=1']
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        options += [f'{loader}.dataset.data_root={data_root}/', f'{loader}.num_workers=0',
+                    f'{loader}.persistent_workers=False']
+    for evaluator in ('val_evaluator', 'test_evaluator'):
+        options.append(f'{evaluator}.ann_file={data_root}/annotations/instances_val.json')
+    return options
+
+
+def tool_env() -> dict:
+    return dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS='1')
+
+
+def train_command(*args: str) -> List[str]:
+    return [sys.executable, str(REPO_ROOT / 'tools' / 'train.py'), *args]

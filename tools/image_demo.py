@@ -1,0 +1,154 @@
+"""Runs a detector on an image or a folder of images and saves them with the predictions drawn.
+
+    python tools/image_demo.py IMG CONFIG [--weights CKPT] --out-dir DIR
+                               [--device cpu] [--score-thr 0.3]
+
+IMG is an image file or a folder (its image files, not recursive). Each image is written to
+DIR under its own name, with the boxes, class names and scores above ``--score-thr`` drawn by
+mmdet's ``DetLocalVisualizer``. Class names come from the checkpoint's ``meta.dataset_meta``,
+else from the config's test dataset ``metainfo``. Without ``--weights`` the model keeps its
+random initialisation (a warning says so): useful only to check that a config runs.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+import warnings
+from typing import List
+
+import mmcv
+import torch
+from mmdet.apis import inference_detector, init_detector
+from mmdet.registry import MODELS
+from mmdet.visualization import DetLocalVisualizer
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
+
+
+class DemoError(Exception):
+    """A problem with the user's input, reported as one line without a traceback."""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Draw a detector\'s predictions on images')
+    parser.add_argument('img', help='an image file or a folder of images')
+    parser.add_argument('config', help='config file path')
+    parser.add_argument('--weights', help='checkpoint file; without it the model is untrained')
+    parser.add_argument('--out-dir', required=True, help='folder for the drawn images')
+    parser.add_argument('--device', default='cpu', help='e.g. cpu, cuda:0')
+    parser.add_argument('--score-thr', type=float, default=0.3,
+                        help='draw only predictions scoring at least this')
+    return parser.parse_args(argv)
+
+
+def list_images(path: str) -> List[str]:
+    """The image files named by ``path``: itself if a file, else the folder's image files, sorted."""
+    if osp.isdir(path):
+        images = sorted(osp.join(path, name) for name in os.listdir(path)
+                        if name.lower().endswith(IMAGE_EXTENSIONS))
+        if not images:
+            raise DemoError(f'no image files ({", ".join(IMAGE_EXTENSIONS)}) in folder {path!r}')
+        return images
+    if not osp.isfile(path):
+        raise DemoError(f'image path {path!r} does not exist')
+    return [path]
+
+
+def allow_full_checkpoint_loading() -> None:
+    """Lets ``torch.load`` read whole mmengine checkpoints, as tools/test.py does (see there).
+
+    Load only checkpoints you trust. ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1`` keeps the strict mode.
+    """
+    if 'TORCH_FORCE_WEIGHTS_ONLY_LOAD' not in os.environ:
+        os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+
+
+def check_checkpoint_matches(cfg: Config, weights: str) -> dict:
+    """The checkpoint's ``meta``; DemoError unless its weights have exactly the model's names.
+
+    mmengine's loader only warns about mismatched keys, so a checkpoint of another architecture
+    would silently give an untrained model; this compares the key sets before it loads.
+    """
+    if not osp.isfile(weights):
+        raise DemoError(f'checkpoint {weights!r} does not exist')
+    try:
+        checkpoint = torch.load(weights, map_location='cpu', weights_only=False)
+    except Exception as error:  # any unreadable file: pickle, zip or torch errors
+        raise DemoError(f'cannot read checkpoint {weights!r}: {error}') from None
+    state_dict = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state_dict, dict):
+        raise DemoError(f'checkpoint {weights!r} holds no state_dict')
+    init_default_scope(cfg.get('default_scope', 'mmdet'))
+    expected = set(MODELS.build(cfg.model).state_dict())
+    found = {key[len('module.'):] if key.startswith('module.') else key for key in state_dict}
+    missing, unexpected = sorted(expected - found), sorted(found - expected)
+    if missing or unexpected:
+        raise DemoError(
+            f'checkpoint {weights!r} does not fit the model of {cfg.filename!r}: '
+            f'{len(missing)} missing keys {summarize(missing)}, '
+            f'{len(unexpected)} unexpected keys {summarize(unexpected)}')
+    return checkpoint.get('meta') or {}
+
+
+def summarize(keys: List[str], limit: int = 5) -> str:
+    """The first ``limit`` keys, and how many more, for a one-line message."""
+    more = f', ... (+{len(keys) - limit})' if len(keys) > limit else ''
+    return '[' + ', '.join(keys[:limit]) + more + ']'
+
+
+def build_model(cfg: Config, weights, device: str) -> torch.nn.Module:
+    """The detector in eval mode, with ``dataset_meta`` from the checkpoint or else the config."""
+    if weights is None:
+        warnings.warn('no --weights given: the model is randomly initialised, its predictions '
+                      'are meaningless')
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', message='checkpoint is None')
+            model = init_detector(cfg, None, device=device)
+    else:
+        meta = check_checkpoint_matches(cfg, weights)
+        model = init_detector(cfg, weights, device=device)
+    metainfo = cfg.get('test_dataloader', {}).get('dataset', {}).get('metainfo')
+    has_own_classes = weights is not None and 'dataset_meta' in meta
+    if not has_own_classes and metainfo is not None and 'classes' in metainfo:
+        model.dataset_meta = dict(model.dataset_meta, classes=tuple(metainfo['classes']))
+    return model
+
+
+def draw_predictions(model, images: List[str], out_dir: str, score_thr: float) -> List[str]:
+    """Runs the model on each image and writes it with its predictions into ``out_dir``."""
+    visualizer = DetLocalVisualizer(name='image_demo')
+    visualizer.dataset_meta = model.dataset_meta
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for path in images:
+        image = mmcv.imread(path, channel_order='rgb')  # (H, W, 3) uint8
+        if image is None:
+            raise DemoError(f'cannot read image {path!r}')
+        result = inference_detector(model, path)
+        out_file = osp.join(out_dir, osp.basename(path))
+        visualizer.add_datasample(osp.basename(path), image, data_sample=result, draw_gt=False,
+                                  show=False, pred_score_thr=score_thr, out_file=out_file)
+        written.append(out_file)
+    return written
+
+
+def main(argv=None) -> List[str]:
+    args = parse_args(argv)
+    images = list_images(args.img)
+    allow_full_checkpoint_loading()
+    if not osp.isfile(args.config):
+        raise DemoError(f'config {args.config!r} does not exist')
+    cfg = Config.fromfile(args.config)
+    model = build_model(cfg, args.weights, args.device)
+    written = draw_predictions(model, images, args.out_dir, args.score_thr)
+    print(f'wrote {len(written)} image(s) to {args.out_dir}')
+    return written
+
+
+if __name__ == '__main__':
+    try:
+        main()
+    except DemoError as error:
+        sys.exit(f'error: {error}')

@@ -11,8 +11,9 @@ default_hooks = dict(
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='DetVisualizationHook'))
 
-# stops a run before its first iteration when the head's num_classes disagrees with the dataset
-custom_hooks = [dict(type='NumClassesCheckHook')]
+# NumClassesCheckHook stops a run before its first iteration when the head's num_classes disagrees
+# with the dataset; RNGStateHook keeps the random streams in checkpoints so that --resume is exact.
+custom_hooks = [dict(type='NumClassesCheckHook'), dict(type='RNGStateHook')]
 
 env_cfg = dict(
     cudnn_benchmark=False,

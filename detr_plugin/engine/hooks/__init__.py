@@ -1,4 +1,5 @@
 from .num_classes_check_hook import NumClassesCheckHook
 from .rng_state_hook import RNGStateHook
+from .safe_checkpoint_hook import SafeCheckpointHook
 
-__all__ = ['NumClassesCheckHook', 'RNGStateHook']
+__all__ = ['NumClassesCheckHook', 'RNGStateHook', 'SafeCheckpointHook']

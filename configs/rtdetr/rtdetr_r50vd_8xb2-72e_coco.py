@@ -62,6 +62,9 @@ test_cfg = dict(type='TestLoop')
 # the original keeps the learning rate constant (MultiStepLR at epoch 1000, no warm-up)
 
 custom_hooks = [
+    # the default runtime's checks and resume state, plus EMA:
+    dict(type='NumClassesCheckHook'),
+    dict(type='RNGStateHook'),
     # decay 0.9999 * (1 - exp(-(1 + step) / 2000)), buffers included, as the original's ModelEMA
     dict(type='EMAHook', ema_type='ExpMomentumEMA', momentum=0.0001, gamma=2000,
          update_buffers=True, priority=49)

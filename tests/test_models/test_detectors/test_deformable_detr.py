@@ -7,10 +7,8 @@ import pathlib
 
 import pytest
 import torch
-from mmdet.structures import DetDataSample
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
-from mmengine.structures import InstanceData
 
 from detr_plugin.registry import MODELS
 from detr_plugin.utils import register_all_modules
@@ -33,20 +31,6 @@ def tiny_cfg(refine, two_stage):
     return cfg
 
 
-def make_batch(shapes, boxes_per_image, batch_shape=(64, 64)):
-    """Images of the given (h, w) sizes padded into one batch, with gt boxes (xyxy pixels)."""
-    inputs = torch.zeros(len(shapes), 3, *batch_shape)
-    samples = []
-    for i, ((h, w), boxes) in enumerate(zip(shapes, boxes_per_image)):
-        inputs[i, :, :h, :w] = torch.rand(3, h, w) * 255
-        s = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), scale_factor=(1., 1.),
-                                        batch_input_shape=batch_shape, pad_shape=batch_shape))
-        boxes = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
-        s.gt_instances = InstanceData(bboxes=boxes, labels=torch.arange(len(boxes)) % 3)
-        samples.append(s)
-    return inputs, samples
-
-
 @pytest.fixture(scope='module', params=list(VARIANTS))
 def model(request):
     torch.manual_seed(0)
@@ -56,7 +40,7 @@ def model(request):
     return m
 
 
-def test_loss_predict_tensor_modes(model):
+def test_loss_predict_tensor_modes(model, make_batch):
     inputs, samples = make_batch([(64, 64), (48, 40)], [[[2, 3, 30, 40], [10, 10, 20, 50]], []])
     data = model.data_preprocessor(dict(inputs=list(inputs), data_samples=samples), training=True)
     losses = model(**data, mode='loss')
@@ -83,7 +67,7 @@ def test_loss_predict_tensor_modes(model):
     assert ((boxes >= 0) & (boxes <= 1)).all()
 
 
-def test_batch_of_images_without_boxes(model):
+def test_batch_of_images_without_boxes(model, make_batch):
     inputs, samples = make_batch([(64, 64), (32, 64)], [[], []])
     data = model.data_preprocessor(dict(inputs=list(inputs), data_samples=samples), training=True)
     losses = model(**data, mode='loss')
@@ -92,7 +76,7 @@ def test_batch_of_images_without_boxes(model):
     assert torch.isfinite(total) and losses['loss_bbox'] == 0
 
 
-def test_padding_changes_only_padded_images(model):
+def test_padding_changes_only_padded_images(model, make_batch):
     """An image's decoder output does not depend on the padding added for other images, given the
     same features on its valid region. (Two-stage may select padding proposals, as the original:
     there the proposals must match instead.)"""
@@ -122,7 +106,7 @@ def test_padding_changes_only_padded_images(model):
         assert (big_enc[1][0, ~valid] == 1).all()
 
 
-def test_two_stage_needs_enough_tokens():
+def test_two_stage_needs_enough_tokens(make_batch):
     cfg = tiny_cfg(True, True)
     cfg.num_queries = 200  # a 64 x 64 image gives 8*8 + 4*4 + 2*2 = 84 tokens
     m = MODELS.build(cfg)
@@ -202,7 +186,7 @@ def test_runner_trains_two_iterations(variant, demo_data, tmp_path):
     assert (tmp_path / 'epoch_1.pth').is_file()
 
 
-def test_bfloat16_autocast():
+def test_bfloat16_autocast(make_batch):
     """Mixed precision: the loss runs and the boxes stay float32 through the refinement."""
     torch.manual_seed(0)
     model = MODELS.build(tiny_cfg(True, True))

@@ -1,9 +1,7 @@
 """DETR end to end on tiny inputs: shapes of every mode, padding masks, and bad input."""
 import pytest
 import torch
-from mmdet.structures import DetDataSample
 from mmengine.config import Config
-from mmengine.structures import InstanceData
 
 from detr_plugin.registry import MODELS, build_in_scope
 from detr_plugin.utils import register_all_modules
@@ -21,20 +19,6 @@ def tiny_detr_cfg(num_classes=3):
     return cfg
 
 
-def make_batch(shapes, boxes_per_image, batch_shape=(64, 64)):
-    """Images of the given (h, w) sizes padded into one batch, with gt boxes."""
-    inputs = torch.zeros(len(shapes), 3, *batch_shape)
-    samples = []
-    for i, ((h, w), boxes) in enumerate(zip(shapes, boxes_per_image)):
-        inputs[i, :, :h, :w] = torch.rand(3, h, w) * 255
-        s = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), scale_factor=(1., 1.),
-                                        batch_input_shape=batch_shape, pad_shape=batch_shape))
-        boxes = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
-        s.gt_instances = InstanceData(bboxes=boxes, labels=torch.arange(len(boxes)) % 3)
-        samples.append(s)
-    return inputs, samples
-
-
 @pytest.fixture(scope='module')
 def model():
     torch.manual_seed(0)
@@ -43,7 +27,7 @@ def model():
     return m
 
 
-def test_loss_predict_tensor_modes(model):
+def test_loss_predict_tensor_modes(model, make_batch):
     inputs, samples = make_batch([(64, 64), (48, 40)], [[[2, 3, 30, 40], [10, 10, 20, 50]], []])
     data = model.data_preprocessor(dict(inputs=list(inputs), data_samples=samples), training=True)
     losses = model(**data, mode='loss')
@@ -62,7 +46,7 @@ def test_loss_predict_tensor_modes(model):
     assert logits.shape == (2, 2, 5, 4) and boxes.shape == (2, 2, 5, 4)
 
 
-def test_padding_changes_only_padded_images(model):
+def test_padding_changes_only_padded_images(model, make_batch):
     """An image's prediction must not depend on the padding added for other images."""
     model.eval()
     inputs, samples = make_batch([(32, 32)], [[]], batch_shape=(32, 32))

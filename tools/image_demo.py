@@ -24,6 +24,8 @@ from mmdet.visualization import DetLocalVisualizer
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
+from detr_plugin.utils import allow_full_checkpoint_loading
+
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
 
@@ -54,15 +56,6 @@ def list_images(path: str) -> List[str]:
     if not osp.isfile(path):
         raise DemoError(f'image path {path!r} does not exist')
     return [path]
-
-
-def allow_full_checkpoint_loading() -> None:
-    """Lets ``torch.load`` read whole mmengine checkpoints, as tools/test.py does (see there).
-
-    Load only checkpoints you trust. ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1`` keeps the strict mode.
-    """
-    if 'TORCH_FORCE_WEIGHTS_ONLY_LOAD' not in os.environ:
-        os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
 
 
 def check_checkpoint_matches(cfg: Config, weights: str) -> dict:

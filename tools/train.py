@@ -16,7 +16,7 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from detr_plugin.utils import register_all_modules
+from detr_plugin.utils import allow_full_checkpoint_loading, register_all_modules
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -87,19 +87,6 @@ def setup_cfg(args: argparse.Namespace) -> Config:
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
     return cfg
-
-
-def allow_full_checkpoint_loading() -> None:
-    """Lets ``torch.load`` read whole mmengine checkpoints in this process, as torch < 2.6 did.
-
-    mmengine 0.10.7 calls ``torch.load`` without ``weights_only``, which torch >= 2.6 makes
-    weights-only by default, and its checkpoints also hold the message hub (numpy arrays, bound
-    methods) that this mode rejects. The checkpoints loaded here are the ones the user names
-    (CHECKPOINT, --resume, load_from): load only checkpoints you trust.
-    ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1`` in the environment keeps the strict mode.
-    """
-    if 'TORCH_FORCE_WEIGHTS_ONLY_LOAD' not in os.environ:
-        os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
 
 
 def setup_cpu_distributed(cfg: Config) -> None:

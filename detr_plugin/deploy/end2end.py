@@ -1,0 +1,46 @@
+"""A detector as one tensor-in, tensors-out module: for export (ONNX), CUDA graphs and torch.compile."""
+from typing import Tuple
+
+import torch
+from mmdet.structures.bbox import bbox_cxcywh_to_xyxy
+from torch import Tensor, nn
+
+
+class End2EndDetector(nn.Module):
+    """Wraps one of our detectors (DETR, Deformable DETR, RT-DETR) in eval mode.
+
+    ``forward(images)`` takes a normalized, unpadded batch (bs, 3, H, W), as the detector's data
+    preprocessor makes it, and returns the last decoder layer's detections in the pixel frame of
+    that batch:
+
+    - boxes: (bs, k, 4) xyxy pixels, clamped to (W, H)
+    - scores: (bs, k) float32
+    - labels: (bs, k) int64
+
+    with k the head's ``test_cfg.max_per_img`` (DETR: all queries when larger). There is no data
+    sample, no host synchronisation and no data-dependent shape, so the module can be traced,
+    exported and captured in a CUDA graph. Results equal the detector's ``predict`` with
+    ``rescale=False`` on the same unpadded batch.
+    """
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        for attr in ('_forward', 'bbox_head'):
+            if not hasattr(detector, attr):
+                raise TypeError(f'{type(detector).__name__} has no {attr}: End2EndDetector needs '
+                                'one of detr_plugin\'s detectors')
+        self.detector = detector.eval()
+
+    def forward(self, images: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f'expected images of shape (bs, 3, H, W), got {tuple(images.shape)}')
+        logits, boxes = self.detector._forward(images)  # (L, bs, Q, K'), (L, bs, Q, 4) cxcywh
+        logits, boxes = logits[-1].float(), boxes[-1].float()
+        scores, labels, query = self.detector.bbox_head.scores_and_labels(logits)  # (bs, k) each
+        if query is not None:
+            boxes = boxes.gather(1, query.unsqueeze(-1).expand(-1, -1, 4))
+        h, w = images.shape[-2:]
+        scale = torch.tensor([w, h, w, h], dtype=boxes.dtype, device=boxes.device)
+        boxes = bbox_cxcywh_to_xyxy(boxes) * scale
+        boxes = torch.minimum(boxes.clamp(min=0), scale)
+        return boxes, scores, labels

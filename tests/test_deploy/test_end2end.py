@@ -1,0 +1,59 @@
+"""End2EndDetector gives the same detections as the detector's own predict (an independent path:
+data samples, InstanceData, to_pixels) for every family, and rejects what it cannot wrap."""
+import pathlib
+
+import pytest
+import torch
+from mmdet.structures import DetDataSample
+from mmengine.config import Config
+
+from detr_plugin.deploy import End2EndDetector
+from detr_plugin.registry import MODELS
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CONFIGS = {
+    'detr': 'configs/detr/detr_r18_1xb8-demo.py',
+    'deformable': 'configs/deformable_detr/deformable-detr_r18_1xb8-demo.py',
+    'refine-twostage': 'configs/deformable_detr/deformable-detr-refine-twostage_r50_16xb2-50e_coco.py',
+    'rtdetr': 'configs/rtdetr/rtdetr_r18vd_1xb8-demo.py',
+}
+
+
+def small_model(config):
+    cfg = Config.fromfile(str(ROOT / config)).model
+    cfg.backbone.init_cfg = None
+    if cfg.backbone.get('depth', 18) > 18:  # keep the test small: an R18 backbone will do
+        cfg.backbone.update(depth=18, init_cfg=None)
+        cfg.neck.in_channels = [128, 256, 512][-len(cfg.neck.in_channels):]
+    torch.manual_seed(0)
+    model = MODELS.build(cfg)
+    model.init_weights()
+    return model.eval()
+
+
+@pytest.mark.parametrize('name', list(CONFIGS))
+def test_end2end_equals_predict(name):
+    model = small_model(CONFIGS[name])
+    h, w = 160, 192
+    images = torch.randn(2, 3, h, w)
+    samples = [DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), batch_input_shape=(h, w),
+                                           pad_shape=(h, w), scale_factor=(1., 1.))) for _ in range(2)]
+    with torch.no_grad():
+        expected = [s.pred_instances for s in model.predict(images, samples, rescale=False)]
+        boxes, scores, labels = End2EndDetector(model)(images)
+    k = len(expected[0].scores)
+    assert boxes.shape == (2, k, 4) and scores.shape == (2, k) and labels.shape == (2, k)
+    assert labels.dtype == torch.int64
+    for b, result in enumerate(expected):
+        torch.testing.assert_close(scores[b], result.scores)
+        torch.testing.assert_close(labels[b], result.labels)
+        torch.testing.assert_close(boxes[b], result.bboxes)
+    assert boxes[..., 0::2].max() <= w and boxes[..., 1::2].max() <= h and boxes.min() >= 0
+
+
+def test_end2end_rejects_bad_input():
+    with pytest.raises(TypeError, match='detr_plugin'):
+        End2EndDetector(torch.nn.Linear(2, 2))
+    model = End2EndDetector(small_model(CONFIGS['rtdetr']))
+    with pytest.raises(ValueError, match=r'\(bs, 3, H, W\)'):
+        model(torch.randn(3, 64, 64))

@@ -3,16 +3,51 @@
 Each query predicts, per head, level and point, a sampling offset around its reference point and an
 attention weight (softmax over levels x points); the projected value is sampled there by
 ``multi_scale_deformable_attention``, and the heads are mixed by ``output_proj``. The calling layer
-adds the residual and dropout.
+adds the residual and dropout. Offsets and weights become sampling locations in
+:class:`SamplingPoints`, a module without parameters whose output a forward hook can record.
 """
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from ..registry import MODELS
 from .ms_deform_attn import multi_scale_deformable_attention
+
+
+class SamplingPoints(nn.Module):
+    """Turns predicted offsets and attention logits into sampling locations and weights.
+
+    A step of :class:`MultiScaleDeformableAttention` with no parameters, kept as a module of its
+    own so that a forward hook sees exactly the locations and weights handed to the op (e.g.
+    tools/analysis/visualize_sampling_points.py); hooks receive the inputs too.
+    """
+
+    def forward(self, reference_points: Tensor, offsets: Tensor, logits: Tensor,
+                spatial_shapes: Tensor) -> Tuple[Tensor, Tensor]:
+        """
+        Args:
+            reference_points: (bs, Q, L or 1, 2) points (x, y) or (..., 4) boxes (cx, cy, w, h),
+                normalized to [0, 1] of each level's padded map.
+            offsets: (bs, Q, heads, L, P, 2) as (x, y): in pixels of level l for point references,
+                in units of the box's half size / P for box references.
+            logits: (bs, Q, heads, L * P) attention logits.
+            spatial_shapes: (L, 2) integer (H_l, W_l).
+
+        Returns:
+            Locations (bs, Q, heads, L, P, 2) as (x, y), normalized to [0, 1] of level l's padded
+            map, and weights (bs, Q, heads, L, P), a softmax over each head's L * P points.
+        """
+        bs, num_query, heads, levels, points, _ = offsets.shape
+        weights = logits.softmax(-1).view(bs, num_query, heads, levels, points)
+        ref = reference_points[:, :, None, :, None, :]  # (bs, Q, 1, L or 1, 1, 2|4)
+        if reference_points.shape[-1] == 2:
+            # offsets are in pixels of each level: (W_l, H_l) normalizes them
+            size_xy = spatial_shapes.flip(-1).to(offsets.dtype)  # (L, 2) as (W_l, H_l)
+            return ref + offsets / size_xy[None, None, None, :, None, :], weights
+        # offsets are in units of the box's half size, divided among the points
+        return ref[..., :2] + offsets / points * ref[..., 2:] * 0.5, weights
 
 
 @MODELS.register_module()
@@ -42,6 +77,7 @@ class MultiScaleDeformableAttention(nn.Module):
         self.attention_weights = nn.Linear(embed_dims, num_heads * num_levels * num_points)
         self.value_proj = nn.Linear(embed_dims, embed_dims)
         self.output_proj = nn.Linear(embed_dims, embed_dims)
+        self.sampling_points = SamplingPoints()
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -102,16 +138,8 @@ class MultiScaleDeformableAttention(nn.Module):
         value = value.view(bs, -1, heads, self.embed_dims // heads)
 
         offsets = self.sampling_offsets(query).view(bs, num_query, heads, levels, points, 2)
-        weights = self.attention_weights(query).view(bs, num_query, heads, levels * points)
-        weights = weights.softmax(-1).view(bs, num_query, heads, levels, points)
-        ref = reference_points[:, :, None, :, None, :]  # (bs, num_query, 1, L or 1, 1, 2|4)
-        if reference_points.shape[-1] == 2:
-            # offsets are in pixels of each level: (W_l, H_l) normalizes them
-            size_xy = spatial_shapes.flip(-1).to(offsets.dtype)  # (L, 2) as (W_l, H_l)
-            locations = ref + offsets / size_xy[None, None, None, :, None, :]
-        else:
-            # offsets are in units of the box's half size, divided among the points
-            locations = ref[..., :2] + offsets / points * ref[..., 2:] * 0.5
+        logits = self.attention_weights(query).view(bs, num_query, heads, levels * points)
+        locations, weights = self.sampling_points(reference_points, offsets, logits, spatial_shapes)
         # One dtype for the op. Under autocast, float32 locations are kept (and the rest upcast):
         # bfloat16 locations would move samples by up to half a pixel on a 150-pixel-wide level.
         dtype = torch.promote_types(value.dtype, locations.dtype)

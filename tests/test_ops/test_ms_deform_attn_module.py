@@ -1,11 +1,12 @@
 """MultiScaleDeformableAttention: the paper's initialization, both reference-point forms and the
 padding mask, each against a computation written out here with the float64 loop reference."""
 import math
+from unittest import mock
 
 import pytest
 import torch
 
-from detr_plugin.ops import MultiScaleDeformableAttention
+from detr_plugin.ops import MultiScaleDeformableAttention, ms_deform_attn_module
 from detr_plugin.registry import MODELS
 
 EMBED, HEADS, LEVELS, POINTS = 8, 2, 2, 3
@@ -101,6 +102,31 @@ def test_forward_matches_hand_computation(msda_ref, ref_dims, ref_levels):
         expected = expected_output(attn, query, ref, value, msda_ref)
     assert out.shape == (2, 3, EMBED)
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize('ref_dims', [2, 4])
+def test_hook_on_sampling_points_sees_what_the_op_gets(ref_dims):
+    """The seam for visualization: a forward hook records the op's locations and weights, and
+    the module has no parameter or buffer more (checkpoints keep their keys)."""
+    attn = make_module(4)
+    query, ref, value, spatial_shapes, start = make_inputs(ref_dims)
+    hooked, op_args = [], []
+    attn.sampling_points.register_forward_hook(lambda module, args, out: hooked.append(out))
+    op = ms_deform_attn_module.multi_scale_deformable_attention
+
+    def recording_op(*args, **kwargs):
+        op_args.append(args)
+        return op(*args, **kwargs)
+
+    with mock.patch.object(ms_deform_attn_module, 'multi_scale_deformable_attention',
+                           recording_op), torch.no_grad():
+        attn(query, ref, value, spatial_shapes, start)
+    (locations, weights), = hooked
+    (_, _, _, op_locations, op_weights), = op_args
+    assert locations.shape == (2, 3, HEADS, LEVELS, POINTS, 2)
+    assert torch.equal(locations, op_locations) and torch.equal(weights, op_weights)
+    torch.testing.assert_close(weights.sum((-2, -1)), torch.ones(2, 3, HEADS, dtype=torch.float64))
+    assert not list(attn.sampling_points.parameters()) and not list(attn.sampling_points.buffers())
 
 
 def test_shared_reference_equals_per_level_copies():

@@ -6,6 +6,7 @@ memory token with an encoder class head and regresses a box around its anchor, (
 position: its box), then (4) runs deformable decoder layers that refine the boxes in
 inverse-sigmoid space. The class and box heads belong to :class:`RTDETRHead` and are passed in.
 """
+import functools
 from collections import OrderedDict
 from typing import NamedTuple, Optional, Sequence, Tuple
 
@@ -13,6 +14,7 @@ import torch
 from mmdet.models.layers import inverse_sigmoid
 from torch import Tensor, nn
 
+from detr_plugin.ops import level_index_tensors
 from detr_plugin.registry import MODELS
 from .deformable_transformer import DeformableDecoderLayer
 from .denoising import DenoisingGroups
@@ -24,6 +26,7 @@ class FlatMemory(NamedTuple):
     memory: Tensor             # (bs, N, C), N = sum(H_l * W_l)
     spatial_shapes: Tensor     # (L, 2) as (H_l, W_l), long
     level_start_index: Tensor  # (L,)
+    shapes: Tuple[Tuple[int, int], ...]  # the same (H_l, W_l) on the host
 
 
 class QuerySelection(NamedTuple):
@@ -64,6 +67,16 @@ def generate_anchors(spatial_shapes: Sequence[Tuple[int, int]], grid_size: float
     valid = ((anchors > eps) & (anchors < 1 - eps)).all(-1, keepdim=True)
     unact = torch.log(anchors / (1 - anchors))
     return torch.where(valid, unact, torch.inf), valid
+
+
+@functools.lru_cache(maxsize=16)
+def cached_anchors(shapes: Tuple[Tuple[int, int], ...], grid_size: float, eps: float,
+                   device: torch.device) -> Tuple[Tensor, Tensor]:
+    """:func:`generate_anchors`, made once per layout rather than on every forward (shared
+    tensors: not to be modified in place). Normal tensors even when first asked for under
+    ``torch.inference_mode``, so that training can use them afterwards."""
+    with torch.inference_mode(False):
+        return generate_anchors(shapes, grid_size, eps, device)
 
 
 @MODELS.register_module()
@@ -151,18 +164,16 @@ class RTDETRDecoder(nn.Module):
         if len(feats) != len(self.input_proj):
             raise ValueError(f'expected {len(self.input_proj)} feature levels, got {len(feats)}')
         proj = [p(feat) for p, feat in zip(self.input_proj, feats)]
-        shapes = torch.tensor([f.shape[-2:] for f in proj], dtype=torch.long,
-                              device=proj[0].device)
-        starts = torch.cat([shapes.new_zeros(1), shapes.prod(1).cumsum(0)[:-1]])
+        shapes = tuple((f.shape[-2], f.shape[-1]) for f in proj)
+        spatial_shapes, starts = level_index_tensors(shapes, proj[0].device)
         memory = torch.cat([f.flatten(2).transpose(1, 2) for f in proj], 1)  # (bs, N, C)
-        return FlatMemory(memory, shapes, starts)
+        return FlatMemory(memory, spatial_shapes, starts, shapes)
 
     def select_queries(self, flat: FlatMemory, cls_head: nn.Module,
                        box_head: nn.Module) -> QuerySelection:
         """IoU-aware query selection: the ``num_queries`` tokens of highest max class logit."""
-        shapes = [tuple(s) for s in flat.spatial_shapes.tolist()]
-        anchors, valid = generate_anchors(shapes, self.anchor_size, self.anchor_eps,
-                                          flat.memory.device)
+        anchors, valid = cached_anchors(flat.shapes, self.anchor_size, self.anchor_eps,
+                                        flat.memory.device)
         memory = self.enc_output(flat.memory * valid.to(flat.memory.dtype))  # (bs, N, C)
         logits = cls_head(memory)  # (bs, N, K)
         boxes_unact = box_head(memory) + anchors  # (bs, N, 4)

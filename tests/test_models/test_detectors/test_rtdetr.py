@@ -159,3 +159,21 @@ def test_runner_trains_two_iterations(tmp_path):
                 'neck.encoder.0.layers.0.self_attn.in_proj_weight'):
         assert not torch.equal(before[key], after[key]), key
     assert (tmp_path / 'work' / 'epoch_1.pth').is_file()
+
+
+def test_training_after_inference_under_inference_mode():
+    """Layout tensors and anchors are cached across calls: made by a first predict under
+    inference_mode (as a deployment may do), they must still serve training steps, at a new
+    size and at the cached one."""
+    model = build(tiny_cfg())
+    model.eval()
+    inputs, samples = make_batch([[[2, 3, 30, 40]]], size=(96, 96))
+    with torch.inference_mode():
+        model.predict(inputs, samples)
+    losses, total, no_grad = loss_and_grads(model, [[[2, 3, 30, 40]], []])  # 64x64
+    assert torch.isfinite(total) and no_grad == []
+    inputs, samples = make_batch([[[2, 3, 30, 40]]], size=(96, 96))  # the cached size, training
+    model.train()
+    total = sum(model.loss(inputs, samples).values())
+    total.backward()
+    assert torch.isfinite(total)

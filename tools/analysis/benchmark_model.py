@@ -2,17 +2,28 @@
 
 Several configs in one run share the device, the inputs and the settings, so their figures can
 be compared directly (e.g. ours next to mmdet's own DETR via ``mmdet::detr/...``). Weights are
-random (no checkpoint is downloaded); every image gets ``--boxes`` random ground-truth boxes.
+random unless ``--weights`` is given (no checkpoint is downloaded); every image gets ``--boxes``
+random ground-truth boxes.
+
+Modes:
+- ``train``: ``model.train_step`` (forward, loss with matching, backward, optimizer step).
+- ``infer``: ``model.test_step`` on a batch of data samples, as mmdet's test loop runs it.
+- ``deploy`` (our configs only): the model as images in, (boxes, scores, labels) out
+  (:class:`detr_plugin.deploy.End2EndDetector`), BatchNorms and RepVGG branches folded
+  (``--no-fuse`` keeps them), optionally captured in a CUDA graph (``--cuda-graph``) or compiled
+  (``--compile``): the latency a deployed detector has.
 
     python tools/analysis/benchmark_model.py configs/detr/detr_r50_8xb2-150e_coco.py \\
         mmdet::detr/detr_r50_8xb2-150e_coco.py --mode train --shape 800 1216 --batch 2 --amp
+    python tools/analysis/benchmark_model.py configs/rtdetr/rtdetr_r18vd_8xb2-72e_coco.py \\
+        --mode deploy --shape 640 640 --batch 1 --dtype bf16 --cuda-graph
 """
 import argparse
 import importlib
 import os
 import statistics
 import time
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import torch
 from mmdet.structures import DetDataSample
@@ -27,7 +38,8 @@ DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('configs', nargs='+', help='config files (mmdet::path for mmdet\'s own configs)')
-    p.add_argument('--mode', choices=['train', 'infer'], default='train')
+    p.add_argument('--mode', choices=['train', 'infer', 'deploy'], default='train')
+    p.add_argument('--weights', help='checkpoint to load (every config); default: random weights')
     p.add_argument('--shape', type=int, nargs=2, default=[800, 1216], metavar=('H', 'W'))
     p.add_argument('--batch', type=int, default=2)
     p.add_argument('--boxes', type=int, default=12, help='ground-truth boxes per image')
@@ -37,7 +49,17 @@ def parse_args():
     p.add_argument('--warmup', type=int, default=5)
     p.add_argument('--iters', type=int, default=20)
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    return p.parse_args()
+    p.add_argument('--cuda-graph', action='store_true', help='deploy mode: replay a CUDA graph')
+    p.add_argument('--compile', action='store_true', help='deploy mode: torch.compile the model')
+    p.add_argument('--no-fuse', action='store_true',
+                   help='deploy mode: keep BatchNorms and RepVGG branches unfolded')
+    args = p.parse_args()
+    if (args.cuda_graph or args.compile) and args.mode != 'deploy':
+        p.error('--cuda-graph and --compile apply to --mode deploy')
+    if args.cuda_graph and not args.device.startswith('cuda'):
+        p.error(f'--cuda-graph needs a CUDA device; this run is on {args.device!r}'
+                + ('' if torch.cuda.is_available() else ' (no CUDA device is available)'))
+    return args
 
 
 def resolve(config: str) -> str:
@@ -49,14 +71,17 @@ def resolve(config: str) -> str:
     return os.path.join(root, '.mim', 'configs', relative)
 
 
-def build_model(config: str, device: str):
+def build_model(config: str, device: str, weights: Optional[str] = None):
     cfg = Config.fromfile(resolve(config))
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     cfg.model.backbone.init_cfg = None  # random weights: nothing to download
     from mmengine.registry import MODELS
-    model = MODELS.build(cfg.model).to(device)
+    model = MODELS.build(cfg.model)
     model.init_weights()
-    return cfg, model
+    if weights:
+        from mmengine.runner import load_checkpoint
+        load_checkpoint(model, weights, map_location='cpu', strict=True)
+    return cfg, model.to(device)
 
 
 def random_batch(args, num_classes: int, device: str) -> dict:
@@ -97,12 +122,53 @@ def timed(fn: Callable, args, device: str) -> List[float]:
     return times
 
 
+def cuda_graph(fn: Callable[[], object], warmup: int = 3) -> Callable[[], object]:
+    """Captures ``fn`` (fixed inputs and shapes, no host synchronisation) in a CUDA graph after
+    ``warmup`` eager calls on a side stream; returns the replay and the graph's outputs."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = fn()
+
+    def replay():
+        graph.replay()
+        return outputs
+    return replay
+
+
+def deploy_fn(model, args) -> Callable[[], object]:
+    """Images in, (boxes, scores, labels) out, as configured by --dtype / --cuda-graph / --compile."""
+    from detr_plugin.deploy import End2EndDetector, fuse_for_inference
+    if not args.no_fuse:
+        fuse_for_inference(model)
+    net = End2EndDetector(model)
+    if args.compile:
+        net = torch.compile(net)
+    h, w = args.shape
+    images = torch.randn(args.batch, 3, h, w, generator=torch.Generator().manual_seed(0)).to(args.device)
+    dtype = DTYPES[args.dtype]
+
+    def fn():
+        with torch.no_grad(), torch.autocast(args.device.split(':')[0], dtype=dtype,
+                                             enabled=dtype is not None, cache_enabled=False):
+            return net(images)
+    return cuda_graph(fn) if args.cuda_graph else fn
+
+
 def benchmark(config: str, args) -> dict:
-    cfg, model = build_model(config, args.device)
+    cfg, model = build_model(config, args.device, args.weights)
     num_classes = cfg.model.bbox_head.num_classes
     data = random_batch(args, num_classes, args.device)
     dtype = DTYPES[args.dtype]
-    if args.mode == 'train':
+    if args.mode == 'deploy':
+        model.eval()
+        fn = deploy_fn(model, args)
+    elif args.mode == 'train':
         model.train()
         optim_cfg = cfg.optim_wrapper.copy()
         if args.amp:
@@ -124,7 +190,9 @@ def benchmark(config: str, args) -> dict:
     del model
     if args.device.startswith('cuda'):
         torch.cuda.empty_cache()
-    return dict(config=config, median_ms=statistics.median(times), min_ms=min(times), peak_gib=peak)
+    median = statistics.median(times)
+    return dict(config=config, median_ms=median, min_ms=min(times), peak_gib=peak,
+                fps=args.batch * 1e3 / median)
 
 
 def main():
@@ -139,18 +207,21 @@ def main():
             results.append(dict(config=config, error=f'{type(e).__name__}: {e}'.splitlines()[0]))
     dev = torch.cuda.get_device_name() if args.device.startswith('cuda') else 'cpu'
     prec = ('amp-' if args.amp else '') + args.dtype
+    extras = [name for name, on in (('fused', args.mode == 'deploy' and not args.no_fuse),
+                                    ('CUDA graph', args.cuda_graph), ('compiled', args.compile)) if on]
     print(f'\n{args.mode}, batch {args.batch}, {args.shape[0]}x{args.shape[1]}, {prec}, '
-          f'{args.boxes} boxes/img, {args.iters} iters after {args.warmup} warm-up, {dev}, '
+          + ''.join(f'{e}, ' for e in extras)
+          + f'{args.boxes} boxes/img, {args.iters} iters after {args.warmup} warm-up, {dev}, '
           f'torch {torch.__version__}')
-    print('| config | median ms | min ms | peak GiB | speed-up vs last |')
-    print('|---|---|---|---|---|')
+    print('| config | median ms | min ms | images/s | peak GiB | speed-up vs last |')
+    print('|---|---|---|---|---|---|')
     last = results[-1].get('median_ms', float('nan'))
     for r in results:
         if 'error' in r:
-            print(f"| {r['config']} | failed: {r['error'][:120]} | | | |")
+            print(f"| {r['config']} | failed: {r['error'][:120]} | | | | |")
             continue
-        print(f"| {r['config']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {r['peak_gib']:.2f} | "
-              f"{last / r['median_ms']:.2f}x |")
+        print(f"| {r['config']} | {r['median_ms']:.2f} | {r['min_ms']:.2f} | {r['fps']:.1f} | "
+              f"{r['peak_gib']:.2f} | {last / r['median_ms']:.2f}x |")
 
 
 if __name__ == '__main__':

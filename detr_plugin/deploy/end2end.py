@@ -40,7 +40,8 @@ class End2EndDetector(nn.Module):
         if query is not None:
             boxes = boxes.gather(1, query.unsqueeze(-1).expand(-1, -1, 4))
         h, w = images.shape[-2:]
-        scale = torch.tensor([w, h, w, h], dtype=boxes.dtype, device=boxes.device)
-        boxes = bbox_cxcywh_to_xyxy(boxes) * scale
-        boxes = torch.minimum(boxes.clamp(min=0), scale)
+        # scaled per coordinate with Python numbers: no host -> device copy (CUDA graphs)
+        x1, y1, x2, y2 = bbox_cxcywh_to_xyxy(boxes).unbind(-1)
+        boxes = torch.stack([(x1 * w).clamp(0, w), (y1 * h).clamp(0, h),
+                             (x2 * w).clamp(0, w), (y2 * h).clamp(0, h)], -1)
         return boxes, scores, labels

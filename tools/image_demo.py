@@ -19,12 +19,11 @@ from typing import List
 import mmcv
 import torch
 from mmdet.apis import inference_detector, init_detector
-from mmdet.registry import MODELS
 from mmdet.visualization import DetLocalVisualizer
 from mmengine.config import Config
-from mmengine.registry import init_default_scope
 
-from detr_plugin.utils import allow_full_checkpoint_loading
+from detr_plugin.utils import (CheckpointError, allow_full_checkpoint_loading,
+                               load_detector_checkpoint)
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
@@ -58,54 +57,30 @@ def list_images(path: str) -> List[str]:
     return [path]
 
 
-def check_checkpoint_matches(cfg: Config, weights: str) -> dict:
-    """The checkpoint's ``meta``; DemoError unless its weights have exactly the model's names.
-
-    mmengine's loader only warns about mismatched keys, so a checkpoint of another architecture
-    would silently give an untrained model; this compares the key sets before it loads.
-    """
-    if not osp.isfile(weights):
-        raise DemoError(f'checkpoint {weights!r} does not exist')
-    try:
-        checkpoint = torch.load(weights, map_location='cpu', weights_only=False)
-    except Exception as error:  # any unreadable file: pickle, zip or torch errors
-        raise DemoError(f'cannot read checkpoint {weights!r}: {error}') from None
-    state_dict = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state_dict, dict):
-        raise DemoError(f'checkpoint {weights!r} holds no state_dict')
-    init_default_scope(cfg.get('default_scope', 'mmdet'))
-    expected = set(MODELS.build(cfg.model).state_dict())
-    found = {key[len('module.'):] if key.startswith('module.') else key for key in state_dict}
-    missing, unexpected = sorted(expected - found), sorted(found - expected)
-    if missing or unexpected:
-        raise DemoError(
-            f'checkpoint {weights!r} does not fit the model of {cfg.filename!r}: '
-            f'{len(missing)} missing keys {summarize(missing)}, '
-            f'{len(unexpected)} unexpected keys {summarize(unexpected)}')
-    return checkpoint.get('meta') or {}
-
-
-def summarize(keys: List[str], limit: int = 5) -> str:
-    """The first ``limit`` keys, and how many more, for a one-line message."""
-    more = f', ... (+{len(keys) - limit})' if len(keys) > limit else ''
-    return '[' + ', '.join(keys[:limit]) + more + ']'
-
-
 def build_model(cfg: Config, weights, device: str) -> torch.nn.Module:
-    """The detector in eval mode, with ``dataset_meta`` from the checkpoint or else the config."""
+    """The detector in eval mode, with ``dataset_meta`` from the checkpoint or else the config.
+
+    The weights are loaded with ``load_detector_checkpoint``: a checkpoint of another
+    architecture is a DemoError naming the mismatched keys (mmengine's loader only warns).
+    """
     if weights is None:
         warnings.warn('no --weights given: the model is randomly initialised, its predictions '
                       'are meaningless')
-        with warnings.catch_warnings():
-            warnings.filterwarnings('ignore', message='checkpoint is None')
-            model = init_detector(cfg, None, device=device)
-    else:
-        meta = check_checkpoint_matches(cfg, weights)
-        model = init_detector(cfg, weights, device=device)
-    metainfo = cfg.get('test_dataloader', {}).get('dataset', {}).get('metainfo')
-    has_own_classes = weights is not None and 'dataset_meta' in meta
-    if not has_own_classes and metainfo is not None and 'classes' in metainfo:
-        model.dataset_meta = dict(model.dataset_meta, classes=tuple(metainfo['classes']))
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='checkpoint is None')
+        model = init_detector(cfg, None, device=device)
+    meta = {}
+    if weights is not None:
+        try:
+            meta = load_detector_checkpoint(model, weights)
+        except CheckpointError as error:
+            raise DemoError(error) from None
+    classes = (meta.get('dataset_meta') or {}).get('classes') or meta.get('CLASSES')
+    if classes is None:
+        metainfo = cfg.get('test_dataloader', {}).get('dataset', {}).get('metainfo') or {}
+        classes = metainfo.get('classes')
+    if classes is not None:
+        model.dataset_meta = dict(model.dataset_meta, classes=tuple(classes))
     return model
 
 

@@ -1,4 +1,6 @@
-from .checkpoint_loading import allow_full_checkpoint_loading
+from .checkpoint_loading import (CheckpointError, allow_full_checkpoint_loading,
+                                 load_detector_checkpoint)
 from .setup_env import register_all_modules
 
-__all__ = ['allow_full_checkpoint_loading', 'register_all_modules']
+__all__ = ['CheckpointError', 'allow_full_checkpoint_loading', 'load_detector_checkpoint',
+           'register_all_modules']

@@ -29,7 +29,10 @@ class End2EndDetector(nn.Module):
             if not hasattr(detector, attr):
                 raise TypeError(f'{type(detector).__name__} has no {attr}: End2EndDetector needs '
                                 'one of detr_plugin\'s detectors')
-        self.detector = detector.eval()
+        self.detector = detector
+        # the wrapper too: torch.onnx.export ends with train(<mode before>) on the wrapper, which
+        # a training wrapper would pass on to the detector
+        self.eval()
 
     def forward(self, images: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         if images.dim() != 4 or images.shape[1] != 3:

@@ -1,5 +1,6 @@
 import os
 import os.path as osp
+import warnings
 from typing import Dict, List, Tuple
 
 import torch
@@ -60,7 +61,9 @@ def _read_checkpoint(path: str) -> Tuple[Dict[str, Tensor], dict]:
     if not osp.isfile(path):
         raise CheckpointError(f'checkpoint {path!r} does not exist')
     try:
-        checkpoint = torch.load(path, map_location='cpu')
+        with warnings.catch_warnings():  # said on every load once the tool allowed it
+            warnings.filterwarnings('ignore', 'Environment variable TORCH_FORCE_NO_WEIGHTS')
+            checkpoint = torch.load(path, map_location='cpu')
     except Exception as error:  # any unreadable file: pickle, zip or torch errors
         lines = str(error).strip().splitlines() or ['']
         raise CheckpointError(f'cannot read checkpoint {path!r}: {type(error).__name__}: '

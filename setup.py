@@ -46,6 +46,8 @@ setup(
     packages=find_packages(exclude=('configs', 'tools', 'tests', 'docs')),
     python_requires='>=3.8',
     install_requires=['numpy', 'scipy', 'pycocotools'],
+    # tools/deployment/export_onnx.py
+    extras_require={'onnx': ['onnx', 'onnxruntime']},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     zip_safe=False,

@@ -6,6 +6,7 @@
 #
 # Pins: torch 2.13.0 (only when no torch is importable: a CUDA torch you already have is kept),
 # mmengine 0.10.7, mmcv 2.1.0 built from source with its compiled ops, mmdet 3.3.0, then
+# onnx 1.23.2 and onnxruntime 1.31.1 (optional for users, needed by the export tests), then
 # `pip install -e .` of this project (which compiles our CUDA op when torch has CUDA and nvcc
 # is present). Prints the path of the environment's python on its last line.
 set -euo pipefail
@@ -37,6 +38,8 @@ if ! has 'import mmcv, mmcv.ops; assert mmcv.__version__ == "2.1.0"'; then
 fi
 has 'import mmdet; assert mmdet.__version__ == "3.3.0"' || pip_install mmdet==3.3.0
 has 'import pytest' || pip_install pytest
+# optional for users (pip install -e .[onnx]); the tests of tools/deployment/export_onnx.py use them
+has 'import onnx, onnxruntime' || pip_install onnx==1.23.2 onnxruntime==1.31.1
 # Without the current directory on sys.path: from the repo root the source tree imports even when
 # the package is not installed, but tools/*.py (sys.path[0] = tools/) need it installed.
 has 'import sys; sys.path[:] = [p for p in sys.path if p not in ("", ".")]; import detr_plugin' \

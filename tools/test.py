@@ -20,7 +20,8 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from detr_plugin.utils import allow_full_checkpoint_loading, register_all_modules
+from detr_plugin.utils import (allow_full_checkpoint_loading, register_all_modules,
+                               setup_cpu_distributed)
 
 METRICS_PREFIX = 'Final metrics: '
 
@@ -96,6 +97,7 @@ def main(argv=None) -> dict:
     allow_full_checkpoint_loading()
     register_all_modules(init_default_scope=False)
     cfg = setup_cfg(args)
+    setup_cpu_distributed(cfg)
     if args.checkpoint is None:
         warnings.warn(f'tools/test.py: no checkpoint given: evaluating the UNTRAINED model (random '
                       f'initialisation, seed {cfg.randomness["seed"]}); its metrics are a baseline, '

@@ -73,6 +73,10 @@ def test_amp_switches_the_optimizer_wrapper(train, config):
     assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
     assert cfg.optim_wrapper.loss_scale == 'dynamic'
     assert cfg.optim_wrapper.optimizer == dict(type='SGD', lr=0.01)
+    assert cfg.optim_wrapper.dtype == ('bfloat16' if train.bf16_supported() else 'float16')
+    kept = train.setup_cfg(train.parse_args(
+        [config, '--amp', '--cfg-options', 'optim_wrapper.dtype=float16']))
+    assert kept.optim_wrapper.dtype == 'float16'
     with pytest.raises(ValueError, match='optim_wrapper.type'):
         train.setup_cfg(train.parse_args(
             [config, '--amp', '--cfg-options', 'optim_wrapper.type=SomeOtherWrapper']))

@@ -1,6 +1,7 @@
 from .checkpoint_loading import (CheckpointError, allow_full_checkpoint_loading,
                                  load_detector_checkpoint)
+from .cpu_distributed import setup_cpu_distributed
 from .setup_env import register_all_modules
 
 __all__ = ['CheckpointError', 'allow_full_checkpoint_loading', 'load_detector_checkpoint',
-           'register_all_modules']
+           'register_all_modules', 'setup_cpu_distributed']

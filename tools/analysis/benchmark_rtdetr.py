@@ -20,6 +20,7 @@ lyuwenyu/RT-DETR's ``rtdetr_pytorch`` (its dependencies: torchvision, pyyaml, sc
         --models r18 r50 --batch 1 8 --dtype fp32 bf16
 """
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -54,25 +55,32 @@ def parse_args():
     return p.parse_args()
 
 
-def median_ms(fn, warmup: int, iters: int, device: str) -> float:
-    """Median of ``iters`` device-synchronised calls after ``warmup``, in milliseconds."""
-    for _ in range(warmup):
+def call_ms(fn, device: str) -> float:
+    """Milliseconds of one device-synchronised call."""
+    if device == 'cpu':
+        t = time.perf_counter()
         fn()
-    times = []
-    for _ in range(iters):
-        if device == 'cpu':
-            t = time.perf_counter()
+        return (time.perf_counter() - t) * 1e3
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end)
+
+
+def interleaved_ms(fns: dict, warmup: int, iters: int, device: str, rounds: int = 5) -> dict:
+    """Median milliseconds per call of each function, timed in turns (``rounds`` blocks of
+    ``iters / rounds`` calls each) so that all see the same machine state."""
+    for fn in fns.values():
+        for _ in range(warmup):
             fn()
-            times.append((time.perf_counter() - t) * 1e3)
-            continue
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize()
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name] += [call_ms(fn, device) for _ in range(max(iters // rounds, 1))]
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def build_pair(name: str, rtdetr_root: str):
@@ -107,6 +115,17 @@ def autocast(dtype, device):
                           cache_enabled=False)
 
 
+@contextlib.contextmanager
+def full_fp32():
+    """No TF32 in convolutions and matmuls, so that the two models' outputs can be compared."""
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+
+
 def infer_rows(name: str, args) -> list:
     from detr_plugin.deploy import End2EndDetector, fuse_for_inference
     theirs, _, post, ours, _ = build_pair(name, args.rtdetr_root)
@@ -118,7 +137,7 @@ def infer_rows(name: str, args) -> list:
     for bs in args.batch:
         images = torch.rand(bs, 3, 640, 640, generator=torch.Generator().manual_seed(bs)).to(dev)
         sizes = torch.tensor([[640, 640]] * bs, device=dev)
-        with torch.no_grad():
+        with torch.no_grad(), full_fp32():
             _, _, their_scores = post(theirs(images), sizes)
             _, our_scores, _ = ours(images)
         score_diff = (their_scores.sort(1).values - our_scores.sort(1).values).abs().max().item()
@@ -131,15 +150,19 @@ def infer_rows(name: str, args) -> list:
                 with torch.no_grad(), autocast(dtype, args.device):
                     return ours(images)
             row = dict(model=name, batch=bs, dtype=dtype, score_diff=score_diff)
+            fns = dict(theirs_eager=run_theirs, ours_eager=run_ours)
             for impl, fn in (('theirs', run_theirs), ('ours', run_ours)):
-                row[f'{impl}_eager'] = median_ms(fn, args.warmup, args.iters, dev)
                 if dev == 'cpu':
                     row[f'{impl}_graph'] = 'n/a'
                     continue
                 try:
-                    row[f'{impl}_graph'] = median_ms(cuda_graph(fn), args.warmup, args.iters, dev)
+                    fns[f'{impl}_graph'] = cuda_graph(fn)
                 except Exception as e:  # report, do not hide the other rows
                     row[f'{impl}_graph'] = f'failed: {type(e).__name__}'
+                    print(f'{impl} {name} batch {bs} {dtype}: CUDA graph capture failed: '
+                          f'{str(e).splitlines()[0][:300]}')
+                    torch.cuda.synchronize()
+            row.update(interleaved_ms(fns, args.warmup, args.iters, dev))
             rows.append(row)
             print(row, flush=True)
     return rows
@@ -194,10 +217,9 @@ def train_rows(name: str, args) -> list:
                 torch.nn.utils.clip_grad_norm_(theirs.parameters(), 0.1)
                 their_optim.step()
 
-            row = dict(model=name, batch=bs, dtype=dtype,
-                       theirs_train=median_ms(step_theirs, args.warmup, args.iters, dev),
-                       ours_train=median_ms(lambda: ours.train_step(data, wrapper),
-                                            args.warmup, args.iters, dev))
+            row = dict(model=name, batch=bs, dtype=dtype, **interleaved_ms(
+                dict(theirs_train=step_theirs, ours_train=lambda: ours.train_step(data, wrapper)),
+                args.warmup, args.iters, dev))
             rows.append(row)
             print(row, flush=True)
     return rows
@@ -219,14 +241,16 @@ def main():
           f'median of {args.iters} after {args.warmup} warm-up, ms')
     if args.mode == 'infer':
         print('| model | batch | dtype | original eager | original graph | ours eager | ours graph '
-              '| original eager / ours graph | sorted-score max diff (fp32 eager) |')
-        print('|---|---|---|---|---|---|---|---|---|')
+              '| original eager / ours eager | original eager / ours graph '
+              '| sorted-score max diff (fp32, no TF32) |')
+        print('|---|---|---|---|---|---|---|---|---|---|')
         for r in rows:
             ratio = (r['theirs_eager'] / r['ours_graph']
                      if isinstance(r['ours_graph'], float) else float('nan'))
             print(f"| {r['model']} | {r['batch']} | {r['dtype']} | {fmt(r['theirs_eager'])} | "
                   f"{fmt(r['theirs_graph'])} | {fmt(r['ours_eager'])} | {fmt(r['ours_graph'])} | "
-                  f"{ratio:.1f}x | {r['score_diff']:.1e} |")
+                  f"{r['theirs_eager'] / r['ours_eager']:.2f}x | {ratio:.1f}x | "
+                  f"{r['score_diff']:.1e} |")
     else:
         print('| model | batch | precision | original step | ours step | speed-up |')
         print('|---|---|---|---|---|---|')

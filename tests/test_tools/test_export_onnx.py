@@ -21,7 +21,8 @@ FAMILIES = {
         'configs/deformable_detr/deformable-detr-refine-twostage_r50_16xb2-50e_coco.py',
         f'model = dict({FEWER_LAYERS}, num_queries=30, backbone=dict(depth=18, init_cfg=None),\n'
         '             neck=dict(in_channels=[128, 256, 512]), test_cfg=dict(max_per_img=30))'),
-    'rtdetr': ('configs/rtdetr/rtdetr_r18vd_1xb8-demo.py', 'model = dict(decoder=dict(num_layers=2))'),
+    'rtdetr': ('configs/rtdetr/rtdetr_r18vd_1xb8-demo.py',
+               'model = dict(decoder=dict(num_layers=2))'),
 }
 
 

@@ -49,7 +49,8 @@ def test_other_architecture_names_keys_and_leaves_model_untouched(tmp_path):
 
 def test_long_key_lists_are_truncated(tmp_path):
     torch.save({f'extra.{i}': torch.zeros(1) for i in range(12)}, tmp_path / 'many.pth')
-    with pytest.raises(CheckpointError, match=r'12 unexpected keys \[extra\.0, .*, \.\.\. \(\+7\)\]'):
+    expected = r'12 unexpected keys \[extra\.0, .*, \.\.\. \(\+7\)\]'
+    with pytest.raises(CheckpointError, match=expected):
         load_detector_checkpoint(tiny_model(), str(tmp_path / 'many.pth'))
 
 

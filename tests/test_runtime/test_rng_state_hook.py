@@ -28,3 +28,18 @@ def test_checkpoint_without_states_leaves_generators_alone():
     np.random.seed(3)
     RNGStateHook().after_load_checkpoint(None, {'state_dict': {}})
     assert np.random.rand(2).tolist() == expected
+
+
+def test_cuda_state_of_an_n_gpu_checkpoint_loads_on_any_device_count(monkeypatch):
+    """A checkpoint of a 2-GPU run (first format: one state per device) evaluated on 1 GPU crashed
+    in torch.cuda.set_rng_state_all; now the saving device's state goes into the current device."""
+    restored = []
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'set_rng_state', lambda state: restored.append(state))
+    monkeypatch.setattr(torch.cuda, 'set_rng_state_all',
+                        lambda states: (_ for _ in ()).throw(AssertionError('per-device restore')))
+    base = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
+    device0, device1 = torch.tensor([1], dtype=torch.uint8), torch.tensor([2], dtype=torch.uint8)
+    RNGStateHook().after_load_checkpoint(None, {'rng_states': dict(base, cuda=[device0, device1])})
+    RNGStateHook().after_load_checkpoint(None, {'rng_states': dict(base, cuda=device1)})
+    assert [s.item() for s in restored] == [1, 2]

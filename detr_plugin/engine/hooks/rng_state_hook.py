@@ -21,8 +21,10 @@ class RNGStateHook(Hook):
     generators (CUDA's too when present) are stored under ``checkpoint['rng_states']`` and set back
     after loading. Checkpoints written without this hook load unchanged.
 
-    Only the saving process's states are stored (rank 0): every rank gets them on resume, which
-    matches mmengine's default of one seed for all ranks (``randomness.diff_rank_seed=False``).
+    Only the saving process's states are stored (rank 0, and of CUDA only its own device's): every
+    rank gets them on resume, into its own device, which matches mmengine's default of one seed for
+    all ranks (``randomness.diff_rank_seed=False``); so a checkpoint written on N GPUs loads on any
+    number of GPUs (or none).
     """
 
     priority = 'VERY_LOW'   # restore after every other hook has read the checkpoint
@@ -31,7 +33,7 @@ class RNGStateHook(Hook):
         states = dict(python=random.getstate(), numpy=np.random.get_state(),
                       torch=torch.get_rng_state())
         if torch.cuda.is_available():
-            states['cuda'] = torch.cuda.get_rng_state_all()
+            states['cuda'] = torch.cuda.get_rng_state()  # the current device's
         checkpoint[CHECKPOINT_KEY] = states
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
@@ -41,5 +43,8 @@ class RNGStateHook(Hook):
         random.setstate(states['python'])
         np.random.set_state(states['numpy'])
         torch.set_rng_state(states['torch'])
-        if 'cuda' in states and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(states['cuda'])
+        cuda = states.get('cuda')
+        if isinstance(cuda, (list, tuple)):  # written by the first version: one per device
+            cuda = cuda[0] if cuda else None
+        if cuda is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(cuda)

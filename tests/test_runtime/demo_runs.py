@@ -43,7 +43,9 @@ def tiny_run_options(data_root: pathlib.Path, batch_size: int) -> List[str]:
 
 
 def tool_env() -> dict:
-    return dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS='1')
+    path = os.environ.get('PYTHONPATH')
+    return dict(os.environ, PYTHONPATH=str(REPO_ROOT) + (os.pathsep + path if path else ''),
+                OMP_NUM_THREADS='1')
 
 
 def train_command(*args: str) -> List[str]:

@@ -17,7 +17,8 @@ from ..task_modules import Matches
 class GroundTruth(NamedTuple):
     """Ground truth of a batch, in the normalized frame the heads predict in."""
     labels: List[Tensor]      # bs x (G_i,) long
-    boxes: List[Tensor]       # bs x (G_i, 4) cxcywh, normalized by the image (not padded) size
+    boxes: List[Tensor]       # bs x (G_i, 4) cxcywh, normalized by the head's frame (see
+                              # DETRHead.box_frame: the image or the padded batch)
     all_labels: Tensor        # (G,) concatenated over the batch
     all_boxes: Tensor         # (G, 4)
 
@@ -39,6 +40,9 @@ class DETRHead(BaseModule):
         train_cfg: ``dict(assigner=...)``, a Hungarian assigner config.
         test_cfg: ``dict(max_per_img=...)``.
     """
+    # The metainfo size that normalized boxes are fractions of. DETR and Deformable DETR mask the
+    # batch padding, and their positions and reference points span the image: 'img_shape'.
+    box_frame = 'img_shape'
 
     def __init__(self,
                  num_classes: int,
@@ -96,12 +100,17 @@ class DETRHead(BaseModule):
         loss_bbox, loss_iou = self.loss_boxes_per_layer(boxes, gt, matches, num_boxes)
         return self.name_losses(loss_cls=loss_cls, loss_bbox=loss_bbox, loss_iou=loss_iou)
 
-    @staticmethod
-    def ground_truth(batch_data_samples: SampleList, like: Tensor) -> GroundTruth:
-        """Normalizes every image's gt boxes (xyxy pixels) by its image size to cxcywh in [0, 1]."""
+    @classmethod
+    def frame_size(cls, metainfo: dict) -> Tuple[int, int]:
+        """(h, w) in pixels of the frame normalized boxes refer to (``box_frame``)."""
+        return tuple(metainfo.get(cls.box_frame, metainfo['img_shape'])[:2])
+
+    @classmethod
+    def ground_truth(cls, batch_data_samples: SampleList, like: Tensor) -> GroundTruth:
+        """Normalizes every image's gt boxes (xyxy pixels) by its frame to cxcywh in [0, 1]."""
         labels, boxes = [], []
         for sample in batch_data_samples:
-            h, w = sample.metainfo['img_shape'][:2]
+            h, w = cls.frame_size(sample.metainfo)
             gt_boxes = sample.gt_instances.bboxes
             gt_boxes = gt_boxes.tensor if hasattr(gt_boxes, 'tensor') else gt_boxes
             scale = gt_boxes.new_tensor([w, h, w, h])
@@ -182,12 +191,13 @@ class DETRHead(BaseModule):
         scores, keep = scores.topk(k, dim=1)
         return scores, labels.gather(1, keep), keep
 
-    @staticmethod
-    def to_pixels(boxes: Tensor, metainfo: dict, rescale: bool) -> Tensor:
+    @classmethod
+    def to_pixels(cls, boxes: Tensor, metainfo: dict, rescale: bool) -> Tensor:
         """(n, 4) normalized cxcywh -> (n, 4) xyxy pixels, clamped to the image, optionally
         mapped back to the original image size."""
+        frame_h, frame_w = cls.frame_size(metainfo)
+        boxes = bbox_cxcywh_to_xyxy(boxes) * boxes.new_tensor([frame_w, frame_h, frame_w, frame_h])
         h, w = metainfo['img_shape'][:2]
-        boxes = bbox_cxcywh_to_xyxy(boxes) * boxes.new_tensor([w, h, w, h])
         boxes[:, 0::2].clamp_(0, w)
         boxes[:, 1::2].clamp_(0, h)
         if rescale:

@@ -36,6 +36,10 @@ class RTDETRHead(DETRHead):
         train_cfg: ``dict(assigner=...)``; default: focal class cost 2, L1 5, GIoU 2.
         test_cfg: ``dict(max_per_img=300)``.
     """
+    # RT-DETR has no padding mask: its anchors and attention span the whole padded batch, so its
+    # boxes are fractions of that (the original always feeds unpadded 640x640 images, where the
+    # two frames coincide).
+    box_frame = 'batch_input_shape'
 
     def __init__(self,
                  num_classes: int,

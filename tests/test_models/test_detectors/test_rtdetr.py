@@ -177,3 +177,29 @@ def test_training_after_inference_under_inference_mode():
     total = sum(model.loss(inputs, samples).values())
     total.backward()
     assert torch.isfinite(total)
+
+
+def test_padded_batch_boxes_are_in_the_padded_frame():
+    """RT-DETR's anchors tile the whole padded input. With untrained (zero) box heads every
+    prediction is its anchor: centred on a pixel of level l, ((j + 0.5) * s, (i + 0.5) * s) in
+    pixels of the padded input, s = 8, 16, 32. A 48x64 image padded to 64x64 must keep those
+    centres (normalizing by the 48-pixel image height instead put them at 0.75 of that)."""
+    cfg = tiny_cfg(num_queries=20)
+    cfg.test_cfg.max_per_img = 60  # every query with every class
+    model = build(cfg)
+    model.eval()
+    inputs = torch.zeros(1, 3, 64, 64)
+    inputs[:, :, :48] = torch.rand(1, 3, 48, 64) * 255
+    sample = DetDataSample(metainfo=dict(img_shape=(48, 64), ori_shape=(48, 64),
+                                         scale_factor=(1., 1.), batch_input_shape=(64, 64),
+                                         pad_shape=(64, 64)))
+    with torch.no_grad():
+        boxes = model.predict(inputs, [sample], rescale=False)[0].pred_instances.bboxes
+    inside = (boxes[:, 0] > 0) & (boxes[:, 1] > 0) & (boxes[:, 2] < 64) & (boxes[:, 3] < 48)
+    assert inside.sum() >= 3  # unclamped boxes keep their centres
+    centres = (boxes[inside, :2] + boxes[inside, 2:]) / 2
+    on_grid = torch.zeros(len(centres), dtype=torch.bool)
+    for stride in (8, 16, 32):
+        cells = centres / stride - 0.5
+        on_grid |= ((cells - cells.round()).abs() < 1e-3).all(1)
+    assert on_grid.all(), centres[~on_grid]

@@ -101,25 +101,26 @@ def random_batch(args, num_classes: int, device: str) -> dict:
     return dict(inputs=inputs, data_samples=samples)
 
 
+def call_ms(fn: Callable, device: str) -> float:
+    """Milliseconds of one call, device-synchronised (CUDA events) or by the host clock on CPU."""
+    if not device.startswith('cuda'):
+        t = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t) * 1e3
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end)
+
+
 def timed(fn: Callable, args, device: str) -> List[float]:
-    """Milliseconds of each of ``args.iters`` calls after ``args.warmup``, device-synchronised."""
+    """Milliseconds of each of ``args.iters`` calls after ``args.warmup``."""
     for _ in range(args.warmup):
         fn()
-    times = []
-    for _ in range(args.iters):
-        if device.startswith('cuda'):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t) * 1e3)
-    return times
+    return [call_ms(fn, device) for _ in range(args.iters)]
 
 
 def cuda_graph(fn: Callable[[], object], warmup: int = 3) -> Callable[[], object]:

@@ -24,14 +24,13 @@ import contextlib
 import os
 import statistics
 import sys
-import time
 
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, '..', 'model_converters'))
-from benchmark_model import DTYPES, cuda_graph  # noqa: E402
+from benchmark_model import DTYPES, call_ms, cuda_graph  # noqa: E402
 
 MODELS = {  # name: (our config, the original's config)
     'r18': ('configs/rtdetr/rtdetr_r18vd_8xb2-72e_coco.py', 'rtdetr_r18vd_6x_coco.yml'),
@@ -53,21 +52,6 @@ def parse_args():
     p.add_argument('--iters', type=int, default=50)
     p.add_argument('--device', default='cuda', help="'cpu' only to check the script itself")
     return p.parse_args()
-
-
-def call_ms(fn, device: str) -> float:
-    """Milliseconds of one device-synchronised call."""
-    if device == 'cpu':
-        t = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t) * 1e3
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end)
 
 
 def interleaved_ms(fns: dict, warmup: int, iters: int, device: str, rounds: int = 5) -> dict:

@@ -52,3 +52,10 @@ def test_missing_key_lists_the_available_ones(tool, scalars, tmp_path):
 def test_unreadable_file_is_a_clear_error(tool, tmp_path):
     with pytest.raises(tool.PlotError, match='cannot read'):
         tool.read_scalars(str(tmp_path / 'missing.json'))
+
+
+def test_x_axis_names_what_step_counts(tool):
+    assert tool.x_label(ROWS, 'loss') == 'iteration'
+    assert tool.x_label(ROWS, 'coco/bbox_mAP') == 'epoch'  # validation of an epoch-based run
+    iteration_based = [{k: v for k, v in row.items() if k != 'epoch'} for row in ROWS]
+    assert tool.x_label(iteration_based, 'coco/bbox_mAP') == 'iteration'

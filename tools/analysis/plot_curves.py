@@ -5,12 +5,13 @@
 
 ``scalars.json`` holds one JSON object per line: training rows carry ``step`` (the iteration)
 and the losses, validation rows carry ``step`` (the epoch) and the metrics such as
-``coco/bbox_mAP``. Each key is drawn against the ``step`` of the rows that have it.
+``coco/bbox_mAP`` (the iteration in an iteration-based run). Each key is drawn against the
+``step`` of the rows that have it, the axis named for what it counts.
 """
 import argparse
 import json
 import sys
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import matplotlib
 
@@ -59,13 +60,24 @@ def collect_curves(rows: List[dict], keys: List[str]) -> Dict[str, Tuple[list, l
     return curves
 
 
-def plot_curves(curves: Dict[str, Tuple[list, list]], out: str) -> None:
+def x_label(rows: List[dict], key: str) -> str:
+    """What ``step`` counts for ``key``: iterations for rows of the training loop (they carry
+    ``iter``); for validation rows, epochs in an epoch-based run (its training rows carry
+    ``epoch``), else iterations."""
+    own = [row for row in rows if key in row]
+    if all('iter' in row for row in own) or not any('epoch' in row for row in rows):
+        return 'iteration'
+    return 'epoch'
+
+
+def plot_curves(curves: Dict[str, Tuple[list, list]], out: str,
+                x_labels: Optional[Dict[str, str]] = None) -> None:
     """Saves one subplot per key, stacked vertically, to the PNG file ``out``."""
     figure, axes = plt.subplots(len(curves), 1, figsize=(6, 3 * len(curves)), squeeze=False)
     for axis, (key, (steps, values)) in zip(axes[:, 0], curves.items()):
         axis.plot(steps, values, marker='o' if len(steps) < 30 else None)
         axis.set_title(key)
-        axis.set_xlabel('step')
+        axis.set_xlabel((x_labels or {}).get(key, 'step'))
         axis.grid(True, alpha=0.3)
     figure.tight_layout()
     figure.savefig(out, dpi=100)
@@ -74,7 +86,9 @@ def plot_curves(curves: Dict[str, Tuple[list, list]], out: str) -> None:
 
 def main(argv=None) -> str:
     args = parse_args(argv)
-    plot_curves(collect_curves(read_scalars(args.scalars), args.keys), args.out)
+    rows = read_scalars(args.scalars)
+    plot_curves(collect_curves(rows, args.keys), args.out,
+                {key: x_label(rows, key) for key in args.keys})
     print(f'saved {args.out}')
     return args.out
 

@@ -66,8 +66,9 @@ def build_model(cfg: Config, weights, device: str) -> torch.nn.Module:
     if weights is None:
         warnings.warn('no --weights given: the model is randomly initialised, its predictions '
                       'are meaningless')
-    with warnings.catch_warnings():
-        warnings.filterwarnings('ignore', message='checkpoint is None')
+    # init_detector warns that it falls back to COCO's classes (with simplefilter('once'), which
+    # overrides an 'ignore' filter); the classes are set below, so the warning is only recorded
+    with warnings.catch_warnings(record=True):
         model = init_detector(cfg, None, device=device)
     meta = {}
     if weights is not None:

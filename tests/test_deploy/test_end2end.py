@@ -57,3 +57,24 @@ def test_end2end_rejects_bad_input():
     model = End2EndDetector(small_model(CONFIGS['rtdetr']))
     with pytest.raises(ValueError, match=r'\(bs, 3, H, W\)'):
         model(torch.randn(3, 64, 64))
+
+
+@pytest.mark.parametrize('name', list(CONFIGS))
+def test_inference_reads_nothing_back_to_the_host(name, monkeypatch):
+    """After a first call (which fills the per-layout caches), a forward must not read tensor
+    values on the host: on a GPU each read is a synchronisation, which CUDA graph capture forbids
+    and which stalls eager inference. Every such read is made to fail here."""
+    model = End2EndDetector(small_model(CONFIGS[name]))
+    images = torch.randn(1, 3, 160, 192)
+    with torch.no_grad():
+        model(images)
+
+    def host_read(self, *args, **kwargs):
+        raise AssertionError('a tensor was read on the host during inference')
+    for method in ('item', 'tolist', 'cpu', 'numpy', 'nonzero', '__bool__', '__int__',
+                   '__float__', '__index__'):
+        monkeypatch.setattr(torch.Tensor, method, host_read)
+    with torch.no_grad():
+        boxes, scores, labels = model(images)
+    monkeypatch.undo()
+    assert boxes.shape[:2] == scores.shape == labels.shape

@@ -132,12 +132,8 @@ class DeformableDETR(BaseDetector):
             masks.append(mask.flatten(1) if mask is not None else None)
             shapes.append((h, w))
             ratios.append(valid_ratios(mask, bs, feat.device))
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=feats[0].device)
-        level_start_index = torch.cat((spatial_shapes.new_zeros(1),
-                                       spatial_shapes.prod(1).cumsum(0)[:-1]))
         flat_mask = None if masks[0] is None else torch.cat(masks, 1)
-        levels = MultiScaleLevels(spatial_shapes, level_start_index, torch.stack(ratios, 1),
-                                  flat_mask)
+        levels = MultiScaleLevels.from_shapes(shapes, torch.stack(ratios, 1), flat_mask)
         return torch.cat(tokens, 1), torch.cat(pos, 1), levels
 
     def decoder_input(self, memory: Tensor, levels: MultiScaleLevels) -> DecoderInput:

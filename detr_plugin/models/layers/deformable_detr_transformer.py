@@ -6,22 +6,36 @@ fraction of every level that holds the image). Reference points live in the imag
 normalized to [0, 1]; before attention they are scaled by each level's valid ratio, so that they
 address the padded level maps the attention samples from.
 """
-from typing import List, NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from mmdet.models.layers.transformer.utils import inverse_sigmoid
 from torch import Tensor, nn
 
+from detr_plugin.ops import level_index_tensors
 from detr_plugin.registry import MODELS
 from .deformable_transformer import DeformableDecoderLayer, DeformableEncoderLayer
 
 
 class MultiScaleLevels(NamedTuple):
-    """Layout of the flattened feature levels of a batch (L levels, N = sum(H_l * W_l) tokens)."""
-    spatial_shapes: Tensor          # (L, 2) long, (H_l, W_l)
+    """Layout of the flattened feature levels of a batch (L levels, N = sum(H_l * W_l) tokens).
+
+    The level sizes are kept on the host too, so that nothing at inference reads them back from
+    the device (no synchronisation: the model can be captured in a CUDA graph).
+    """
+    shapes: Tuple[Tuple[int, int], ...]  # (H_l, W_l) of every level, on the host
+    spatial_shapes: Tensor          # (L, 2) long, the same on the device
     level_start_index: Tensor       # (L,) long, first token of every level
     valid_ratios: Tensor            # (bs, L, 2) as (w, h): valid width / W_l, valid height / H_l
     padding_mask: Optional[Tensor]  # (bs, N) True on padding; None when no image is padded
+
+    @classmethod
+    def from_shapes(cls, shapes: Sequence[Tuple[int, int]], valid_ratios: Tensor,
+                    padding_mask: Optional[Tensor] = None) -> 'MultiScaleLevels':
+        """The layout of levels of the given (H_l, W_l), index tensors on the ratios' device."""
+        shapes = tuple((int(h), int(w)) for h, w in shapes)
+        spatial_shapes, level_start_index = level_index_tensors(shapes, valid_ratios.device)
+        return cls(shapes, spatial_shapes, level_start_index, valid_ratios, padding_mask)
 
 
 def valid_ratios(mask: Optional[Tensor], batch_size: int, device: torch.device) -> Tensor:
@@ -38,11 +52,11 @@ def valid_ratios(mask: Optional[Tensor], batch_size: int, device: torch.device) 
     return torch.stack([valid_w / w, valid_h / h], -1)
 
 
-def encoder_reference_points(spatial_shapes: Tensor, ratios: Tensor) -> Tensor:
+def encoder_reference_points(shapes: Sequence[Tuple[int, int]], ratios: Tensor) -> Tensor:
     """The centre of every pixel of every level, as a reference point on every level.
 
     Args:
-        spatial_shapes: (L, 2) as (H_l, W_l).
+        shapes: (H_l, W_l) of every level.
         ratios: (bs, L, 2) valid ratios as (w, h).
 
     Returns:
@@ -50,7 +64,7 @@ def encoder_reference_points(spatial_shapes: Tensor, ratios: Tensor) -> Tensor:
         (``(j + 0.5) / (w_ratio_l * W_l)``), then scaled by the valid ratio of each level.
     """
     points = []
-    for lvl, (h, w) in enumerate(spatial_shapes.tolist()):
+    for lvl, (h, w) in enumerate(shapes):
         ys = torch.arange(h, dtype=torch.float32, device=ratios.device) + 0.5
         xs = torch.arange(w, dtype=torch.float32, device=ratios.device) + 0.5
         y, x = torch.meshgrid(ys, xs, indexing='ij')  # (h, w) each
@@ -93,7 +107,7 @@ class DeformableDetrTransformerEncoder(nn.Module):
 
     def forward(self, x: Tensor, pos: Tensor, levels: MultiScaleLevels) -> Tensor:
         """x, pos: (bs, N, C) tokens and their positional + level embeddings. Returns (bs, N, C)."""
-        reference_points = encoder_reference_points(levels.spatial_shapes, levels.valid_ratios)
+        reference_points = encoder_reference_points(levels.shapes, levels.valid_ratios)
         for layer in self.layers:
             x = layer(x, pos, reference_points, levels.spatial_shapes, levels.level_start_index,
                       levels.padding_mask)

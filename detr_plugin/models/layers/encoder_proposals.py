@@ -6,7 +6,7 @@ centred on its pixel, which the encoder's box head refines and its class head sc
 becomes its query.
 """
 import math
-from typing import Tuple
+from typing import Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -14,11 +14,12 @@ from torch import Tensor, nn
 from .deformable_detr_transformer import MultiScaleLevels
 
 
-def proposal_boxes(spatial_shapes: Tensor, valid_sizes: Tensor, base_size: float = 0.05) -> Tensor:
+def proposal_boxes(shapes: Sequence[Tuple[int, int]], valid_sizes: Tensor,
+                   base_size: float = 0.05) -> Tensor:
     """One box per pixel of every level, normalized by the image's valid size on that level.
 
     Args:
-        spatial_shapes: (L, 2) as (H_l, W_l).
+        shapes: (H_l, W_l) of every level.
         valid_sizes: (bs, L, 2) as (valid width, valid height) in pixels of each level.
         base_size: width and height of the boxes of level 0; they double from level to level.
 
@@ -28,7 +29,7 @@ def proposal_boxes(spatial_shapes: Tensor, valid_sizes: Tensor, base_size: float
         Padding pixels give centres beyond 1.
     """
     boxes = []
-    for lvl, (h, w) in enumerate(spatial_shapes.tolist()):
+    for lvl, (h, w) in enumerate(shapes):
         ys = torch.arange(h, dtype=torch.float32, device=valid_sizes.device) + 0.5
         xs = torch.arange(w, dtype=torch.float32, device=valid_sizes.device) + 0.5
         y, x = torch.meshgrid(ys, xs, indexing='ij')
@@ -91,7 +92,7 @@ class EncoderProposals(nn.Module):
         """
         sizes = levels.spatial_shapes.flip(-1).to(levels.valid_ratios)  # (L, 2) as (W_l, H_l)
         valid_sizes = (levels.valid_ratios * sizes).round()  # (bs, L, 2) whole pixels
-        boxes = proposal_boxes(levels.spatial_shapes, valid_sizes)  # (bs, N, 4)
+        boxes = proposal_boxes(levels.shapes, valid_sizes)  # (bs, N, 4)
         invalid = ~((boxes > 0.01) & (boxes < 0.99)).all(-1)  # (bs, N)
         if levels.padding_mask is not None:
             invalid = invalid | levels.padding_mask

@@ -31,7 +31,7 @@ def test_encoder_reference_points_by_hand():
     """Level 0 is 2 x 3 with 1 x 2 valid (ratios w 2/3, h 1/2); level 1 is 1 x 2 with 1 x 1 valid
     (w 1/2, h 1). A pixel's centre is normalized by its own level's valid size, then scaled to
     each level by that level's ratio."""
-    shapes = torch.tensor([[2, 3], [1, 2]])
+    shapes = [(2, 3), (1, 2)]
     ratios = torch.tensor([[[2 / 3, 1 / 2], [1 / 2, 1.0]]])  # (1, L, 2) as (w, h)
     expected = []
     for lvl, (h, w, valid_w, valid_h) in enumerate([(2, 3, 2, 1), (1, 2, 1, 1)]):
@@ -66,10 +66,8 @@ def test_refine_boxes_by_hand():
 
 
 def tiny_levels(bs=2):
-    shapes = torch.tensor([[4, 4], [2, 2]])
-    start = torch.tensor([0, 16])
     ratios = torch.tensor([[[1.0, 1.0], [1.0, 1.0]], [[0.5, 0.75], [0.5, 1.0]]])[:bs]
-    return MultiScaleLevels(shapes, start, ratios, None)
+    return MultiScaleLevels.from_shapes([(4, 4), (2, 2)], ratios)
 
 
 LAYER = dict(embed_dims=16, num_heads=2, num_levels=2, num_points=2, ffn_dims=32, dropout=0.0)
@@ -130,11 +128,11 @@ def test_encoder_ignores_padding():
             out.append(big)
         return out
 
-    alone = encoder(flat(small), flat(small_pos), MultiScaleLevels(
-        torch.tensor([[2, 2], [1, 1]]), torch.tensor([0, 4]), torch.ones(1, 2, 2), None))
+    alone = encoder(flat(small), flat(small_pos),
+                    MultiScaleLevels.from_shapes([(2, 2), (1, 1)], torch.ones(1, 2, 2)))
     masks = [padded_mask((4, 4), [(2, 2)]), padded_mask((2, 2), [(1, 1)])]
-    levels = MultiScaleLevels(torch.tensor([[4, 4], [2, 2]]), torch.tensor([0, 16]),
-                              torch.full((1, 2, 2), 0.5), torch.cat([m.flatten(1) for m in masks], 1))
+    levels = MultiScaleLevels.from_shapes([(4, 4), (2, 2)], torch.full((1, 2, 2), 0.5),
+                                          torch.cat([m.flatten(1) for m in masks], 1))
     padded = encoder(flat(pad(small)), flat(pad(small_pos)), levels)
     valid = ~levels.padding_mask[0]
     torch.testing.assert_close(padded[0, valid], alone[0], atol=1e-5, rtol=1e-5)

@@ -9,7 +9,7 @@ from detr_plugin.models.layers.encoder_proposals import box_sine_embedding, prop
 
 
 def test_proposal_boxes_by_hand():
-    shapes = torch.tensor([[2, 3], [1, 2]])
+    shapes = [(2, 3), (1, 2)]
     valid = torch.tensor([[[2.0, 1.0], [1.0, 1.0]]])  # (1, L, 2) valid (w, h) in pixels
     expected = []
     for lvl, (h, w, vw, vh) in enumerate([(2, 3, 2, 1), (1, 2, 1, 1)]):
@@ -23,14 +23,14 @@ def test_invalid_proposals_are_infinite_and_read_zero_memory():
     """Image 1 is padded (level 0: 3 of 4 columns, level 1: 1 of 2). On the 60-wide level 2 the
     first and last centres, 0.5 / 60 and 59.5 / 60, fall outside (0.01, 0.99)."""
     torch.manual_seed(0)
-    shapes = torch.tensor([[1, 4], [1, 2], [1, 60]])
-    starts = torch.tensor([0, 4, 6])
+    shapes = [(1, 4), (1, 2), (1, 60)]
     ratios = torch.tensor([[[1.0, 1.0]] * 3, [[0.75, 1.0], [0.5, 1.0], [1.0, 1.0]]])
     mask = torch.zeros(2, 66, dtype=torch.bool)
     mask[1, 3] = mask[1, 5] = True  # the padded columns of image 1
     # padding centres lie beyond 1 anyway; a masked token in the valid range tests the mask itself
     mask[0, 1] = True
-    levels = MultiScaleLevels(shapes, starts, ratios, mask)
+    levels = MultiScaleLevels.from_shapes(shapes, ratios, mask)
+    assert levels.level_start_index.tolist() == [0, 4, 6]
     module = EncoderProposals(embed_dims=8)
     memory = torch.randn(2, 66, 8)
     features, boxes = module(memory, levels)

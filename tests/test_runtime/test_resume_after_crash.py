@@ -68,7 +68,7 @@ def test_resume_after_sigkill_is_exact(tmp_path, demo_runs):
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     resumed_log = resumed.stdout + resumed.stderr
     assert f'resumed epoch: {resumed_epoch}, iter: {2 * resumed_epoch}' in resumed_log
-    assert f'Epoch(train) [1]' not in resumed_log   # no epoch is trained twice
+    assert 'Epoch(train) [1]' not in resumed_log   # no epoch is trained twice
 
     final_a, final_b = (torch.load(work / f'epoch_{MAX_EPOCHS}.pth', map_location='cpu',
                                    weights_only=False) for work in (work_a, work_b))

@@ -30,7 +30,6 @@ import sys
 from collections import OrderedDict
 from typing import Dict
 
-import torch
 from torch import Tensor
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))

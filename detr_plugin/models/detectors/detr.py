@@ -1,5 +1,5 @@
 """DETR: End-to-End Object Detection with Transformers (Carion et al., ECCV 2020)."""
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F

@@ -9,7 +9,6 @@ here: the head divides by the number of gt boxes.
 """
 from typing import Optional
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

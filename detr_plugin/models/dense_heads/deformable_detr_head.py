@@ -136,8 +136,11 @@ class DeformableDETRHead(DETRHead):
 
     def loss_encoder(self, cls_logits: Tensor, boxes: Tensor,
                      batch_data_samples: SampleList) -> Dict[str, Tensor]:
-        """Set loss of the encoder proposals with every gt relabelled 0 (one-class matching)."""
-        cls_logits, boxes = cls_logits[None], boxes[None]  # one "layer"
+        """Set loss of the encoder proposals with every gt relabelled 0 (one-class matching).
+
+        In float32, also under mixed precision (as ``loss_by_outputs``): a half-precision sigmoid
+        rounds to 1 for confident logits and turns their focal matching cost into -inf."""
+        cls_logits, boxes = cls_logits[None].float(), boxes[None].float()  # one "layer"
         gt = self.ground_truth(batch_data_samples, boxes)
         gt = GroundTruth([torch.zeros_like(l) for l in gt.labels], gt.boxes,
                          torch.zeros_like(gt.all_labels), gt.all_boxes)

@@ -145,3 +145,41 @@ def test_predict_uses_last_layer_branches():
     torch.testing.assert_close(result.scores, scores[0])
     expected = head.to_pixels(boxes[-1, 0, queries[0]], sample[0].metainfo, rescale=False)
     torch.testing.assert_close(result.bboxes, expected)
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_encoder_matching_of_half_precision_logits_in_float32(dtype):
+    """Under autocast the encoder's class logits are half precision. A confident proposal (logit
+    8.5: sigmoid rounds to 1 in half precision, the focal cost to -inf in fp16) must not win the match against the
+    proposal on the gt box: the cost is the float32 one, here written out in float64."""
+    head = make_head(with_box_refine=True, as_two_stage=True)
+    logits = torch.zeros(1, 2, 3)
+    logits[0, 0, 0] = 8.5  # confident, far from the gt
+    boxes = torch.tensor([[[0.95, 0.95, 0.9, 0.9], [0.1, 0.1, 0.05, 0.05]]])  # cxcywh
+    samples = samples_with([[[3.75, 3, 6.25, 5]]], [[1]])  # (40, 50) image: cxcywh .1 .1 .05 .05
+
+    def cost(logit, box):  # weights 2 (focal), 5 (L1), 2 (GIoU) of the default assigner
+        p = torch.tensor(logit, dtype=torch.float64).sigmoid()
+        focal = 0.25 * (1 - p)**2 * -(p + 1e-8).log() - 0.75 * p**2 * -(1 - p + 1e-8).log()
+        gt = torch.tensor([0.1, 0.1, 0.05, 0.05], dtype=torch.float64)
+        box = torch.tensor(box, dtype=torch.float64)
+        corners = lambda b: torch.cat([b[:2] - b[2:] / 2, b[:2] + b[2:] / 2])
+        a, g = corners(box), corners(gt)
+        inter = (torch.min(a[2:], g[2:]) - torch.max(a[:2], g[:2])).clamp(min=0).prod()
+        union = (a[2:] - a[:2]).prod() + (g[2:] - g[:2]).prod() - inter
+        hull = (torch.max(a[2:], g[2:]) - torch.min(a[:2], g[:2])).prod()
+        giou = inter / union - (hull - union) / hull
+        return 2 * focal + 5 * (box - gt).abs().sum() - 2 * giou
+
+    expected = min(range(2), key=lambda q: cost(logits[0, q, 0].item(), boxes[0, q].tolist()))
+    assert expected == 1
+    gt = head.ground_truth(samples, boxes)
+    gt = gt._replace(labels=[torch.zeros(1, dtype=torch.long)])
+    matches_fp32 = head.match(logits[None], boxes[None], gt)
+    assert matches_fp32.pairs[0][0][0].tolist() == [expected]
+    # through loss_encoder: the matched query is the positive of the class loss
+    losses = head.loss_encoder(logits.to(dtype), boxes, samples)
+    targets = torch.zeros(1, 2, 3)
+    targets[0, expected, 0] = 1.0
+    want = 2.0 * focal_float64(logits.to(dtype).float(), targets) / 1.0
+    assert math.isclose(losses['enc_loss_cls'].item(), want.item(), rel_tol=1e-4)

@@ -203,3 +203,23 @@ def test_padded_batch_boxes_are_in_the_padded_frame():
         cells = centres / stride - 0.5
         on_grid |= ((cells - cells.round()).abs() < 1e-3).all(1)
     assert on_grid.all(), centres[~on_grid]
+
+
+def test_denoising_queries_keep_float32_gts_under_autocast():
+    """Mixed precision: the denoising queries start from the gts in float32. Without noise a
+    positive query's reference box is its gt, by hand (pixels / 64 as cxcywh); normalizing the
+    gts in the dtype of the bfloat16 features moved them by up to 1/512 (1.3 px at 640)."""
+    model = build(tiny_cfg())
+    model.train()
+    model.denoising.box_noise_scale = 0.0
+    model.denoising.label_noise_ratio = 0.0
+    box = [2.3, 3.1, 30.7, 40.9]
+    inputs, samples = make_batch([[box]])
+    data = model.data_preprocessor(dict(inputs=list(inputs), data_samples=samples), training=True)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        outputs = model.forward_transformer(model.extract_feat(data['inputs']),
+                                            data['data_samples'])
+    x0, y0, x1, y1 = (v / 64 for v in box)
+    expected = torch.tensor([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0])
+    positive = outputs.denoising.ref_boxes_unact[0, 0].float().sigmoid()
+    torch.testing.assert_close(positive, expected, atol=1e-5, rtol=0)

@@ -80,11 +80,13 @@ class RTDETRHead(DETRHead):
 
     # ------------------------------------------------------------------ loss
     def loss(self, outputs: RTDETROutputs, batch_data_samples: SampleList) -> Dict[str, Tensor]:
-        """Losses of every decoder layer, the encoder top-k and the denoising queries."""
-        gt = self.ground_truth(batch_data_samples, outputs.boxes)
+        """Losses of every decoder layer, the encoder top-k and the denoising queries.
+
+        Matching and losses are computed in float32, also under mixed precision."""
         # the encoder's top-k is matched with the decoder layers, as one more layer
-        logits = torch.cat([outputs.logits, outputs.enc_logits[None]])  # (L + 1, bs, Q, K)
-        boxes = torch.cat([outputs.boxes, outputs.enc_boxes[None]])
+        logits = torch.cat([outputs.logits, outputs.enc_logits[None]]).float()  # (L + 1, bs, Q, K)
+        boxes = torch.cat([outputs.boxes, outputs.enc_boxes[None]]).float()
+        gt = self.ground_truth(batch_data_samples, boxes)
         matches = self.match(logits, boxes, gt)
         num_boxes = reduce_mean(boxes.new_tensor(float(len(gt.all_labels)))).clamp(min=1.0)
         per_layer = self.losses_per_layer(logits, boxes, gt, matches, num_boxes)
@@ -93,8 +95,8 @@ class RTDETRHead(DETRHead):
         if outputs.denoising is not None:
             dn = outputs.denoising
             dn_matches = self.denoising_matches(dn, outputs.dn_logits.shape[0])
-            per_layer = self.losses_per_layer(outputs.dn_logits, outputs.dn_boxes, gt, dn_matches,
-                                              num_boxes * dn.num_groups)
+            per_layer = self.losses_per_layer(outputs.dn_logits.float(), outputs.dn_boxes.float(),
+                                              gt, dn_matches, num_boxes * dn.num_groups)
             losses.update(self.name_losses(**{f'dn_{n}': v for n, v in per_layer.items()}))
         return losses
 

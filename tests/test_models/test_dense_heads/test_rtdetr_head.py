@@ -107,3 +107,18 @@ def test_heads_start_at_prior_and_reference(head):
     assert not head.enc_reg_branch.layers[-1].bias.any()
     with pytest.raises(NotImplementedError):
         head(torch.zeros(1))
+
+
+def test_float16_logits_are_matched_and_scored_in_float32(head):
+    """Under float16 autocast the class logits come in float16. Two queries score the gt's class
+    with logit 10; query 1's box is the gt, query 0's is elsewhere, so the matching must take
+    query 1 (box losses 0). In float16, sigmoid(10) rounds to 1 and the focal cost's log(1 - p)
+    to -inf: every confident query got the same cost whatever its box, and query 0 was taken."""
+    logits = torch.full((2, 1, 2, 3), -5.0)
+    logits[..., 1] = 10.0
+    boxes = torch.tensor([[0.8, 0.8, 0.2, 0.2], [0.4, 0.4, 0.4, 0.4]]).expand(2, 1, 2, 4)
+    outputs = RTDETROutputs(logits.half(), boxes, logits[0].half(), boxes[0])
+    losses = head.loss(outputs, [sample([[20, 20, 60, 60]], [1])])
+    for name in ('loss_bbox', 'loss_iou', 'd0.loss_bbox', 'enc_loss_bbox', 'enc_loss_iou'):
+        assert losses[name].item() == pytest.approx(0, abs=1e-6), name
+    assert all(value.dtype == torch.float32 for value in losses.values())

@@ -1,3 +1,4 @@
+from .dilated_resnet import DilatedResNet
 from .resnet_vd import ResNetVd
 
-__all__ = ['ResNetVd']
+__all__ = ['DilatedResNet', 'ResNetVd']

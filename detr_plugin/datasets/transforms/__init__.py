@@ -1,0 +1,3 @@
+from .random_iou_crop import RandomIoUCrop
+
+__all__ = ['RandomIoUCrop']

@@ -1,7 +1,24 @@
 """Shared pytest setup: tests marked ``gpu`` are skipped when torch sees no CUDA device; every
-test starts in the ``detr_plugin`` default scope, whatever scope an earlier test's Runner set."""
+test starts in the ``detr_plugin`` default scope, whatever scope an earlier test's Runner set;
+the ``demo_runs`` fixture gives the helpers of tests/demo_runs.py (training runs on tiny data).
+
+pytest runs with --import-mode=importlib, so a helper module beside the tests is not importable
+by name; it is loaded from its path.
+"""
+import importlib.util
+import pathlib
+
 import pytest
 from mmengine.registry import DefaultScope
+
+
+@pytest.fixture(scope='session')
+def demo_runs():
+    path = pathlib.Path(__file__).with_name('demo_runs.py')
+    spec = importlib.util.spec_from_file_location('tests_demo_runs', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(autouse=True)

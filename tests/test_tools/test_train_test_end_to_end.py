@@ -15,15 +15,9 @@ import pytest
 DEMO_CONFIG = 'configs/detr/detr_r18_1xb8-demo.py'
 
 
-def small_run_options(data_root):
+def small_run_options(demo_runs, data_root):
     """--cfg-options for a fast run: tiny data, no workers, one epoch without validation."""
-    options = ['train_cfg.max_epochs=1', 'train_cfg.val_begin=2', 'train_dataloader.batch_size=4']
-    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        options += [f'{loader}.dataset.data_root={data_root}/', f'{loader}.num_workers=0',
-                    f'{loader}.persistent_workers=False']
-    for evaluator in ('val_evaluator', 'test_evaluator'):
-        options.append(f'{evaluator}.ann_file={data_root}/annotations/instances_val.json')
-    return options
+    return ['train_cfg.max_epochs=1', *demo_runs.tiny_run_options(data_root, batch_size=4)]
 
 
 def run_tool(repo_root, script, *args):
@@ -40,13 +34,13 @@ def final_metrics(stdout):
     return json.loads(lines[0][len('Final metrics: '):])
 
 
-def test_train_then_test(tmp_path, repo_root, load_tool):
+def test_train_then_test(tmp_path, repo_root, load_tool, demo_runs):
     if not (repo_root / DEMO_CONFIG).exists():
         pytest.fail(f'{DEMO_CONFIG} is missing')
     data = tmp_path / 'data'
     load_tool('tools/misc/make_demo_dataset.py').make_demo_dataset(
         str(data), seed=1, num_train=4, num_val=2)
-    options = small_run_options(data)
+    options = small_run_options(demo_runs, data)
     work_dir = tmp_path / 'work'
 
     run_tool(repo_root, 'train.py', DEMO_CONFIG, '--work-dir', str(work_dir), '--cfg-options', *options)
@@ -66,7 +60,8 @@ def test_train_then_test(tmp_path, repo_root, load_tool):
 
 
 
-def test_untrained_baseline_in_process(tmp_path, repo_root, load_tool, capsys, monkeypatch):
+def test_untrained_baseline_in_process(tmp_path, repo_root, load_tool, capsys, monkeypatch,
+                                       demo_runs):
     """test.py without a checkpoint: warns, and prints the metrics of the seeded initial model."""
     # main() sets these with setdefault; pinned here so that they do not outlive the test.
     monkeypatch.setenv('LOCAL_RANK', '0')
@@ -78,6 +73,6 @@ def test_untrained_baseline_in_process(tmp_path, repo_root, load_tool, capsys, m
     test_tool = load_tool('tools/test.py')
     with pytest.warns(UserWarning, match='no checkpoint given: evaluating the UNTRAINED model'):
         returned = test_tool.main([DEMO_CONFIG, '--work-dir', str(tmp_path / 'eval0'),
-                                   '--cfg-options', *small_run_options(data)])
+                                   '--cfg-options', *small_run_options(demo_runs, data)])
     printed = final_metrics(capsys.readouterr().out)
     assert printed == returned and 'coco/bbox_mAP' in printed

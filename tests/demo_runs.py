@@ -1,4 +1,5 @@
-"""Helpers shared by the runtime tests: a tiny demo dataset and the tools/train.py command line."""
+"""Helpers shared by the tests that run tools/train.py: a tiny demo dataset, its --cfg-options
+and the command line (the ``demo_runs`` fixture of tests/conftest.py)."""
 import importlib.util
 import json
 import os
@@ -6,7 +7,7 @@ import pathlib
 import sys
 from typing import Iterable, List
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load_make_demo_dataset():

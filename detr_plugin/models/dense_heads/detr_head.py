@@ -107,14 +107,16 @@ class DETRHead(BaseModule):
 
     @classmethod
     def ground_truth(cls, batch_data_samples: SampleList, like: Tensor) -> GroundTruth:
-        """Normalizes every image's gt boxes (xyxy pixels) by its frame to cxcywh in [0, 1]."""
+        """Normalizes every image's gt boxes (xyxy pixels) by its frame to cxcywh in [0, 1], in
+        the dtype of ``like`` but at least float32 (never rounded to half precision under AMP)."""
+        dtype = torch.promote_types(like.dtype, torch.float32)
         labels, boxes = [], []
         for sample in batch_data_samples:
             h, w = cls.frame_size(sample.metainfo)
             gt_boxes = sample.gt_instances.bboxes
             gt_boxes = gt_boxes.tensor if hasattr(gt_boxes, 'tensor') else gt_boxes
             scale = gt_boxes.new_tensor([w, h, w, h])
-            boxes.append(bbox_xyxy_to_cxcywh(gt_boxes.to(like.dtype) / scale))
+            boxes.append(bbox_xyxy_to_cxcywh(gt_boxes.to(dtype) / scale))
             labels.append(sample.gt_instances.labels.long())
         return GroundTruth(labels, boxes, torch.cat(labels), torch.cat(boxes).reshape(-1, 4))
 

@@ -1,7 +1,6 @@
 """RT-DETR: DETRs Beat YOLOs on Real-time Object Detection (Zhao et al., CVPR 2024)."""
 from typing import Dict, Optional, Tuple
 
-import torch
 from mmdet.models.detectors import BaseDetector
 from mmdet.structures import SampleList
 from torch import Tensor
@@ -59,9 +58,7 @@ class RTDETR(BaseDetector):
         samples (with their gts) are given."""
         groups = None
         if self.training and self.denoising is not None and batch_data_samples is not None:
-            # float32 gts also under autocast (the features may be bfloat16)
-            gt = self.bbox_head.ground_truth(batch_data_samples,
-                                             feats[0].new_empty(0, dtype=torch.float32))
+            gt = self.bbox_head.ground_truth(batch_data_samples, feats[0])  # float32 under AMP too
             groups = self.denoising(gt.labels, gt.boxes, self.decoder.num_queries)
         head = self.bbox_head
         return self.decoder(feats, head.cls_branches, head.reg_branches, head.enc_cls_branch,

@@ -4,14 +4,18 @@ mmcv's MultiScaleDeformableAttnFunction, in one run on one GPU.
 For each case (Deformable DETR encoder and decoder, RT-DETR decoder), sampling-location kind
 (``realistic``: reference points plus offsets of a few pixels; ``uniform``: anywhere on the map)
 and implementation/dtype, it reports the median forward and forward+backward times (CUDA events)
-and the peak extra memory of forward+backward, then the speed-ups over mmcv in float32.
+twice: eager (one call at a time from Python, host overhead included, as a small model sees it)
+and GPU (the host's work hidden behind a busy GPU: the kernels' own time, as a large model or a
+CUDA graph sees it); then the peak extra memory and the speed-ups over mmcv in float32.
 
     python tools/analysis/benchmark_msda.py                       # everything (about a minute)
     python tools/analysis/benchmark_msda.py --cases enc-b2 --reps 100 --out msda.md
 """
 import argparse
+import functools
 import statistics
 import sys
+import time
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -105,6 +109,44 @@ def time_ms(fn: Callable, warmup: int, reps: int) -> float:
     return statistics.median(times)
 
 
+def gpu_ms(fn: Callable, warmup: int, reps: int, calls: int = 10) -> float:
+    """Median GPU time per call of ``calls`` back-to-back calls queued behind a spinning kernel.
+
+    The spin (torch.cuda._sleep) lasts twice as long as the host needs to queue the calls, so the
+    events time the GPU work alone, not the host's Python, autograd and launch overhead.
+    """
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    host = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    host_ms = (time.perf_counter() - host) * 1e3
+    cycles = int(2 * host_ms * spin_cycles_per_ms()) + 1000
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        torch.cuda._sleep(cycles)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / calls)
+    return statistics.median(times)
+
+
+@functools.lru_cache(maxsize=None)
+def spin_cycles_per_ms() -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    torch.cuda._sleep(10_000_000)
+    end.record()
+    end.synchronize()
+    return 10_000_000 / start.elapsed_time(end)
+
+
 def peak_mib(fn: Callable) -> float:
     """Peak memory allocated during fn beyond what was allocated before it, in MiB."""
     torch.cuda.synchronize()
@@ -133,6 +175,9 @@ def measure(fn: Callable, inputs: List[torch.Tensor], dtype: torch.dtype, args) 
     result = dict(out=forward().float())
     result['fwd'] = time_ms(forward, args.warmup, args.reps)
     result['fwd_bwd'] = time_ms(forward_backward, args.warmup, args.reps)
+    gpu_reps = max(3, args.reps // 3)  # each of 10 calls
+    result['fwd_gpu'] = gpu_ms(forward, args.warmup, gpu_reps)
+    result['fwd_bwd_gpu'] = gpu_ms(forward_backward, args.warmup, gpu_reps)
     result['mem_fwd'] = peak_mib(forward)
     result['mem_fwd_bwd'] = peak_mib(forward_backward)
     return result
@@ -172,13 +217,16 @@ def main():
             ours = next((r for r in rows if r['impl'] == 'ours' and r['dtype'] == 'fp32'), None)
             queries = inputs[3].shape[1]
             block = [f'### {case["title"]}, {queries} queries, {kind} locations', '',
-                     '| impl | dtype | fwd ms | fwd+bwd ms | fwd MiB | fwd+bwd MiB '
-                     '| fwd vs mmcv fp32 | fwd+bwd vs mmcv fp32 |',
-                     '|---|---|---:|---:|---:|---:|---:|---:|']
+                     '| impl | dtype | fwd ms | fwd+bwd ms | fwd GPU ms | fwd+bwd GPU ms | fwd MiB '
+                     '| fwd+bwd MiB | fwd vs mmcv fp32 (eager / GPU) '
+                     '| fwd+bwd vs mmcv fp32 (eager / GPU) |',
+                     '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|']
             for r in rows:
                 block.append(f'| {r["impl"]} | {r["dtype"]} | {r["fwd"]:.3f} | {r["fwd_bwd"]:.3f} '
+                             f'| {r["fwd_gpu"]:.3f} | {r["fwd_bwd_gpu"]:.3f} '
                              f'| {r["mem_fwd"]:.0f} | {r["mem_fwd_bwd"]:.0f} '
-                             f'| {speedup(base, r, "fwd")} | {speedup(base, r, "fwd_bwd")} |')
+                             f'| {speedup(base, r, "fwd")} / {speedup(base, r, "fwd_gpu")} '
+                             f'| {speedup(base, r, "fwd_bwd")} / {speedup(base, r, "fwd_bwd_gpu")} |')
             if base and ours:
                 diff = (ours['out'] - base['out']).norm() / base['out'].norm()
                 block.append(f'\nours fp32 vs mmcv fp32 output: relative difference {diff:.2e}')

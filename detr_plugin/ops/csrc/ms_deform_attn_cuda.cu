@@ -241,7 +241,9 @@ struct LaneWork {
 // a chunk's locations, weights and corner values are all requested before any is used, and its
 // sums are reduced over the group in one round of independent shuffles. (The forward does one
 // point at a time: chunking it raised its registers to 78 and made it slower, docs/msda_notes.md.)
-constexpr int kBackwardChunk = 4;
+// Chunks of 2 (64 registers, 4 blocks per SM) beat chunks of 4 (110 registers, 2 blocks) by 5-9%
+// and single points by 4-7% on an H100 (v5 in the notes).
+constexpr int kBackwardChunk = 2;
 
 template <typename T, int VEC, int G>
 __global__ void __launch_bounds__(kThreads)

@@ -50,6 +50,9 @@ def parse_args():
     p.add_argument('--boxes', type=int, default=12, help='train: ground-truth boxes per image')
     p.add_argument('--warmup', type=int, default=10)
     p.add_argument('--iters', type=int, default=50)
+    p.add_argument('--rounds', type=int, default=5,
+                   help='turns: each implementation runs iters / rounds calls per turn '
+                        '(1: one after the other)')
     p.add_argument('--device', default='cuda', help="'cpu' only to check the script itself")
     return p.parse_args()
 
@@ -146,7 +149,7 @@ def infer_rows(name: str, args) -> list:
                     print(f'{impl} {name} batch {bs} {dtype}: CUDA graph capture failed: '
                           f'{str(e).splitlines()[0][:300]}')
                     torch.cuda.synchronize()
-            row.update(interleaved_ms(fns, args.warmup, args.iters, dev))
+            row.update(interleaved_ms(fns, args.warmup, args.iters, dev, args.rounds))
             rows.append(row)
             print(row, flush=True)
     return rows
@@ -203,7 +206,7 @@ def train_rows(name: str, args) -> list:
 
             row = dict(model=name, batch=bs, dtype=dtype, **interleaved_ms(
                 dict(theirs_train=step_theirs, ours_train=lambda: ours.train_step(data, wrapper)),
-                args.warmup, args.iters, dev))
+                args.warmup, args.iters, dev, args.rounds))
             rows.append(row)
             print(row, flush=True)
     return rows

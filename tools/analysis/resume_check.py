@@ -1,8 +1,8 @@
 """Resume after a crash: an uninterrupted training run against one killed mid-epoch and resumed.
 
 A. CONFIG trained for ``--epochs`` epochs with a checkpoint per epoch.
-B. The same command, killed with SIGKILL (its whole process group: torchrun and every rank) once
-   its first checkpoint exists and ``--kill-after`` more iterations have been logged, i.e. in the
+B. The same command, killed with SIGKILL (the launcher and every process under it, at once, as
+   a crashed node would lose them; Linux) once its first checkpoint exists and ``--kill-after`` more iterations have been logged, i.e. in the
    middle of the next epoch; then the same command again with ``--resume``.
 
 The report lists every iteration's loss in A and in B (before the checkpoint from the killed run,
@@ -98,12 +98,37 @@ def run_to_end(args, work_dir: pathlib.Path, resume: bool, log: pathlib.Path) ->
     return text
 
 
+def process_tree(root: int) -> List[int]:
+    """root and all its descendants (from /proc): torchrun starts its ranks in new sessions, so a
+    process-group kill would leave them training."""
+    children: Dict[int, List[int]] = {}
+    for stat in pathlib.Path('/proc').glob('[0-9]*/stat'):
+        try:
+            fields = stat.read_text().rsplit(')', 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += children.get(pid, [])
+    return tree
+
+
+def kill_tree(root: int) -> None:
+    for pid in process_tree(root):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def run_and_kill(args, work_dir: pathlib.Path, log: pathlib.Path) -> Dict[str, int]:
     """Starts run B and kills its process group mid-epoch; returns where it was."""
     with log.open('w') as out:
         proc = subprocess.Popen(train_command(args, work_dir, resume=False), cwd=ROOT,
-                                env=environment(args), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                env=environment(args), stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + args.timeout
         checkpoint_iter = None
@@ -119,13 +144,16 @@ def run_and_kill(args, work_dir: pathlib.Path, log: pathlib.Path) -> Dict[str, i
             if checkpoint_iter is None and (work_dir / 'last_checkpoint').exists():
                 checkpoint_iter = logged
             if checkpoint_iter is not None and logged >= checkpoint_iter + args.kill_after:
-                os.killpg(proc.pid, signal.SIGKILL)
+                kill_tree(proc.pid)
                 break
             time.sleep(0.01)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_tree(proc.pid)
         proc.wait(timeout=60)
+    time.sleep(1)  # let the killed ranks' files settle before looking
+    if (work_dir / f'epoch_{args.epochs}.pth').exists():
+        sys.exit('run B reached its last epoch despite the kill (a process survived it?)')
     return dict(checkpoint_iter=checkpoint_iter, killed_after_iter=logged)
 
 

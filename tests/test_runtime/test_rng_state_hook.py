@@ -1,7 +1,9 @@
 """RNGStateHook: the draws after restoring a checkpoint repeat the draws made after saving it."""
+import io
 import random
 
 import numpy as np
+import pytest
 import torch
 
 from detr_plugin.engine.hooks import RNGStateHook
@@ -43,3 +45,22 @@ def test_cuda_state_of_an_n_gpu_checkpoint_loads_on_any_device_count(monkeypatch
     RNGStateHook().after_load_checkpoint(None, {'rng_states': dict(base, cuda=[device0, device1])})
     RNGStateHook().after_load_checkpoint(None, {'rng_states': dict(base, cuda=device1)})
     assert [s.item() for s in restored] == [1, 2]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+def test_states_loaded_onto_the_gpu_are_restored():
+    """mmengine's resume loads checkpoints with map_location=<the GPU>, which moves the saved
+    states there; torch.set_rng_state takes CPU tensors only (a 2-GPU resume crashed on it)."""
+    hook = RNGStateHook()
+    checkpoint = {}
+    hook.before_save_checkpoint(None, checkpoint)
+    after_save = draw_all(), torch.rand(3, device='cuda').tolist()
+    draw_all(), torch.rand(3, device='cuda')
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, map_location='cuda', weights_only=False)
+    assert loaded['rng_states']['torch'].is_cuda   # what resume hands the hook
+    hook.after_load_checkpoint(None, loaded)
+    assert (draw_all(), torch.rand(3, device='cuda').tolist()) == after_save

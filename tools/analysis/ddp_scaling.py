@@ -37,6 +37,7 @@ def parse_args():
     p.add_argument('--work-dir', required=True)
     p.add_argument('--port', type=int, default=29610)
     p.add_argument('--cfg-options', nargs='+', default=[], help='added to every run')
+    p.add_argument('--no-eval', action='store_true', help='leave out D (the evaluations)')
     args = p.parse_args()
     if args.batch % args.gpus:
         p.error(f'--batch {args.batch} must be divisible by --gpus {args.gpus}')
@@ -109,8 +110,6 @@ def main():
     b = scalars(b_dir)
     c = scalars(train(args, f'C_{n}gpu_throughput', n, args.batch, args.port + 2))
     checkpoint = sorted(b_dir.glob('*.pth'), key=os.path.getmtime)[-1]
-    metrics_1 = test_metrics(args, checkpoint, 1, args.port + 3)
-    metrics_n = test_metrics(args, checkpoint, n, args.port + 4)
 
     print(f'\n{args.config}: {n} GPUs; losses of rank 0, total batch {args.batch} in A and B')
     print('| iter | loss A (1 GPU) | loss B (N GPUs) | B - A |')
@@ -128,9 +127,18 @@ def main():
     time_a = statistics.median(r['time'] for r in a[args.skip:])
     time_c = statistics.median(r['time'] for r in c[args.skip:])
     ips_a, ips_c = args.batch / time_a, n * args.batch / time_c
+    data_a = statistics.median(r['data_time'] for r in a[args.skip:])
+    data_c = statistics.median(r['data_time'] for r in c[args.skip:])
     print(f'\nthroughput, {args.batch} images per GPU: 1 GPU {ips_a:.1f} images/s '
           f'({time_a * 1e3:.1f} ms/iter), {n} GPUs {ips_c:.1f} images/s '
           f'({time_c * 1e3:.1f} ms/iter): {ips_c / ips_a:.2f}x')
+    print(f'(of which waiting for data, median: 1 GPU {data_a * 1e3:.1f} ms/iter, {n} GPUs '
+          f'{data_c * 1e3:.1f} ms/iter; a large share means the data loaders, not the GPUs, set '
+          'the pace: raise train_dataloader.num_workers)')
+    if args.no_eval:
+        return
+    metrics_1 = test_metrics(args, checkpoint, 1, args.port + 3)
+    metrics_n = test_metrics(args, checkpoint, n, args.port + 4)
     keys = sorted(k for k in metrics_1 if k.startswith('coco/'))
     same = all(metrics_1[k] == metrics_n[k] for k in keys)
     print(f'\nevaluation of {checkpoint.name}: 1 GPU '

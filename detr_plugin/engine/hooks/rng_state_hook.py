@@ -24,7 +24,8 @@ class RNGStateHook(Hook):
     Only the saving process's states are stored (rank 0, and of CUDA only its own device's): every
     rank gets them on resume, into its own device, which matches mmengine's default of one seed for
     all ranks (``randomness.diff_rank_seed=False``); so a checkpoint written on N GPUs loads on any
-    number of GPUs (or none).
+    number of GPUs (or none). mmengine's resume loads a checkpoint onto the GPU
+    (``map_location``), states included; they go back to the CPU before use, as torch requires.
     """
 
     priority = 'VERY_LOW'   # restore after every other hook has read the checkpoint
@@ -42,9 +43,9 @@ class RNGStateHook(Hook):
             return
         random.setstate(states['python'])
         np.random.set_state(states['numpy'])
-        torch.set_rng_state(states['torch'])
+        torch.set_rng_state(states['torch'].cpu())
         cuda = states.get('cuda')
         if isinstance(cuda, (list, tuple)):  # written by the first version: one per device
             cuda = cuda[0] if cuda else None
         if cuda is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state(cuda)
+            torch.cuda.set_rng_state(cuda.cpu())

@@ -5,7 +5,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 from mmdet.structures import SampleList
-from mmdet.utils import InstanceList, reduce_mean
+from mmdet.utils import InstanceList
 from torch import Tensor, nn
 
 from detr_plugin.registry import MODELS
@@ -145,7 +145,7 @@ class DeformableDETRHead(DETRHead):
         gt = GroundTruth([torch.zeros_like(l) for l in gt.labels], gt.boxes,
                          torch.zeros_like(gt.all_labels), gt.all_boxes)
         matches = self.match(cls_logits, boxes, gt)
-        num_boxes = reduce_mean(boxes.new_tensor(float(len(gt.all_labels)))).clamp(min=1.0)
+        num_boxes = self.num_boxes_across_ranks(gt, like=boxes)
         loss_cls = self.loss_cls_per_layer(cls_logits, boxes, gt, matches, num_boxes)
         loss_bbox, loss_iou = self.loss_boxes_per_layer(boxes, gt, matches, num_boxes)
         return dict(enc_loss_cls=loss_cls[0], enc_loss_bbox=loss_bbox[0], enc_loss_iou=loss_iou[0])

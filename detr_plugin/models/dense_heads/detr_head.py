@@ -95,10 +95,19 @@ class DETRHead(BaseModule):
         cls_logits, boxes = cls_logits.float(), boxes.float()
         gt = self.ground_truth(batch_data_samples, boxes)
         matches = self.match(cls_logits, boxes, gt)
-        num_boxes = reduce_mean(boxes.new_tensor(float(len(gt.all_labels)))).clamp(min=1.0)
+        num_boxes = self.num_boxes_across_ranks(gt, like=boxes)
         loss_cls = self.loss_cls_per_layer(cls_logits, boxes, gt, matches, num_boxes)
         loss_bbox, loss_iou = self.loss_boxes_per_layer(boxes, gt, matches, num_boxes)
         return self.name_losses(loss_cls=loss_cls, loss_bbox=loss_bbox, loss_iou=loss_iou)
+
+    @staticmethod
+    def num_boxes_across_ranks(gt: GroundTruth, like: Tensor) -> Tensor:
+        """() the loss normaliser: ground-truth boxes per rank, averaged over all ranks (at least 1).
+
+        The same on every rank, as in the original DETR: a rank with few (or no) boxes does not
+        weigh its few matches more than the others, so DDP's averaged gradient equals that of one
+        process holding the whole batch."""
+        return reduce_mean(like.new_tensor(float(len(gt.all_labels)))).clamp(min=1.0)
 
     @classmethod
     def frame_size(cls, metainfo: dict) -> Tuple[int, int]:

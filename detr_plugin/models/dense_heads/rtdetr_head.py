@@ -5,7 +5,7 @@ from typing import Dict, Optional
 import torch
 from mmdet.structures import SampleList
 from mmdet.structures.bbox import bbox_cxcywh_to_xyxy, bbox_overlaps
-from mmdet.utils import InstanceList, reduce_mean
+from mmdet.utils import InstanceList
 from torch import Tensor, nn
 
 from detr_plugin.registry import MODELS
@@ -88,7 +88,7 @@ class RTDETRHead(DETRHead):
         boxes = torch.cat([outputs.boxes, outputs.enc_boxes[None]]).float()
         gt = self.ground_truth(batch_data_samples, boxes)
         matches = self.match(logits, boxes, gt)
-        num_boxes = reduce_mean(boxes.new_tensor(float(len(gt.all_labels)))).clamp(min=1.0)
+        num_boxes = self.num_boxes_across_ranks(gt, like=boxes)
         per_layer = self.losses_per_layer(logits, boxes, gt, matches, num_boxes)
         losses = self.name_losses(**{name: value[:-1] for name, value in per_layer.items()})
         losses.update({f'enc_{name}': value[-1] for name, value in per_layer.items()})

@@ -95,3 +95,36 @@ def test_predict_rescales_to_original_image():
     # cxcywh (0.25, 0.5, 0.5, 1.0) of a 200 x 100 (w x h) image -> xyxy (0, 0, 100, 100) pixels,
     # then divided by the scale factor (w 2, h 4)
     assert result.bboxes.tolist() == [pytest.approx([0., 0., 50., 25.])]
+
+
+
+COUNT_CASES = [((3, 0), 1.5), ((0, 0), 1.0), ((5, 2), 3.5)]  # boxes on ranks 0, 1; their mean
+
+
+def _num_boxes_on_rank(rank, port, results):
+    import torch.distributed as dist
+
+    from detr_plugin.models.dense_heads.detr_head import GroundTruth
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=2)
+    try:
+        for case, (counts, _) in enumerate(COUNT_CASES):
+            n = counts[rank]
+            gt = GroundTruth([torch.zeros(n, dtype=torch.long)], [torch.rand(n, 4)],
+                             torch.zeros(n, dtype=torch.long), torch.rand(n, 4))
+            results[(case, rank)] = float(DETRHead.num_boxes_across_ranks(gt, like=torch.zeros(1)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_num_boxes_is_averaged_across_ranks():
+    """Two gloo processes with different box counts get the same normaliser: their mean (>= 1)."""
+    import socket
+
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_num_boxes_on_rank, args=(port, results), nprocs=2)
+    assert dict(results) == {(case, rank): expected for case, (_, expected) in enumerate(COUNT_CASES)
+                             for rank in (0, 1)}

@@ -63,6 +63,9 @@ def train(args, name: str, gpus: int, batch_per_gpu: int, port: int) -> pathlib.
            '--cfg-options', f'train_dataloader.batch_size={batch_per_gpu}',
            f'train_cfg.max_epochs={epochs_for(args, gpus * batch_per_gpu)}',
            'train_cfg.val_interval=1000', 'default_hooks.logger.interval=1',
+           # each logged time and loss is that iteration's own, not a running mean over the
+           # window (whose first iterations carry CUDA and worker start-up)
+           'log_processor.window_size=1',
            'default_hooks.checkpoint.interval=1000', 'randomness.seed=0', *args.cfg_options]
     run(cmd, gpus, port, pathlib.Path(args.work_dir) / f'{name}.log')
     return work_dir

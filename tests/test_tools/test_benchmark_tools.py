@@ -51,8 +51,15 @@ def test_ddp_scaling_epochs_and_arguments(load_tool, tmp_path, monkeypatch):
     config = tmp_path / 'cfg.py'
     config.write_text(f"train_dataloader = dict(dataset=dict(data_root='{tmp_path}/', "
                       "ann_file='annotations/train.json'))\n")
-    args = type('Args', (), dict(config=str(config), iters=50))
+    args = type('Args', (), dict(config=str(config), iters=50, cfg_options=[]))
     # 400 images: 25 iterations per epoch at a total batch of 16, so 2 epochs give 50
     assert tool.epochs_for(args, 16) == 2
     assert tool.epochs_for(args, 8) == 1
     assert tool.epochs_for(args, 32) == 5  # 12 per epoch (the last partial batch dropped)
+    # the runs train on the data --cfg-options names: 40 images there, 5 iterations per epoch at 8
+    other = tmp_path / 'other'
+    (other / 'annotations').mkdir(parents=True)
+    (other / 'annotations' / 'train.json').write_text(json.dumps(dict(
+        images=[dict(id=i) for i in range(1, 41)], annotations=[], categories=[])))
+    args.cfg_options = [f'train_dataloader.dataset.data_root={other}/']
+    assert tool.epochs_for(args, 8) == 10

@@ -72,10 +72,15 @@ def train(args, name: str, gpus: int, batch_per_gpu: int, port: int) -> pathlib.
 
 
 def epochs_for(args, total_batch: int) -> int:
-    """Whole epochs that give at least ``args.iters`` iterations at this total batch."""
-    from mmengine.config import Config
-    cfg = Config.fromfile(str(ROOT / args.config))
+    """Whole epochs that give at least ``args.iters`` iterations at this total batch (on the
+    dataset the runs train on: the config's, after ``--cfg-options``)."""
+    from mmengine.config import Config, DictAction
     from pycocotools.coco import COCO
+    cfg = Config.fromfile(str(ROOT / args.config))
+    if args.cfg_options:
+        options = argparse.ArgumentParser()
+        options.add_argument('--options', nargs='+', action=DictAction)
+        cfg.merge_from_dict(options.parse_args(['--options', *args.cfg_options]).options)
     ds = cfg.train_dataloader.dataset
     ann = os.path.join(ds.data_root, ds.ann_file)
     num_images = len(COCO(ann).getImgIds()) if os.path.exists(ann) else 400

@@ -242,7 +242,7 @@ struct LaneWork {
 // sums are reduced over the group in one round of independent shuffles. (The forward does one
 // point at a time: chunking it raised its registers to 78 and made it slower, docs/msda_notes.md.)
 // Chunks of 2 (64 registers, 4 blocks per SM) beat chunks of 4 (110 registers, 2 blocks) by 5-9%
-// and single points by 4-7% on an H100 (v5 in the notes).
+// and single points by 2-7% on an H100 (v5 in the notes).
 constexpr int kBackwardChunk = 2;
 
 template <typename T, int VEC, int G>

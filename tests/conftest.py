@@ -1,6 +1,7 @@
 """Shared pytest setup: tests marked ``gpu`` are skipped when torch sees no CUDA device; every
 test starts in the ``detr_plugin`` default scope, whatever scope an earlier test's Runner set;
-the ``demo_runs`` fixture gives the helpers of tests/demo_runs.py (training runs on tiny data).
+the ``demo_runs`` fixture gives the helpers of tests/demo_runs.py (training runs on tiny data),
+``load_tool`` imports a script by its path.
 
 pytest runs with --import-mode=importlib, so a helper module beside the tests is not importable
 by name; it is loaded from its path.
@@ -19,6 +20,13 @@ def demo_runs():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope='session')
+def load_tool(demo_runs):
+    """``load_tool('tools/train.py')`` imports a file that is not in a package (a script of
+    tools/, a helper beside the tests) as a module; the path is relative to the repository root."""
+    return demo_runs.load_script
 
 
 @pytest.fixture(autouse=True)

@@ -10,13 +10,19 @@ from typing import Iterable, List
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def load_make_demo_dataset():
-    """tools/misc/make_demo_dataset.py (a script, not a package) imported as a module."""
-    path = REPO_ROOT / 'tools' / 'misc' / 'make_demo_dataset.py'
-    spec = importlib.util.spec_from_file_location('make_demo_dataset_for_runtime_tests', path)
+def load_script(relative_path: str):
+    """A file of the repository that is not in a package (a script of tools/, a helper beside the
+    tests), imported as a module from its path relative to the repository root."""
+    path = REPO_ROOT / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem + '_under_test', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_make_demo_dataset():
+    """tools/misc/make_demo_dataset.py imported as a module."""
+    return load_script('tools/misc/make_demo_dataset.py')
 
 
 def make_tiny_dataset(out: pathlib.Path, num_train: int, empty_images: Iterable[int] = ()):

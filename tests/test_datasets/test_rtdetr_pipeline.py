@@ -1,6 +1,5 @@
 """The RT-DETR COCO training pipeline (photometric distortion, zoom-out, IoU crop, box filter,
 flip, 640 x 640 resize) on generated images, including an image without boxes."""
-import importlib.util
 import pathlib
 
 import numpy as np
@@ -16,13 +15,9 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope='module')
-def dataset(tmp_path_factory):
+def dataset(tmp_path_factory, demo_runs):
     root = tmp_path_factory.mktemp('demo')
-    path = REPO_ROOT / 'tools/misc/make_demo_dataset.py'
-    spec = importlib.util.spec_from_file_location('make_demo_dataset_for_rtdetr_pipeline', path)
-    maker = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(maker)
-    maker.make_demo_dataset(str(root), seed=3, num_train=6, num_val=1)
+    demo_runs.load_make_demo_dataset().make_demo_dataset(str(root), seed=3, num_train=6, num_val=1)
     cfg = Config.fromfile(str(REPO_ROOT / 'configs/rtdetr/rtdetr_r50vd_8xb2-72e_coco.py'))
     ds_cfg = cfg.train_dataloader.dataset
     ds_cfg.update(data_root=f'{root}/', ann_file='annotations/instances_train.json',

@@ -1,6 +1,5 @@
 """detr_plugin inside a plain mmdet config: scope resolution, Runner, mmdet.apis, bad configs."""
 import copy
-import importlib.util
 
 import numpy as np
 import pytest
@@ -19,13 +18,9 @@ MMDET_RUNTIME = dict(
 
 
 @pytest.fixture(scope='module')
-def demo_data(tmp_path_factory):
-    spec = importlib.util.spec_from_file_location('make_demo_dataset',
-                                                  'tools/misc/make_demo_dataset.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def demo_data(tmp_path_factory, demo_runs):
     root = tmp_path_factory.mktemp('demo')
-    module.make_demo_dataset(str(root), seed=3, num_train=4, num_val=2)
+    demo_runs.load_make_demo_dataset().make_demo_dataset(str(root), seed=3, num_train=4, num_val=2)
     return root
 
 

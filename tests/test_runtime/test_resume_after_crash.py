@@ -7,25 +7,16 @@ bit-identical and every iteration's loss equal: the sampler order, the augmentat
 (RNGStateHook in the default runtime; without it RandomFlip's draws restart from the seed) and the
 optimizer state all carry over.
 """
-import importlib.util
 
 DETR_DEMO = 'configs/detr/detr_r18_1xb8-demo.py'
 EPOCHS, ITERS_PER_EPOCH = 3, 4
 
 
-def load_resume_check(repo_root):
-    path = repo_root / 'tools' / 'analysis' / 'resume_check.py'
-    spec = importlib.util.spec_from_file_location('resume_check_for_tests', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_resume_after_sigkill_mid_epoch_is_exact(tmp_path, demo_runs, monkeypatch):
+def test_resume_after_sigkill_mid_epoch_is_exact(tmp_path, demo_runs, load_tool, monkeypatch):
     data = tmp_path / 'data'
     demo_runs.make_tiny_dataset(data, num_train=2 * ITERS_PER_EPOCH)
     monkeypatch.setenv('OMP_NUM_THREADS', '1')
-    result = load_resume_check(demo_runs.REPO_ROOT).check([
+    result = load_tool('tools/analysis/resume_check.py').check([
         DETR_DEMO, '--gpus', '0', '--deterministic', '--epochs', str(EPOCHS), '--kill-after', '2',
         '--work-dir', str(tmp_path / 'work'),
         '--cfg-options', *demo_runs.tiny_run_options(data, batch_size=2)])

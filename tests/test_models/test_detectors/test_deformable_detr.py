@@ -2,7 +2,6 @@
 images of different sizes, an image without boxes, padding invariance, config errors, bfloat16
 autocast, and a 2-iteration mmengine Runner training on generated demo data."""
 import copy
-import importlib.util
 import pathlib
 
 import pytest
@@ -139,18 +138,10 @@ def test_init_follows_the_original():
     assert w.abs().max() <= (6 / sum(w.shape))**0.5
 
 
-def load_demo_maker():
-    path = REPO_ROOT / 'tools/misc/make_demo_dataset.py'
-    spec = importlib.util.spec_from_file_location('make_demo_dataset_for_ddetr', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope='module')
-def demo_data(tmp_path_factory):
+def demo_data(tmp_path_factory, demo_runs):
     root = tmp_path_factory.mktemp('demo')
-    load_demo_maker().make_demo_dataset(str(root), seed=0, num_train=8, num_val=4, size=64)
+    demo_runs.load_make_demo_dataset().make_demo_dataset(str(root), seed=0, num_train=8, num_val=4, size=64)
     return root
 
 

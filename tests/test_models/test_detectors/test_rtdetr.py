@@ -2,7 +2,6 @@
 (every trainable parameter still gets a gradient, as DDP needs), eval_idx, and a 2-iteration
 mmengine Runner training on generated demo data."""
 import copy
-import importlib.util
 import pathlib
 
 import pytest
@@ -126,18 +125,10 @@ def test_mismatched_widths_are_reported():
         build(cfg)
 
 
-def load_demo_maker():
-    path = REPO_ROOT / 'tools/misc/make_demo_dataset.py'
-    spec = importlib.util.spec_from_file_location('make_demo_dataset_for_rtdetr', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_runner_trains_two_iterations(tmp_path):
+def test_runner_trains_two_iterations(tmp_path, demo_runs):
     from mmengine.runner import Runner
     data = tmp_path / 'demo'
-    load_demo_maker().make_demo_dataset(str(data), seed=0, num_train=8, num_val=4)
+    demo_runs.load_make_demo_dataset().make_demo_dataset(str(data), seed=0, num_train=8, num_val=4)
     cfg = Config.fromfile(DEMO_CONFIG)
     cfg.model.decoder.num_layers = 2
     cfg.work_dir = str(tmp_path / 'work')

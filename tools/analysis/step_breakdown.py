@@ -1,0 +1,229 @@
+"""Where a training iteration's time goes, on every rank: the wait for data, the forward pass
+(with the losses and the Hungarian matching), the backward pass (with DDP's gradient all-reduce),
+the optimizer step, and the rest (zero_grad, the hooks after the iteration: EMA, logging).
+
+    python tools/analysis/step_breakdown.py CONFIG --work-dir DIR [--iters 40] [--skip 10]
+    torchrun --nproc_per_node 2 tools/analysis/step_breakdown.py CONFIG --launcher pytorch ...
+    ... [--fixed-size 640 640] [--profile 20] [--cfg-options KEY=VALUE ...]
+
+Each phase is timed twice:
+
+* host: wall time of the Python calls that make it up (``time.perf_counter``);
+* GPU: CUDA events recorded at the same points on the current stream, so the time the stream took
+  from one point to the next, its idle gaps included.
+
+A phase that takes longer on the host than on the GPU stream is host-bound (Python, the matcher on
+the host, a synchronisation); one that takes longer on the stream ran its kernels behind the host.
+Timing adds no synchronisation: the events are read once, after training. ``--fixed-size H W``
+trains on every image resized to H x W (no random resizing, cropping or multi-scale batches), so
+that every step does the same work and runs with different process counts compare.
+
+The medians over iterations ``--skip`` .. ``--iters`` of every rank are printed by rank 0 and
+written to ``DIR/step_breakdown.json``. ``--profile K`` also records iterations K and K + 1 with
+``torch.profiler`` on every rank and writes the operators that took the most host and GPU time to
+``DIR/profile_rank{R}.txt`` (``--trace``: and a Chrome trace ``DIR/trace_rank{R}.json``).
+"""
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import sys
+import time
+from typing import Dict, List, Optional
+
+import torch
+from mmengine.dist import all_gather_object, get_rank
+from mmengine.hooks import Hook
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / 'tools'))
+import train  # noqa: E402  tools/train.py: the same config handling and runner
+
+# Marks in the order an iteration passes them; a phase runs from one mark to the next.
+MARKS = ('before_iter', 'backward_start', 'backward_end', 'step_end', 'after_iter')
+PHASES = ('forward', 'backward', 'step', 'rest')
+
+
+class StepBreakdownHook(Hook):
+    """Records host times and CUDA events at the marks of every training iteration."""
+
+    priority = 'LOWEST'   # after_train_iter runs after every other hook's (EMA, logger)
+
+    def __init__(self, skip: int, profile_at: Optional[int] = None, trace: bool = False):
+        self.skip, self.profile_at, self.trace = skip, profile_at, trace
+        self.iters: List[Dict[str, tuple]] = []   # per iteration: mark -> (host s, event)
+        self.last_end: Optional[tuple] = None      # the previous iteration's after_iter mark
+        self.profiler = None
+
+    def mark(self, name: str) -> None:
+        event = None
+        if torch.cuda.is_available():
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+        self.iters[-1][name] = (time.perf_counter(), event)
+
+    def before_train(self, runner) -> None:
+        wrapper = runner.optim_wrapper
+        backward, step = wrapper.backward, wrapper.step
+
+        def timed_backward(*args, **kwargs):
+            self.mark('backward_start')
+            out = backward(*args, **kwargs)
+            self.mark('backward_end')
+            return out
+
+        def timed_step(*args, **kwargs):
+            out = step(*args, **kwargs)
+            self.mark('step_end')
+            return out
+
+        wrapper.backward, wrapper.step = timed_backward, timed_step
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
+        if self.profile_at is not None and runner.iter == self.profile_at:
+            self.profiler = torch.profiler.profile(activities=profiler_activities())
+            self.profiler.__enter__()
+        sizes = sorted({tuple(img.shape[-2:]) for img in data_batch['inputs']})
+        self.iters.append({'previous_end': self.last_end, 'sizes': sizes})
+        self.mark('before_iter')
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        self.mark('after_iter')
+        self.last_end = self.iters[-1]['after_iter']
+        if self.profiler is not None and runner.iter + 1 == self.profile_at + 2:
+            self.profiler.__exit__(None, None, None)
+            write_profile(self.profiler, pathlib.Path(runner.work_dir), self.trace)
+            self.profiler = None
+
+    def after_train(self, runner) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        report = phase_medians(self.iters[self.skip:])
+        reports = all_gather_object(report)
+        if get_rank() == 0:
+            out = pathlib.Path(runner.work_dir) / 'step_breakdown.json'
+            out.write_text(json.dumps(reports, indent=1))
+            print(format_reports(reports), flush=True)
+
+
+def profiler_activities() -> list:
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    return activities
+
+
+def write_profile(profiler, work_dir: pathlib.Path, trace: bool) -> None:
+    rank = get_rank()
+    averages = profiler.key_averages()
+    tables = [f'# rank {rank}, 2 iterations, by self host time',
+              averages.table(sort_by='self_cpu_time_total', row_limit=30)]
+    if torch.cuda.is_available():
+        tables += ['# by self GPU time', averages.table(sort_by='self_device_time_total',
+                                                          row_limit=30)]
+    (work_dir / f'profile_rank{rank}.txt').write_text('\n'.join(tables))
+    if trace:
+        profiler.export_chrome_trace(str(work_dir / f'trace_rank{rank}.json'))
+
+
+def phase_medians(iters: List[Dict[str, tuple]]) -> dict:
+    """Median milliseconds of every phase, host and GPU, over the given iterations."""
+    complete = [it for it in iters if all(m in it for m in MARKS)]
+    if not complete:
+        raise RuntimeError('no complete iteration to time: raise --iters or lower --skip (an '
+                           'iteration without an optimizer step, e.g. gradient accumulation, '
+                           'is not timed)')
+    host = {p: [] for p in ('data',) + PHASES + ('iteration',)}
+    gpu = {p: [] for p in PHASES + ('iteration',)}
+    for it in complete:
+        for phase, (start, end) in zip(PHASES, zip(MARKS, MARKS[1:])):
+            host[phase].append(1e3 * (it[end][0] - it[start][0]))
+            if it[start][1] is not None:
+                gpu[phase].append(it[start][1].elapsed_time(it[end][1]))
+        previous = it['previous_end']
+        if previous is not None:
+            host['data'].append(1e3 * (it['before_iter'][0] - previous[0]))
+            host['iteration'].append(1e3 * (it['after_iter'][0] - previous[0]))
+            if previous[1] is not None:
+                gpu['iteration'].append(previous[1].elapsed_time(it['after_iter'][1]))
+    median = lambda values: round(statistics.median(values), 2) if values else None  # noqa: E731
+    sizes = sorted({size for it in complete for size in it['sizes']})
+    return dict(rank=get_rank(), iterations=len(complete), image_sizes=sizes,
+                host={k: median(v) for k, v in host.items()},
+                gpu={k: median(v) for k, v in gpu.items()})
+
+
+def format_reports(reports: List[dict]) -> str:
+    """A table: one row per phase, host / GPU median ms per rank."""
+    columns = ('data',) + PHASES + ('iteration',)
+    sizes = sorted({tuple(size) for r in reports for size in r['image_sizes']})
+    shown = ', '.join(f'{h}x{w}' for h, w in sizes[:4]) + (' ...' if len(sizes) > 4 else '')
+    lines = [f'median ms per phase over {reports[0]["iterations"]} iterations (host / GPU stream); '
+             f'image sizes (h x w, before batching): {shown}',
+             f'{"rank":>4} ' + ' '.join(f'{c:>15}' for c in columns)]
+    for r in reports:
+        cells = []
+        for c in columns:
+            g = r['gpu'].get(c)
+            cells.append(f'{r["host"][c]} / {"-" if g is None else g}')
+        lines.append(f'{r["rank"]:>4} ' + ' '.join(f'{c:>15}' for c in cells))
+    return '\n'.join(lines)
+
+
+def fix_input_size(cfg, height: int, width: int) -> None:
+    """Replaces the training pipeline by load, resize to (height, width), flip, pack; and drops
+    the data preprocessor's batch augments (RT-DETR's multi-scale resize)."""
+    dataset = cfg.train_dataloader.dataset
+    load = [t for t in dataset.pipeline if t['type'] in ('LoadImageFromFile', 'LoadAnnotations')]
+    dataset.pipeline = load + [dict(type='Resize', scale=(width, height), keep_ratio=False),
+                               dict(type='RandomFlip', prob=0.5), dict(type='PackDetInputs')]
+    cfg.model.data_preprocessor.pop('batch_augments', None)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('config')
+    p.add_argument('--work-dir', required=True)
+    p.add_argument('--iters', type=int, default=40, help='training iterations to run')
+    p.add_argument('--skip', type=int, default=10, help='first iterations left out of the medians')
+    p.add_argument('--profile', type=int, help='record iterations K and K+1 with torch.profiler')
+    p.add_argument('--trace', action='store_true', help='with --profile: also a Chrome trace')
+    p.add_argument('--fixed-size', type=int, nargs=2, metavar=('H', 'W'),
+                   help='train on images resized to H x W, without random resizing')
+    p.add_argument('--amp', action='store_true')
+    p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none')
+    p.add_argument('--cfg-options', nargs='+', default=[])
+    args = p.parse_args(argv)
+    if args.skip >= args.iters:
+        p.error(f'--skip {args.skip} must be below --iters {args.iters}')
+    if args.profile is not None and not args.skip <= args.profile < args.iters - 1:
+        p.error(f'--profile must lie in [--skip, --iters - 2], got {args.profile}')
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    train_argv = [args.config, '--work-dir', args.work_dir, '--launcher', args.launcher,
+                  '--cfg-options', f'train_cfg.max_iters={args.iters}', 'train_cfg.type=IterBasedTrainLoop',
+                  'val_cfg=None', 'val_dataloader=None', 'val_evaluator=None',
+                  'default_hooks.checkpoint=None',
+                  'default_hooks.logger.interval=10', 'log_processor.by_epoch=False',
+                  *args.cfg_options] + (['--amp'] if args.amp else [])
+    targs = train.parse_args(train_argv)
+    os.environ.setdefault('LOCAL_RANK', '0')
+    train.allow_full_checkpoint_loading()
+    train.register_all_modules(init_default_scope=False)
+    cfg = train.setup_cfg(targs)
+    cfg.train_cfg.pop('max_epochs', None)
+    cfg.param_scheduler = None     # epoch-based schedules do not fit an iteration-based loop
+    if args.fixed_size:
+        fix_input_size(cfg, *args.fixed_size)
+    train.setup_cpu_distributed(cfg)
+    runner = train.build_runner(cfg)
+    runner.register_hook(StepBreakdownHook(args.skip, args.profile, args.trace))
+    runner.train()
+
+
+if __name__ == '__main__':
+    main()

@@ -63,3 +63,42 @@ def test_ddp_scaling_epochs_and_arguments(load_tool, tmp_path, monkeypatch):
         images=[dict(id=i) for i in range(1, 41)], annotations=[], categories=[])))
     args.cfg_options = [f'train_dataloader.dataset.data_root={other}/']
     assert tool.epochs_for(args, 8) == 10
+
+
+def test_step_breakdown_phases_by_hand(load_tool):
+    tool = load_tool('tools/analysis/step_breakdown.py')
+    # host seconds at each mark of three iterations; no CUDA events on CPU
+    times = [(1.0, 1.5, 2.0, 2.5, 2.75), (4.25, 4.5, 5.5, 5.75, 6.0), (7.0, 8.0, 8.25, 9.0, 9.5)]
+    iters, previous = [], None
+    for marks in times:
+        it = {'previous_end': previous, 'sizes': [(64, 96)]}
+        it.update({name: (t, None) for name, t in zip(tool.MARKS, marks)})
+        iters.append(it)
+        previous = it['after_iter']
+    report = tool.phase_medians(iters)
+    # forward = backward_start - before_iter: 0.5, 0.25, 1.0 s; data = before_iter - previous end
+    assert report['host']['forward'] == 500.0
+    assert report['host']['backward'] == 500.0      # 0.5, 1.0, 0.25
+    assert report['host']['step'] == 500.0          # 0.5, 0.25, 0.75
+    assert report['host']['rest'] == 250.0          # 0.25, 0.25, 0.5
+    assert report['host']['data'] == 1250.0         # 1.5, 1.0 (the first has no previous end)
+    assert report['host']['iteration'] == 3375.0    # 3.25, 3.5
+    assert report['gpu']['forward'] is None and report['image_sizes'] == [(64, 96)]
+    with pytest.raises(RuntimeError, match='no complete iteration'):
+        tool.phase_medians([{'previous_end': None, 'sizes': [], 'before_iter': (0.0, None)}])
+
+
+def test_step_breakdown_runs_a_fixed_size_training(repo_root, tmp_path):
+    proc = run_tool(repo_root, 'tools/analysis/step_breakdown.py',
+                    'configs/detr/detr_r18_1xb8-demo.py', '--work-dir', str(tmp_path),
+                    '--iters', '4', '--skip', '1', '--profile', '1', '--fixed-size', '64', '96',
+                    '--cfg-options', 'train_dataloader.num_workers=1',
+                    'train_dataloader.batch_size=2')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'median ms per phase over 3 iterations' in proc.stdout
+    assert 'image sizes (h x w, before batching): 64x96' in proc.stdout
+    report, = json.loads((tmp_path / 'step_breakdown.json').read_text())
+    host = report['host']
+    assert all(host[p] > 0 for p in ('forward', 'backward', 'step', 'iteration'))
+    assert host['forward'] + host['backward'] < host['iteration'] * 1.5
+    assert 'aten::' in (tmp_path / 'profile_rank0.txt').read_text()

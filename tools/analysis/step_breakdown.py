@@ -171,6 +171,16 @@ def format_reports(reports: List[dict]) -> str:
     return '\n'.join(lines)
 
 
+def only_train(cfg, iters: int) -> None:
+    """``iters`` training iterations and nothing else: no validation, no checkpoint, no learning
+    rate schedule (an epoch-based one does not fit an iteration-based loop)."""
+    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=iters, val_interval=iters + 1)
+    cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
+    cfg.default_hooks.checkpoint = None
+    cfg.param_scheduler = None
+    cfg.log_processor = dict(cfg.get('log_processor', {}), by_epoch=False)
+
+
 def fix_input_size(cfg, height: int, width: int) -> None:
     """Replaces the training pipeline by load, resize to (height, width), flip, pack; and drops
     the data preprocessor's batch augments (RT-DETR's multi-scale resize)."""
@@ -205,18 +215,13 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     args = parse_args(argv)
     train_argv = [args.config, '--work-dir', args.work_dir, '--launcher', args.launcher,
-                  '--cfg-options', f'train_cfg.max_iters={args.iters}', 'train_cfg.type=IterBasedTrainLoop',
-                  'val_cfg=None', 'val_dataloader=None', 'val_evaluator=None',
-                  'default_hooks.checkpoint=None',
-                  'default_hooks.logger.interval=10', 'log_processor.by_epoch=False',
-                  *args.cfg_options] + (['--amp'] if args.amp else [])
-    targs = train.parse_args(train_argv)
+                  '--cfg-options', 'default_hooks.logger.interval=10', *args.cfg_options]
+    targs = train.parse_args(train_argv + (['--amp'] if args.amp else []))
     os.environ.setdefault('LOCAL_RANK', '0')
     train.allow_full_checkpoint_loading()
     train.register_all_modules(init_default_scope=False)
     cfg = train.setup_cfg(targs)
-    cfg.train_cfg.pop('max_epochs', None)
-    cfg.param_scheduler = None     # epoch-based schedules do not fit an iteration-based loop
+    only_train(cfg, args.iters)
     if args.fixed_size:
         fix_input_size(cfg, *args.fixed_size)
     train.setup_cpu_distributed(cfg)

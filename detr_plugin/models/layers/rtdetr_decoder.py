@@ -172,6 +172,11 @@ class RTDETRDecoder(nn.Module):
     def select_queries(self, flat: FlatMemory, cls_head: nn.Module,
                        box_head: nn.Module) -> QuerySelection:
         """IoU-aware query selection: the ``num_queries`` tokens of highest max class logit."""
+        num_tokens = flat.memory.shape[1]
+        if self.num_queries > num_tokens:
+            raise ValueError(f'num_queries={self.num_queries} queries requested but the images give '
+                             f'only {num_tokens} encoder tokens (feature maps {list(flat.shapes)}): '
+                             'use larger images or fewer queries')
         anchors, valid = cached_anchors(flat.shapes, self.anchor_size, self.anchor_eps,
                                         flat.memory.device)
         memory = self.enc_output(flat.memory * valid.to(flat.memory.dtype))  # (bs, N, C)

@@ -116,3 +116,10 @@ def test_bad_arguments():
                         layer_cfg=dict(num_heads=2))
     with pytest.raises(ValueError, match='feature levels'):
         dec.flatten_levels([torch.randn(1, 8, 4, 4)])
+
+
+def test_fewer_encoder_tokens_than_queries_is_reported():
+    dec, _, _, enc_cls, enc_box = tiny_decoder()   # 5 queries
+    flat = dec.flatten_levels([torch.randn(2, 8, 2, 1), torch.randn(2, 8, 1, 1)])  # 3 tokens
+    with pytest.raises(ValueError, match=r'num_queries=5 .* only 3 encoder tokens'):
+        dec.select_queries(flat, enc_cls, enc_box)

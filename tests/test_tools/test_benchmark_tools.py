@@ -91,7 +91,8 @@ def test_step_breakdown_phases_by_hand(load_tool):
 def test_step_breakdown_runs_a_fixed_size_training(repo_root, tmp_path):
     proc = run_tool(repo_root, 'tools/analysis/step_breakdown.py',
                     'configs/detr/detr_r18_1xb8-demo.py', '--work-dir', str(tmp_path),
-                    '--iters', '4', '--skip', '1', '--profile', '1', '--fixed-size', '64', '96',
+                    '--iters', '4', '--skip', '1', '--profile', '1', '--sync-debug', '1',
+                    '--fixed-size', '64', '96',
                     '--cfg-options', 'train_dataloader.num_workers=1',
                     'train_dataloader.batch_size=2')
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -102,3 +103,20 @@ def test_step_breakdown_runs_a_fixed_size_training(repo_root, tmp_path):
     assert all(host[p] > 0 for p in ('forward', 'backward', 'step', 'iteration'))
     assert host['forward'] + host['backward'] < host['iteration'] * 1.5
     assert 'aten::' in (tmp_path / 'profile_rank0.txt').read_text()
+    # no GPU here, so no waits for one; the call sites are tested below
+    assert (tmp_path / 'sync_points_rank0.txt').read_text().startswith('# rank 0, iteration 1: 0 ')
+
+
+def test_step_breakdown_sync_recorder_names_the_call_site(load_tool):
+    tool = load_tool('tools/analysis/step_breakdown.py')
+
+    def wait_for_the_gpu(recorder):
+        recorder.record(UserWarning('called a synchronizing CUDA operation'), UserWarning, 'f', 1)
+
+    recorder = tool.SyncRecorder()
+    for _ in range(3):
+        wait_for_the_gpu(recorder)
+    recorder.record(UserWarning('something else'), UserWarning, 'f', 1)
+    (site, count), = recorder.sites.items()
+    assert count == 3 and site.startswith('tests/test_tools/test_benchmark_tools.py:')
+    assert 'wait_for_the_gpu <- ' in site

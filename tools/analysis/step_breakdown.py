@@ -22,6 +22,9 @@ The medians over iterations ``--skip`` .. ``--iters`` of every rank are printed 
 written to ``DIR/step_breakdown.json``. ``--profile K`` also records iterations K and K + 1 with
 ``torch.profiler`` on every rank and writes the operators that took the most host and GPU time to
 ``DIR/profile_rank{R}.txt`` (``--trace``: and a Chrome trace ``DIR/trace_rank{R}.json``).
+``--sync-debug K`` lists, for iteration K on every rank, each place in the Python code that made
+the host wait for the GPU (a ``.item()``, a ``.cpu()``, a boolean-mask index...) with its count,
+in ``DIR/sync_points_rank{R}.txt``: every such wait keeps the host from queueing work ahead.
 """
 import argparse
 import json
@@ -30,6 +33,9 @@ import pathlib
 import statistics
 import sys
 import time
+import traceback
+import warnings
+from collections import Counter
 from typing import Dict, List, Optional
 
 import torch
@@ -50,8 +56,11 @@ class StepBreakdownHook(Hook):
 
     priority = 'LOWEST'   # after_train_iter runs after every other hook's (EMA, logger)
 
-    def __init__(self, skip: int, profile_at: Optional[int] = None, trace: bool = False):
+    def __init__(self, skip: int, profile_at: Optional[int] = None, trace: bool = False,
+                 sync_debug_at: Optional[int] = None):
         self.skip, self.profile_at, self.trace = skip, profile_at, trace
+        self.sync_debug_at = sync_debug_at
+        self.sync_recorder = None
         self.iters: List[Dict[str, tuple]] = []   # per iteration: mark -> (host s, event)
         self.last_end: Optional[tuple] = None      # the previous iteration's after_iter mark
         self.profiler = None
@@ -84,6 +93,9 @@ class StepBreakdownHook(Hook):
         if self.profile_at is not None and runner.iter == self.profile_at:
             self.profiler = torch.profiler.profile(activities=profiler_activities())
             self.profiler.__enter__()
+        if self.sync_debug_at is not None and runner.iter == self.sync_debug_at:
+            self.sync_recorder = SyncRecorder()
+            self.sync_recorder.__enter__()
         sizes = sorted({tuple(img.shape[-2:]) for img in data_batch['inputs']})
         self.iters.append({'previous_end': self.last_end, 'sizes': sizes})
         self.mark('before_iter')
@@ -95,6 +107,11 @@ class StepBreakdownHook(Hook):
             self.profiler.__exit__(None, None, None)
             write_profile(self.profiler, pathlib.Path(runner.work_dir), self.trace)
             self.profiler = None
+        if self.sync_recorder is not None:
+            self.sync_recorder.__exit__(None, None, None)
+            path = pathlib.Path(runner.work_dir) / f'sync_points_rank{get_rank()}.txt'
+            path.write_text(self.sync_recorder.report(runner.iter))
+            self.sync_recorder = None
 
     def after_train(self, runner) -> None:
         if torch.cuda.is_available():
@@ -105,6 +122,43 @@ class StepBreakdownHook(Hook):
             out = pathlib.Path(runner.work_dir) / 'step_breakdown.json'
             out.write_text(json.dumps(reports, indent=1))
             print(format_reports(reports), flush=True)
+
+
+class SyncRecorder:
+    """Counts the call sites of the operations that make the host wait for the GPU, from
+    ``torch.cuda.set_sync_debug_mode('warn')``'s warnings (CPU runs: none are recorded)."""
+
+    def __init__(self):
+        self.sites: Counter = Counter()
+        self.catcher = warnings.catch_warnings()
+
+    def __enter__(self):
+        self.catcher.__enter__()
+        warnings.simplefilter('always')
+        warnings.showwarning = self.record
+        if torch.cuda.is_available():
+            torch.cuda.set_sync_debug_mode('warn')
+        return self
+
+    def __exit__(self, *exc):
+        if torch.cuda.is_available():
+            torch.cuda.set_sync_debug_mode('default')
+        self.catcher.__exit__(*exc)
+
+    def record(self, message, category, filename, lineno, file=None, line=None) -> None:
+        if 'synchronizing' not in str(message):
+            return
+        torch_dir = os.path.dirname(torch.__file__)
+        frames = [f for f in traceback.extract_stack()[:-1]
+                  if not f.filename.startswith(torch_dir) and 'warnings' not in f.filename]
+        self.sites[' <- '.join(f'{os.path.relpath(f.filename, ROOT)}:{f.lineno} {f.name}'
+                               for f in reversed(frames[-3:]))] += 1
+
+    def report(self, iteration: int) -> str:
+        lines = [f'# rank {get_rank()}, iteration {iteration}: {sum(self.sites.values())} waits '
+                 'for the GPU (count, innermost call site first)']
+        lines += [f'{count:5d}  {site}' for site, count in self.sites.most_common()]
+        return '\n'.join(lines) + '\n'
 
 
 def profiler_activities() -> list:
@@ -199,6 +253,8 @@ def parse_args(argv=None):
     p.add_argument('--skip', type=int, default=10, help='first iterations left out of the medians')
     p.add_argument('--profile', type=int, help='record iterations K and K+1 with torch.profiler')
     p.add_argument('--trace', action='store_true', help='with --profile: also a Chrome trace')
+    p.add_argument('--sync-debug', type=int, metavar='K',
+                   help='list the places that made the host wait for the GPU in iteration K')
     p.add_argument('--fixed-size', type=int, nargs=2, metavar=('H', 'W'),
                    help='train on images resized to H x W, without random resizing')
     p.add_argument('--amp', action='store_true')
@@ -209,6 +265,8 @@ def parse_args(argv=None):
         p.error(f'--skip {args.skip} must be below --iters {args.iters}')
     if args.profile is not None and not args.skip <= args.profile < args.iters - 1:
         p.error(f'--profile must lie in [--skip, --iters - 2], got {args.profile}')
+    if args.sync_debug is not None and not 0 <= args.sync_debug < args.iters:
+        p.error(f'--sync-debug must lie in [0, --iters - 1], got {args.sync_debug}')
     return args
 
 
@@ -226,7 +284,7 @@ def main(argv=None) -> None:
         fix_input_size(cfg, *args.fixed_size)
     train.setup_cpu_distributed(cfg)
     runner = train.build_runner(cfg)
-    runner.register_hook(StepBreakdownHook(args.skip, args.profile, args.trace))
+    runner.register_hook(StepBreakdownHook(args.skip, args.profile, args.trace, args.sync_debug))
     runner.train()
 
 

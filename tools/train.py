@@ -16,7 +16,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from detr_plugin.utils import (allow_full_checkpoint_loading, register_all_modules,
-                               setup_cpu_distributed)
+                               set_default_model_wrapper, setup_cpu_distributed)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -108,6 +108,7 @@ def main(argv=None) -> None:
     allow_full_checkpoint_loading()
     register_all_modules(init_default_scope=False)
     cfg = setup_cfg(args)
+    set_default_model_wrapper(cfg)
     setup_cpu_distributed(cfg)
     runner = build_runner(cfg)
     runner.train()

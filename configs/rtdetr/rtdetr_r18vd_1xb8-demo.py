@@ -11,6 +11,7 @@ _base_ = [
 
 embed_dims = 128
 model = dict(
+    sync_bn=True,  # global-batch BatchNorm when trained on several processes, as the COCO recipe
     backbone=dict(
         depth=18,
         frozen_stages=-1,

@@ -282,6 +282,7 @@ def main(argv=None) -> None:
     only_train(cfg, args.iters)
     if args.fixed_size:
         fix_input_size(cfg, *args.fixed_size)
+    train.set_default_model_wrapper(cfg)
     train.setup_cpu_distributed(cfg)
     runner = train.build_runner(cfg)
     runner.register_hook(StepBreakdownHook(args.skip, args.profile, args.trace, args.sync_debug))

@@ -8,6 +8,7 @@ from torch import Tensor
 from detr_plugin.registry import MODELS, build_in_scope
 from ..layers.denoising import ContrastiveDenoising
 from ..layers.rtdetr_decoder import RTDETROutputs
+from ..layers.sync_batch_norm import SyncBatchNorm2d
 
 
 @MODELS.register_module()
@@ -22,6 +23,10 @@ class RTDETR(BaseDetector):
             ``train_cfg`` / ``test_cfg``.
         denoising: ``ContrastiveDenoising`` arguments (num_denoising, label_noise_ratio,
             box_noise_scale), or None to train without denoising queries.
+        sync_bn: normalise every ``BatchNorm2d`` (the encoder's; a trainable backbone's) over
+            the global batch in distributed training, as the original does, with
+            :class:`SyncBatchNorm2d` (no host synchronisation, unlike ``nn.SyncBatchNorm``).
+            The same as BatchNorm on one process and in eval mode.
     """
 
     def __init__(self,
@@ -34,7 +39,8 @@ class RTDETR(BaseDetector):
                  train_cfg: Optional[dict] = None,
                  test_cfg: Optional[dict] = None,
                  data_preprocessor: Optional[dict] = None,
-                 init_cfg: Optional[dict] = None) -> None:
+                 init_cfg: Optional[dict] = None,
+                 sync_bn: bool = False) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.backbone = build_in_scope(MODELS, backbone)
         self.neck = build_in_scope(MODELS, neck)
@@ -47,6 +53,8 @@ class RTDETR(BaseDetector):
                              f'decoder embed_dims={self.decoder.embed_dims}')
         self.denoising = (ContrastiveDenoising(self.bbox_head.num_classes, self.decoder.embed_dims,
                                                **denoising) if denoising else None)
+        if sync_bn:
+            SyncBatchNorm2d.convert(self)
 
     def extract_feat(self, batch_inputs: Tensor) -> Tuple[Tensor, ...]:
         """(bs, 3, H, W) -> the hybrid encoder's levels (bs, C, H / s, W / s), s = 8, 16, 32."""

@@ -20,10 +20,13 @@ __all__ += [
 ]
 from .csp_rep_layer import ConvNormAct, CSPRepLayer, RepVggBlock  # noqa: E402
 from .denoising import ContrastiveDenoising, DenoisingGroups  # noqa: E402
+from .ema import ForeachExpMomentumEMA  # noqa: E402
 from .frozen_batch_norm import FrozenBatchNorm2d  # noqa: E402
 from .rtdetr_decoder import RTDETRDecoder, RTDETROutputs  # noqa: E402
+from .sync_batch_norm import SyncBatchNorm2d  # noqa: E402
 
 __all__ += [
     'ConvNormAct', 'CSPRepLayer', 'RepVggBlock', 'ContrastiveDenoising', 'DenoisingGroups',
-    'FrozenBatchNorm2d', 'RTDETRDecoder', 'RTDETROutputs'
+    'ForeachExpMomentumEMA',
+    'FrozenBatchNorm2d', 'RTDETRDecoder', 'RTDETROutputs', 'SyncBatchNorm2d'
 ]

@@ -214,3 +214,16 @@ def test_denoising_queries_keep_float32_gts_under_autocast():
     expected = torch.tensor([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0])
     positive = outputs.denoising.ref_boxes_unact[0, 0].float().sigmoid()
     torch.testing.assert_close(positive, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize('sync_bn', [True, False])
+def test_sync_bn_converts_every_batch_norm(sync_bn):
+    from torch import nn
+
+    from detr_plugin.models.layers import SyncBatchNorm2d
+    cfg = tiny_cfg()
+    cfg.sync_bn = sync_bn
+    norms = [m for m in build(cfg).modules() if isinstance(m, nn.BatchNorm2d)]
+    # the R18 backbone's trainable BatchNorms, the encoder's and the decoder's input projections
+    assert len(norms) > 40
+    assert all((type(m) is SyncBatchNorm2d) == sync_bn for m in norms)

@@ -60,11 +60,12 @@ def _rank(rank, port, backend, results):
         part = slice(start, start + SPLIT[rank])
         norm = make_norm(SyncBatchNorm2d, weight, bias, running, device)
         x_local = x[part].to(device).requires_grad_()
+        grad_local = grad_weights[part].to(device)
         if device.type == 'cuda':
             torch.cuda.synchronize()
             torch.cuda.set_sync_debug_mode('error')   # any host wait below raises
         out = norm(x_local)
-        (out * grad_weights[part].to(device)).sum().backward()
+        (out * grad_local).sum().backward()
         if device.type == 'cuda':
             torch.cuda.set_sync_debug_mode('default')
         results[rank] = {name: t.detach().cpu().double() for name, t in dict(
@@ -174,8 +175,9 @@ def test_cuda_kernels_agree_with_the_reference_operations(dtype):
                                _REFERENCE_OPS.elemt(x, weight, bias, mean, invstd, 1e-5), **tol)
     reduced = [ops.backward_reduce(dy, x, mean, invstd, weight, True, True, True)
                for ops in (_CUDA_OPS, _REFERENCE_OPS)]
-    for a, b in zip(*reduced):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 if dtype == torch.float32 else 5e-2)
+    for a, b in zip(*reduced):   # sums over 80 products: bf16 inputs round each to 2^-8
+        torch.testing.assert_close(a, b, **(dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32
+                                            else dict(rtol=2e-2, atol=2e-2)))
     sum_dy, sum_dy_xmu = reduced[1][:2]
     int_counts = counts.to(torch.int32)
     torch.testing.assert_close(

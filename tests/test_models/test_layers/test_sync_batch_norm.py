@@ -26,14 +26,16 @@ def free_port() -> int:
 
 def global_batch(dtype=torch.float64):
     """The same random batch, affine parameters, running statistics and output weights on
-    every process."""
+    every process (drawn in float64, then cast: each dtype would draw different numbers)."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(sum(SPLIT), C, H, W, generator=g, dtype=dtype) * 3 + 2
-    grad_weights = torch.randn(x.shape, generator=g, dtype=dtype)
-    weight, bias = torch.rand(C, generator=g, dtype=dtype) + 0.5, torch.randn(C, generator=g,
-                                                                                dtype=dtype)
-    running = torch.rand(C, generator=g, dtype=dtype), torch.rand(C, generator=g, dtype=dtype) + 1
-    return x, grad_weights, weight, bias, running
+    x = torch.randn(sum(SPLIT), C, H, W, generator=g, dtype=torch.float64) * 3 + 2
+    grad_weights = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    weight = torch.rand(C, generator=g, dtype=torch.float64) + 0.5
+    bias = torch.randn(C, generator=g, dtype=torch.float64)
+    running = (torch.rand(C, generator=g, dtype=torch.float64),
+               torch.rand(C, generator=g, dtype=torch.float64) + 1)
+    return tuple(t.to(dtype) for t in (x, grad_weights, weight, bias)) + (
+        tuple(t.to(dtype) for t in running),)
 
 
 def make_norm(cls, weight, bias, running, device):

@@ -2,7 +2,8 @@
 kernels: two launches per step for all tensors instead of two per tensor.
 
 With ``update_buffers=True`` an RT-DETR R50 averages about 600 tensors; mmdet's per-tensor loop
-took 18-20 ms of host time per training step (docs/benchmarks.md), longer than the optimizer step.
+took about 18 ms of host time per training step, as long as the optimizer step (the step's
+after-iteration hooks, EMA and logging: 28.4 ms before, 10.6 ms with this; docs/benchmarks.md).
 The values, the ``steps`` counter and the state-dict layout are those of ``ExpMomentumEMA``, so
 checkpoints move freely between the two.
 """

@@ -88,13 +88,14 @@ def test_step_breakdown_phases_by_hand(load_tool):
         tool.phase_medians([{'previous_end': None, 'sizes': [], 'before_iter': (0.0, None)}])
 
 
-def test_step_breakdown_runs_a_fixed_size_training(repo_root, tmp_path):
+def test_step_breakdown_runs_a_fixed_size_training(repo_root, tmp_path, demo_runs):
+    data = tmp_path / 'data'
+    demo_runs.make_tiny_dataset(data, num_train=8)
     proc = run_tool(repo_root, 'tools/analysis/step_breakdown.py',
                     'configs/detr/detr_r18_1xb8-demo.py', '--work-dir', str(tmp_path),
                     '--iters', '4', '--skip', '1', '--profile', '1', '--sync-debug', '1',
                     '--fixed-size', '64', '96',
-                    '--cfg-options', 'train_dataloader.num_workers=1',
-                    'train_dataloader.batch_size=2')
+                    '--cfg-options', *demo_runs.tiny_run_options(data, batch_size=2))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'median ms per phase over 3 iterations' in proc.stdout
     assert 'image sizes (h x w, before batching): 64x96' in proc.stdout

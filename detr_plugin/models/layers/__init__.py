@@ -27,6 +27,6 @@ from .sync_batch_norm import SyncBatchNorm2d  # noqa: E402
 
 __all__ += [
     'ConvNormAct', 'CSPRepLayer', 'RepVggBlock', 'ContrastiveDenoising', 'DenoisingGroups',
-    'ForeachExpMomentumEMA',
-    'FrozenBatchNorm2d', 'RTDETRDecoder', 'RTDETROutputs', 'SyncBatchNorm2d'
+    'ForeachExpMomentumEMA', 'FrozenBatchNorm2d', 'RTDETRDecoder', 'RTDETROutputs',
+    'SyncBatchNorm2d'
 ]

@@ -227,3 +227,42 @@ def test_sync_bn_converts_every_batch_norm(sync_bn):
     # the R18 backbone's trainable BatchNorms, the encoder's and the decoder's input projections
     assert len(norms) > 40
     assert all((type(m) is SyncBatchNorm2d) == sync_bn for m in norms)
+
+
+def _features_on_rank(rank, port, inputs, results):
+    import torch.distributed as dist
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=2)
+    try:
+        cfg = tiny_cfg()
+        cfg.sync_bn = True
+        model = build(cfg).train()
+        feats = model.extract_feat(inputs[2 * rank:2 * rank + 2])  # this rank's 2 images
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        results[rank] = ([f.detach() for f in feats],
+                         [n.running_mean.clone() for n in norms])
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sync_bn_features_on_two_ranks_equal_one_process_on_the_whole_batch():
+    """BatchNorm is the only layer of the backbone and the hybrid encoder that mixes images: with
+    sync_bn, two ranks holding half a batch each compute exactly the features (and running
+    statistics) that one process computes on the whole batch."""
+    import socket
+
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    inputs = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    results = mp.Manager().dict()
+    mp.spawn(_features_on_rank, args=(port, inputs, results), nprocs=2)
+    reference = build(tiny_cfg()).train()   # plain BatchNorm, one process
+    feats = reference.extract_feat(inputs)
+    norms = [m for m in reference.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for level, expected in enumerate(feats):
+        got = torch.cat([results[0][0][level], results[1][0][level]])
+        torch.testing.assert_close(got, expected.detach(), rtol=1e-4, atol=1e-4)
+    for rank in (0, 1):
+        for got, norm in zip(results[rank][1], norms):
+            torch.testing.assert_close(got, norm.running_mean, rtol=1e-4, atol=1e-5)

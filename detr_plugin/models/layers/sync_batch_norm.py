@@ -65,9 +65,7 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         if isinstance(module, nn.BatchNorm2d) and not isinstance(module, cls):
             sync = cls(module.num_features, module.eps, module.momentum, module.affine,
                        module.track_running_stats, process_group)
-            for name in ('weight', 'bias'):
-                setattr(sync, name, getattr(module, name))
-            for name in ('running_mean', 'running_var', 'num_batches_tracked'):
+            for name in ('weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked'):
                 setattr(sync, name, getattr(module, name))
             sync.train(module.training)
             return sync
@@ -105,9 +103,9 @@ class _SyncBatchNorm(torch.autograd.Function):
         x, weight, mean, invstd, counts = ctx.saved_tensors
         ops = _ops(x)
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        # (a None weight or bias never needs a gradient)
         sum_dy, sum_dy_xmu, grad_w, grad_b = ops.backward_reduce(
-            grad_out, x, mean, invstd, weight, need_x, need_w and weight is not None,
-            need_b and weight is not None)
+            grad_out, x, mean, invstd, weight, need_x, need_w, need_b)
         grad_x = None
         if need_x:
             sums = torch.cat([sum_dy, sum_dy_xmu])  # (2C,)

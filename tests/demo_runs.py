@@ -4,10 +4,18 @@ import importlib.util
 import json
 import os
 import pathlib
+import socket
 import sys
 from typing import Iterable, List
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for a test's process group)."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
 
 
 def load_script(relative_path: str):

@@ -5,7 +5,6 @@ rank r gets images r and r + 2), so a parameter that only a matched box reaches 
 without gradient there; DDP (find_unused_parameters=False) then fails at the next iteration's
 reduction. Two iterations per rank make that check happen.
 """
-import socket
 import subprocess
 import sys
 
@@ -13,12 +12,6 @@ import pytest
 
 DETR_DEMO = 'configs/detr/detr_r18_1xb8-demo.py'
 RTDETR_DEMO = 'configs/rtdetr/rtdetr_r18vd_1xb8-demo.py'
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.parametrize('config', [DETR_DEMO, RTDETR_DEMO])
 def test_two_rank_cpu_ddp_with_an_empty_rank(config, tmp_path, demo_runs):
@@ -31,7 +24,7 @@ def test_two_rank_cpu_ddp_with_an_empty_rank(config, tmp_path, demo_runs):
 
     work_dir = tmp_path / 'work'
     launcher = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
-                '--master_addr', '127.0.0.1', '--master_port', str(free_port())]
+                '--master_addr', '127.0.0.1', '--master_port', str(demo_runs.free_port())]
     script_and_args = demo_runs.train_command(config, '--launcher', 'pytorch',
                                               '--work-dir', str(work_dir))[1:]
     command = launcher + script_and_args

@@ -8,7 +8,6 @@ collective the other skips would hang (the timeout turns that into a failure).
 Needs two GPUs; skipped otherwise (CI has none: run on the 2-GPU machine).
 """
 import os
-import socket
 import subprocess
 import sys
 
@@ -24,12 +23,6 @@ CONFIGS = {
     'rtdetr': ['configs/rtdetr/rtdetr_r18vd_1xb8-demo.py'],
 }
 STANDIN = os.path.join('tools', 'misc', 'slurm_standin')
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def empty_rank_dataset(tmp_path, demo_runs):
@@ -57,7 +50,7 @@ def test_dist_train_two_gpus_with_an_empty_rank(name, tmp_path, demo_runs):
     command = ['bash', 'tools/dist_train.sh', config, '2', '--work-dir', str(work_dir),
                '--cfg-options', 'train_cfg.max_epochs=1', 'train_dataloader.sampler.shuffle=False',
                *options, *demo_runs.tiny_run_options(data, batch_size=1)]
-    env = dict(demo_runs.tool_env(), PORT=str(free_port()))
+    env = dict(demo_runs.tool_env(), PORT=str(demo_runs.free_port()))
     proc = subprocess.run(command, cwd=demo_runs.REPO_ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
     check_two_rank_run(proc, work_dir)
@@ -68,7 +61,7 @@ def test_slurm_train_two_gpus_under_the_standin(tmp_path, demo_runs):
     data = empty_rank_dataset(tmp_path, demo_runs)
     work_dir = tmp_path / 'work'
     env = dict(demo_runs.tool_env(), GPUS='2', GPUS_PER_NODE='2', CPUS_PER_TASK='4',
-               MASTER_PORT=str(free_port()), PYTHON=sys.executable,
+               MASTER_PORT=str(demo_runs.free_port()), PYTHON=sys.executable,
                PATH=f"{demo_runs.REPO_ROOT / STANDIN}{os.pathsep}{os.environ['PATH']}")
     command = ['bash', 'tools/slurm_train.sh', 'dev', 'standin-job', config, str(work_dir),
                '--cfg-options', 'train_cfg.max_epochs=1', 'train_dataloader.sampler.shuffle=False',

@@ -2,7 +2,6 @@
 whole batch (outputs, running statistics, gradients), in float64 on CPU (gloo) and on 2 GPUs
 (NCCL, where it also must not make the host wait for the GPU); the CUDA kernels it calls agree with
 the plain tensor operations the CPU path uses."""
-import socket
 
 import pytest
 import torch
@@ -16,12 +15,6 @@ from detr_plugin.models.layers.sync_batch_norm import (_CUDA_OPS, _REFERENCE_OPS
 C, H, W = 3, 4, 5
 SPLIT = (3, 2)   # images on rank 0 and rank 1: unequal on purpose
 MOMENTUM = 0.3
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def global_batch(dtype=torch.float64):
@@ -83,9 +76,9 @@ def _rank(rank, port, backend, results):
         dist.destroy_process_group()
 
 
-def check_against_whole_batch(backend, rtol, atol):
+def check_against_whole_batch(backend, port, rtol, atol):
     results = mp.Manager().dict()
-    mp.spawn(_rank, args=(free_port(), backend, results), nprocs=2)
+    mp.spawn(_rank, args=(port, backend, results), nprocs=2)
     x, grad_weights, weight, bias, running = global_batch(torch.float64)
     reference = make_norm(nn.BatchNorm2d, weight, bias, running, 'cpu')
     x.requires_grad_()
@@ -107,14 +100,14 @@ def check_against_whole_batch(backend, rtol, atol):
     assert 'every rank must hold at least one image' in results[(0, 'empty')]
 
 
-def test_two_cpu_ranks_match_batch_norm_over_the_whole_batch():
-    check_against_whole_batch('gloo', rtol=1e-10, atol=1e-10)
+def test_two_cpu_ranks_match_batch_norm_over_the_whole_batch(demo_runs):
+    check_against_whole_batch('gloo', demo_runs.free_port(), rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason='needs 2 GPUs')
-def test_two_gpus_match_the_whole_batch_without_host_waits():
-    check_against_whole_batch('nccl', rtol=1e-5, atol=1e-5)
+def test_two_gpus_match_the_whole_batch_without_host_waits(demo_runs):
+    check_against_whole_batch('nccl', demo_runs.free_port(), rtol=1e-5, atol=1e-5)
 
 
 def test_single_process_and_eval_are_plain_batch_norm():

@@ -13,8 +13,10 @@ default_hooks = dict(
     visualization=dict(type='DetVisualizationHook'))
 
 # NumClassesCheckHook stops a run before its first iteration when the head's num_classes disagrees
-# with the dataset; RNGStateHook keeps the random streams in checkpoints so that --resume is exact.
-custom_hooks = [dict(type='NumClassesCheckHook'), dict(type='RNGStateHook')]
+# with the dataset; RNGStateHook keeps the random streams in checkpoints so that --resume is exact;
+# CPUAffinityHook gives each rank of a multi-GPU host its own CPU cores (unless the launcher did).
+custom_hooks = [dict(type='NumClassesCheckHook'), dict(type='RNGStateHook'),
+                dict(type='CPUAffinityHook')]
 
 env_cfg = dict(
     cudnn_benchmark=False,

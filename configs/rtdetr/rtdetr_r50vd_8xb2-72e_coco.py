@@ -75,9 +75,10 @@ test_cfg = dict(type='TestLoop')
 # the original keeps the learning rate constant (MultiStepLR at epoch 1000, no warm-up)
 
 custom_hooks = [
-    # the default runtime's checks and resume state, plus EMA:
+    # the default runtime's checks, resume state and CPU binding, plus EMA:
     dict(type='NumClassesCheckHook'),
     dict(type='RNGStateHook'),
+    dict(type='CPUAffinityHook'),
     # decay 0.9999 * (1 - exp(-(1 + step) / 2000)), buffers included, as the original's ModelEMA
     # (mmdet's ExpMomentumEMA updated with multi-tensor kernels)
     dict(type='EMAHook', ema_type='ForeachExpMomentumEMA', momentum=0.0001, gamma=2000,

@@ -11,4 +11,5 @@ CONFIGS = sorted(p for p in glob.glob('configs/*/*.py') if '_base_' not in p)
 @pytest.mark.parametrize('path', CONFIGS)
 def test_config_keeps_default_hooks(path):
     hooks = {h['type'] for h in Config.fromfile(path).get('custom_hooks', [])}
-    assert {'NumClassesCheckHook', 'RNGStateHook'} <= hooks, f'{path}: {sorted(hooks)}'
+    expected = {'NumClassesCheckHook', 'RNGStateHook', 'CPUAffinityHook'}
+    assert expected <= hooks, f'{path}: {sorted(hooks)}'

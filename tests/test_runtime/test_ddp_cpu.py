@@ -37,6 +37,7 @@ def test_two_rank_cpu_ddp_with_an_empty_rank(config, tmp_path, demo_runs):
     assert proc.returncode == 0, output[-4000:]
     assert 'unused parameters' not in output.lower()
     assert 'Distributed training: True' in output
+    assert 'CPUAffinityHook: ' in output   # the default runtime's binding ran in the DDP job
     # 4 images over 2 ranks at batch 1: 2 iterations per epoch (a single process would take 4).
     assert 'Epoch(train) [1][2/2]' in output, output[-3000:]
     assert 'Epoch(train) [1][3/' not in output

@@ -48,10 +48,11 @@ class CPUAffinityHook(Hook):
     """Binds every rank to its own part of the CPUs that the ranks of its host share.
 
     A DDP step waits at each collective for the slowest rank, and the detectors' steps are
-    host-bound (RT-DETR R50 launches about 5,700 kernels per iteration): when all ranks of a host
+    host-bound (RT-DETR R50 launches about 3,100 kernels per iteration): when all ranks of a host
     may run anywhere, one rank's main thread ends up beside another rank's data workers and every
-    rank runs at its pace. In a profiled 2-GPU RT-DETR step one rank's host operations took
-    1.3-1.9x as long as the other's (docs/benchmarks.md).
+    rank runs at its pace. In profiled 2-GPU RT-DETR steps one rank's host operations took
+    1.3-1.9x as long as the other's; with this hook the 2-GPU step was 10-38% shorter
+    (docs/benchmarks.md, session 5).
 
     At ``before_train`` (before the data workers start, which inherit the binding) the ranks of a
     host that see the same CPU set split it by physical cores, in rank order. Ranks that a launcher

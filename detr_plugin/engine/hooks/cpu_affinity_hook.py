@@ -49,21 +49,22 @@ class CPUAffinityHook(Hook):
 
     A DDP step waits at each collective for the slowest rank, and the detectors' steps are
     host-bound (RT-DETR R50 launches about 3,100 kernels per iteration): when all ranks of a host
-    may run anywhere, one rank's main thread ends up beside another rank's data workers and every
-    rank runs at its pace. In profiled 2-GPU RT-DETR steps one rank's host operations took
+    may run anywhere, one rank's main thread can end up beside the data workers and every rank
+    runs at its pace. In profiled 2-GPU RT-DETR steps one rank's host operations took
     1.3-1.9x as long as the other's; with this hook the 2-GPU step was 10-38% shorter
     (docs/benchmarks.md, session 5).
 
     At ``before_train`` (before the data workers start, which inherit the binding) the ranks of a
     host that see the same CPU set split it by physical cores, in rank order. Ranks that a launcher
     already bound to distinct CPUs (``srun --cpu-bind``, ``numactl``, ``taskset``) are left alone,
-    as are single-process runs. Threads started before the hook (NCCL's) keep their CPUs.
+    as are single-process runs and systems without ``os.sched_setaffinity`` (macOS, Windows).
+    Threads started before the hook (NCCL's) keep their CPUs.
     """
 
     priority = 'VERY_HIGH'
 
     def before_train(self, runner) -> None:
-        if get_world_size() == 1:
+        if get_world_size() == 1 or not hasattr(os, 'sched_setaffinity'):
             return
         host, mine = socket.gethostname(), sorted(os.sched_getaffinity(0))
         peers = all_gather_object((host, mine))  # every rank's (host, CPUs), in rank order

@@ -9,6 +9,7 @@ with ``--launcher pytorch`` / ``--launcher slurm``.
 import argparse
 import os
 import os.path as osp
+from typing import Callable, Optional
 
 import torch
 from mmengine.config import Config, DictAction
@@ -102,16 +103,23 @@ def build_runner(cfg: Config) -> Runner:
     return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
+def runner_from_args(args: argparse.Namespace,
+                     adjust_cfg: Optional[Callable[[Config], None]] = None) -> Runner:
+    """The runner that ``tools/train.py`` trains with for these arguments; ``adjust_cfg`` edits
+    the config first (analysis tools reuse the same set-up with fewer iterations)."""
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     allow_full_checkpoint_loading()
     register_all_modules(init_default_scope=False)
     cfg = setup_cfg(args)
+    if adjust_cfg is not None:
+        adjust_cfg(cfg)
     set_default_model_wrapper(cfg)
     setup_cpu_distributed(cfg)
-    runner = build_runner(cfg)
-    runner.train()
+    return build_runner(cfg)
+
+
+def main(argv=None) -> None:
+    runner_from_args(parse_args(argv)).train()
 
 
 if __name__ == '__main__':

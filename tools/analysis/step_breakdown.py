@@ -275,16 +275,13 @@ def main(argv=None) -> None:
     train_argv = [args.config, '--work-dir', args.work_dir, '--launcher', args.launcher,
                   '--cfg-options', 'default_hooks.logger.interval=10', *args.cfg_options]
     targs = train.parse_args(train_argv + (['--amp'] if args.amp else []))
-    os.environ.setdefault('LOCAL_RANK', '0')
-    train.allow_full_checkpoint_loading()
-    train.register_all_modules(init_default_scope=False)
-    cfg = train.setup_cfg(targs)
-    only_train(cfg, args.iters)
-    if args.fixed_size:
-        fix_input_size(cfg, *args.fixed_size)
-    train.set_default_model_wrapper(cfg)
-    train.setup_cpu_distributed(cfg)
-    runner = train.build_runner(cfg)
+
+    def adjust(cfg) -> None:
+        only_train(cfg, args.iters)
+        if args.fixed_size:
+            fix_input_size(cfg, *args.fixed_size)
+
+    runner = train.runner_from_args(targs, adjust)
     runner.register_hook(StepBreakdownHook(args.skip, args.profile, args.trace, args.sync_debug))
     runner.train()
 

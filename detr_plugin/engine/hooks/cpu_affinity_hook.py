@@ -29,10 +29,10 @@ def physical_core(cpu: int) -> int:
 
 
 def split_cpus(cpus: Sequence[int], parts: int, index: int,
-               core_of: Callable[[int], int] = physical_core) -> List[int]:
-    """Share ``index`` of ``parts`` of ``cpus``: whole physical cores (hyper-thread siblings stay
-    together), cut into ``parts`` contiguous runs of as equal length as possible. Empty when there
-    are fewer physical cores than parts."""
+               core_of: Callable[[int], int]) -> List[int]:
+    """Share ``index`` of ``parts`` of ``cpus``: whole physical cores (``core_of``: CPU -> its
+    core; hyper-thread siblings stay together), cut into ``parts`` contiguous runs of as equal
+    length as possible. Empty when there are fewer physical cores than parts."""
     cores: Dict[int, List[int]] = {}
     for cpu in sorted(cpus):
         cores.setdefault(core_of(cpu), []).append(cpu)

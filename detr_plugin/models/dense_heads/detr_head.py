@@ -102,7 +102,8 @@ class DETRHead(BaseModule):
 
     @staticmethod
     def num_boxes_across_ranks(gt: GroundTruth, like: Tensor) -> Tensor:
-        """() the loss normaliser: ground-truth boxes per rank, averaged over all ranks (at least 1).
+        """() the loss normaliser: ground-truth boxes per rank, averaged over all ranks
+        (at least 1).
 
         The same on every rank, as in the original DETR: a rank with few (or no) boxes does not
         weigh its few matches more than the others, so DDP's averaged gradient equals that of one

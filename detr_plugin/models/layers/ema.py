@@ -1,9 +1,10 @@
 """mmdet's ``ExpMomentumEMA`` (the RT-DETR and YOLOX weight average), updated with multi-tensor
 kernels: two launches per step for all tensors instead of two per tensor.
 
-With ``update_buffers=True`` an RT-DETR R50 averages 694 floating-point tensors; mmdet's per-tensor loop
-took about 18 ms of host time per training step, as long as the optimizer step (the step's
-after-iteration hooks, EMA and logging: 28.4 ms before, 10.6 ms with this; docs/benchmarks.md).
+With ``update_buffers=True`` an RT-DETR R50 averages 694 floating-point tensors; mmdet's
+per-tensor loop took about 18 ms of host time per training step, as long as the optimizer step
+(the step's after-iteration hooks, EMA and logging: 28.4 ms before, 10.6 ms with this;
+docs/benchmarks.md).
 The values, the ``steps`` counter and the state-dict layout are those of ``ExpMomentumEMA``, so
 checkpoints move freely between the two.
 """

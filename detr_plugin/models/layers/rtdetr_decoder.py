@@ -174,9 +174,9 @@ class RTDETRDecoder(nn.Module):
         """IoU-aware query selection: the ``num_queries`` tokens of highest max class logit."""
         num_tokens = flat.memory.shape[1]
         if self.num_queries > num_tokens:
-            raise ValueError(f'num_queries={self.num_queries} queries requested but the images give '
-                             f'only {num_tokens} encoder tokens (feature maps {list(flat.shapes)}): '
-                             'use larger images or fewer queries')
+            raise ValueError(f'num_queries={self.num_queries} queries requested but the images '
+                             f'give only {num_tokens} encoder tokens (feature maps '
+                             f'{list(flat.shapes)}): use larger images or fewer queries')
         anchors, valid = cached_anchors(flat.shapes, self.anchor_size, self.anchor_eps,
                                         flat.memory.device)
         memory = self.enc_output(flat.memory * valid.to(flat.memory.dtype))  # (bs, N, C)

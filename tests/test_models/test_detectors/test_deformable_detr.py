@@ -141,7 +141,8 @@ def test_init_follows_the_original():
 @pytest.fixture(scope='module')
 def demo_data(tmp_path_factory, demo_runs):
     root = tmp_path_factory.mktemp('demo')
-    demo_runs.load_make_demo_dataset().make_demo_dataset(str(root), seed=0, num_train=8, num_val=4, size=64)
+    demo_runs.load_make_demo_dataset().make_demo_dataset(str(root), seed=0, num_train=8,
+                                                         num_val=4, size=64)
     return root
 
 

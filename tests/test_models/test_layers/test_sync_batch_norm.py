@@ -122,7 +122,8 @@ def test_single_process_and_eval_are_plain_batch_norm():
 
 
 def test_convert_shares_parameters_and_keeps_checkpoint_keys():
-    block = nn.Sequential(ConvNormAct(4, 8, 3), nn.BatchNorm2d(8), nn.Sequential(ConvNormAct(8, 8, 1)))
+    block = nn.Sequential(ConvNormAct(4, 8, 3), nn.BatchNorm2d(8),
+                          nn.Sequential(ConvNormAct(8, 8, 1)))
     block.eval()
     before = dict(block.named_parameters())
     keys = list(block.state_dict())

@@ -10,7 +10,11 @@ default_hooks = dict(
     # deletes outdated checkpoints (max_keep_ckpts) only after the new one is complete
     checkpoint=dict(type='SafeCheckpointHook', interval=1),
     sampler_seed=dict(type='DistSamplerSeedHook'),
-    visualization=dict(type='DetVisualizationHook'))
+    visualization=dict(type='DetVisualizationHook'),
+    # logs what each COCO json gave its dataset (boxes per class, classes matching no json
+    # category, boxes dropped and why) and stops a run that loaded no box; a default hook, so a
+    # config that replaces custom_hooks keeps it
+    dataset_check=dict(type='DatasetCheckHook'))
 
 # NumClassesCheckHook stops a run before its first iteration when the head's num_classes disagrees
 # with the dataset; RNGStateHook keeps the random streams in checkpoints so that --resume is exact;

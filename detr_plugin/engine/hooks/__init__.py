@@ -1,6 +1,8 @@
 from .cpu_affinity_hook import CPUAffinityHook
+from .dataset_check_hook import DatasetCheckHook
 from .num_classes_check_hook import NumClassesCheckHook
 from .rng_state_hook import RNGStateHook
 from .safe_checkpoint_hook import SafeCheckpointHook
 
-__all__ = ['CPUAffinityHook', 'NumClassesCheckHook', 'RNGStateHook', 'SafeCheckpointHook']
+__all__ = ['CPUAffinityHook', 'DatasetCheckHook', 'NumClassesCheckHook', 'RNGStateHook',
+           'SafeCheckpointHook']

@@ -1,6 +1,10 @@
-"""tools/model_converters/rtdetr_to_plugin.py: key rules, checkpoint layouts, strict loading."""
+"""detr_plugin.converters.rtdetr and tools/model_converters/rtdetr_to_plugin.py: key rules,
+checkpoint layouts (EMA), RT-DETRv2 refusal."""
 import pytest
 import torch
+
+from detr_plugin.converters import (CheckpointError, convert_original_checkpoint, convert_rtdetr,
+                                    original_weights)
 
 # original rtdetr_pytorch key -> ours, one or more per rule
 KEYS = {
@@ -39,42 +43,82 @@ KEYS = {
 
 
 @pytest.fixture(scope='module')
-def converter(load_tool):
+def cli(load_tool):
     return load_tool('tools/model_converters/rtdetr_to_plugin.py')
 
 
-def test_every_rule(converter):
+def test_every_rule():
     for original, ours in KEYS.items():
-        assert converter.convert_key(original) == ours, original
-    with pytest.raises(KeyError, match='no conversion rule'):
-        converter.convert_key('decoder.something_new.weight')
+        assert list(convert_rtdetr({original: torch.ones(1)}))[0] == ours, original
+    with pytest.raises(KeyError, match='decoder.something_new'):
+        convert_rtdetr({'decoder.dec_score_head.0.bias': torch.ones(1),
+                        'decoder.something_new.weight': torch.ones(1)})
 
 
-def test_frozen_bn_gets_num_batches_tracked_and_cached_buffers_are_dropped(converter):
+def test_frozen_bn_gets_num_batches_tracked_and_cached_buffers_are_dropped():
     state = {'backbone.conv1.conv1_1.norm.running_var': torch.ones(2),
              'decoder.enc_output.0.weight': torch.ones(2, 2),
              'encoder.pos_embed2': torch.zeros(1, 4, 2), 'decoder.anchors': torch.zeros(1)}
-    out = converter.convert_state_dict(state)
+    out = convert_rtdetr(state)
     assert set(out) == {'backbone.stem.1.running_var', 'backbone.stem.1.num_batches_tracked',
                         'decoder.enc_output.0.weight'}
     # a bare PResNet checkpoint is a backbone
-    assert set(converter.convert_state_dict({'conv1.conv1_1.conv.weight': torch.ones(1)})) == \
+    assert set(convert_rtdetr({'conv1.conv1_1.conv.weight': torch.ones(1)})) == \
         {'backbone.stem.0.weight'}
 
 
-def test_checkpoint_layouts(converter):
+def test_checkpoint_layouts():
     ema, model = {'a': torch.ones(1)}, {'b': torch.ones(1)}
-    assert converter.model_state({'model': model, 'ema': {'module': ema}}) is ema
-    assert converter.model_state({'model': model, 'ema': {'module': ema}}, use_ema=False) is model
-    assert converter.model_state(model) is model
-    with pytest.raises(ValueError, match='no .ema.module'):
-        converter.model_state({'optimizer': {}, 'epoch': 3})
+    training = {'model': model, 'ema': {'module': ema, 'updates': 5}, 'last_epoch': 71}
+    assert original_weights(training, 'x') is ema
+    assert original_weights(training, 'x', ema=False) is model
+    assert original_weights(model, 'x') is model
+    with pytest.raises(CheckpointError, match=r"'x.pth' has no weights under 'ema' -> 'module'"):
+        original_weights({'model': model}, 'x.pth', ema=True)
+    with pytest.raises(CheckpointError, match=r"no weights under 'ema' -> 'module'.*updates"):
+        original_weights({'ema': {'updates': 5}}, 'x.pth')
+    with pytest.raises(CheckpointError, match='training checkpoint but has no weights'):
+        original_weights({'optimizer': {}, 'last_epoch': 3}, 'x.pth')
 
 
-def test_cli_writes_mmengine_checkpoint(converter, tmp_path, monkeypatch):
+def rtdetr_state(v2=False):
+    state = {'decoder.dec_score_head.0.bias': torch.arange(3.),
+             'decoder.decoder.layers.0.cross_attn.sampling_offsets.bias': torch.zeros(4)}
+    if v2:
+        state['decoder.decoder.layers.0.cross_attn.num_points_scale'] = torch.ones(4)
+    return state
+
+
+def test_loader_entry_point_takes_ema_and_refuses_v2():
+    ema = rtdetr_state()
+    model = {k: v + 1 for k, v in ema.items()}
+    out = convert_original_checkpoint({'model': model, 'ema': {'module': ema}}, 'x.pth')
+    torch.testing.assert_close(out['bbox_head.cls_branches.0.bias'], torch.arange(3.))
+    with pytest.raises(CheckpointError, match=r"'v2.pth' looks like RT-DETRv2 .*not supported"):
+        convert_original_checkpoint({'ema': {'module': rtdetr_state(v2=True)}}, 'v2.pth')
+
+
+def run_cli(cli, monkeypatch, *argv) -> str:
+    monkeypatch.setattr('sys.argv', ['rtdetr_to_plugin.py', *map(str, argv)])
+    try:
+        cli.main()
+    except SystemExit as exit:
+        return str(exit.code)
+    return ''
+
+
+def test_cli(cli, tmp_path, monkeypatch):
     src, dst = tmp_path / 'src.pth', tmp_path / 'dst.pth'
-    torch.save({'model': {'decoder.enc_score_head.bias': torch.arange(3.)}}, src)
-    monkeypatch.setattr('sys.argv', ['rtdetr_to_plugin.py', str(src), str(dst)])
-    converter.main()
-    out = torch.load(dst, weights_only=False)
-    torch.testing.assert_close(out['state_dict']['bbox_head.enc_cls_branch.bias'], torch.arange(3.))
+    torch.save({'model': rtdetr_state(), 'date': '2023-06-01T00:00:00', 'last_epoch': 71}, src)
+    assert run_cli(cli, monkeypatch, src, dst) == ''
+    out = torch.load(dst, weights_only=True)
+    torch.testing.assert_close(out['state_dict']['bbox_head.cls_branches.0.bias'], torch.arange(3.))
+    assert out['meta']['weights'] == 'model'
+    message = run_cli(cli, monkeypatch, src, dst, '--ema')
+    assert "no weights under 'ema'" in message and 'src.pth' in message
+
+    v2 = tmp_path / 'rtdetrv2_r18vd.pth'
+    torch.save({'ema': {'module': rtdetr_state(v2=True)}}, v2)
+    message = run_cli(cli, monkeypatch, v2, dst)
+    assert 'rtdetrv2_r18vd.pth' in message and 'looks like RT-DETRv2' in message
+    assert '\n' not in message

@@ -1,0 +1,100 @@
+"""The original authors' checkpoints -> detr_plugin state dicts.
+
+:func:`convert_original_checkpoint` recognises a checkpoint of facebookresearch/detr,
+fundamentalvision/Deformable-DETR or lyuwenyu/RT-DETR (rtdetr_pytorch, v1) by its keys and
+renames its weights to ours; the scripts in tools/model_converters/ are command lines around it.
+"""
+from collections import OrderedDict
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ..utils.checkpoint_loading import CheckpointError, read_checkpoint, summarize
+from .deformable_detr import (VARIANT_CONFIGS, convert_deformable_detr, deformable_detr_variant,
+                              is_deformable_detr)
+from .detr import convert_detr, is_detr
+from .presnet import PRESNET_URLS, load_presnet_imagenet
+from .reading import original_weights, weights_entry
+from .rtdetr import convert_rtdetr, is_presnet, is_rtdetr, is_rtdetr_v2
+
+__all__ = [
+    'CheckpointError', 'PRESNET_URLS', 'VARIANT_CONFIGS', 'check_family', 'convert_deformable_detr',
+    'convert_detr', 'convert_original_checkpoint', 'convert_rtdetr', 'deformable_detr_variant',
+    'load_original', 'load_presnet_imagenet', 'original_family', 'original_weights',
+    'save_converted'
+]
+
+
+def original_family(state_dict: Dict[str, Tensor]) -> Optional[str]:
+    """'DETR', 'Deformable DETR', 'RT-DETR', 'RT-DETRv2' or 'PResNet' (an RT-DETR ImageNet
+    backbone), from the keys of an original state dict; None for any other."""
+    if is_deformable_detr(state_dict):
+        return 'Deformable DETR'
+    if is_detr(state_dict):
+        return 'DETR'
+    if is_rtdetr(state_dict):
+        return 'RT-DETRv2' if is_rtdetr_v2(state_dict) else 'RT-DETR'
+    if is_presnet(state_dict):
+        return 'PResNet'
+    return None
+
+
+def check_family(state_dict: Dict[str, Tensor], expected: str, source: str) -> None:
+    """CheckpointError (one line) unless ``state_dict`` is of the family ``expected``."""
+    family = original_family(state_dict)
+    if family == 'RT-DETRv2':
+        raise CheckpointError(f'checkpoint {source!r} looks like RT-DETRv2 (rtdetrv2_pytorch: '
+                              'its attention stores num_points_scale), which is not supported '
+                              'yet; this converter reads RT-DETR v1 (rtdetr_pytorch)')
+    accepted = {'RT-DETR': ('RT-DETR', 'PResNet')}.get(expected, (expected, ))
+    if family not in accepted:
+        looks = f'looks like {family}' if family else 'is of no family we know'
+        raise CheckpointError(f'checkpoint {source!r} {looks}, not {expected} '
+                              f'(first keys: {list(state_dict)[:3]})')
+
+
+def load_original(path: str, family: str, trust: bool = False,
+                  ema: Optional[bool] = None) -> Tuple[Dict[str, Tensor], str]:
+    """(weights, where they were: 'ema', 'model' or '') of the original ``family``'s checkpoint
+    in ``path``; CheckpointError (one line) for an unreadable file, no weights, or weights of
+    another family. ``trust``: full unpickling; ``ema``: see :func:`weights_entry`."""
+    checkpoint = read_checkpoint(path, trust)
+    weights = original_weights(checkpoint, path, ema)
+    if weights is None:
+        raise CheckpointError(f'checkpoint {path!r} holds no original {family} weights (its '
+                              f'entries: {summarize(sorted(map(str, checkpoint)))}); is it '
+                              'converted already?')
+    check_family(weights, family, path)
+    return weights, weights_entry(checkpoint, ema)
+
+
+def convert_original_checkpoint(checkpoint: dict, source: str) -> Optional[dict]:
+    """Our state dict (name -> tensor) from an original authors' checkpoint, as ``torch.load``
+    returned it; None when it is not in an original layout (e.g. already ours).
+
+    RT-DETR training checkpoints give their EMA weights (what the released ones are evaluated
+    with). Class heads keep the original size (DETR 92, Deformable DETR 91, RT-DETR 80 outputs).
+    ``source`` names the checkpoint in messages. Raises CheckpointError (one line) when the layout
+    is recognised but unusable: the weights' entry is missing, or it is an RT-DETRv2 checkpoint.
+    """
+    weights = original_weights(checkpoint, source)
+    if weights is None:
+        return None
+    family = original_family(weights)
+    if family is None:
+        return None
+    check_family(weights, 'RT-DETR' if family.startswith('RT-DETR') else family, source)
+    convert = {'DETR': convert_detr, 'Deformable DETR': convert_deformable_detr,
+               'RT-DETR': convert_rtdetr, 'PResNet': convert_rtdetr}[family]
+    try:
+        return convert(weights)
+    except KeyError as error:  # a key no rule knows: a variant of the family we do not support
+        raise CheckpointError(
+            f'checkpoint {source!r} looks like {family} but {error.args[0]}') from None
+
+
+def save_converted(state_dict: 'OrderedDict[str, Tensor]', path: str, source: str,
+                   **meta) -> None:
+    """Writes an mmengine checkpoint ``{'state_dict': ..., 'meta': {'converted_from': ...}}``."""
+    torch.save(dict(state_dict=state_dict, meta=dict(converted_from=source, **meta)), path)

@@ -1,0 +1,84 @@
+"""lyuwenyu/RT-DETR's rtdetr_pytorch (RT-DETR v1) and its PResNet backbones -> detr_plugin
+``RTDETR`` / ``ResNetVd``.
+
+Key map (original -> ours):
+    backbone.conv1.conv1_{1,2,3}.{conv,norm}        backbone.stem.{0,1 | 3,4 | 6,7}
+    backbone.res_layers.S.blocks.B.branch2{a,b,c}    backbone.layer{S+1}.B.{conv,bn}{1,2,3}
+    ...short.{conv,norm} | short.conv.{conv,norm}    ...downsample.{1,2}  (0: the pool)
+    encoder.*                                        neck.*  (linear1/2 -> ffn.linear1/2)
+    decoder.decoder.layers.*                         decoder.layers.*  (linear1/2 -> ffn.*)
+    decoder.{input_proj,enc_output,query_pos_head}   unchanged under decoder.
+    decoder.dec_score_head.i / dec_bbox_head.i       bbox_head.cls_branches.i / reg_branches.i
+    decoder.enc_score_head / enc_bbox_head           bbox_head.enc_cls_branch / enc_reg_branch
+    decoder.denoising_class_embed                    denoising.label_embed
+Frozen BatchNorms have no ``num_batches_tracked``; a zero one is added for mmdet's BatchNorm.
+"""
+import re
+from collections import OrderedDict
+from typing import Dict
+
+from torch import Tensor
+
+from .rules import add_batchnorm_counters, rename
+
+_STEM = {'conv1_1': (0, 1), 'conv1_2': (3, 4), 'conv1_3': (6, 7)}
+_BRANCH = {'branch2a': '1', 'branch2b': '2', 'branch2c': '3'}
+_BLOCK = r'^backbone\.res_layers\.(\d+)\.blocks\.(\d+)\.'
+
+
+def _block(m: re.Match) -> str:
+    return f'backbone.layer{int(m[1]) + 1}.{m[2]}.'
+
+
+RULES = (
+    # backbone
+    (r'^backbone\.conv1\.(conv1_\d)\.conv\.', lambda m: f'backbone.stem.{_STEM[m[1]][0]}.'),
+    (r'^backbone\.conv1\.(conv1_\d)\.norm\.', lambda m: f'backbone.stem.{_STEM[m[1]][1]}.'),
+    (_BLOCK + r'(branch2[abc])\.conv\.', lambda m: f'{_block(m)}conv{_BRANCH[m[3]]}.'),
+    (_BLOCK + r'(branch2[abc])\.norm\.', lambda m: f'{_block(m)}bn{_BRANCH[m[3]]}.'),
+    (_BLOCK + r'short\.conv\.conv\.', lambda m: f'{_block(m)}downsample.1.'),  # pooled shortcut
+    (_BLOCK + r'short\.conv\.norm\.', lambda m: f'{_block(m)}downsample.2.'),
+    (_BLOCK + r'short\.conv\.', lambda m: f'{_block(m)}downsample.1.'),  # stride-1 shortcut
+    (_BLOCK + r'short\.norm\.', lambda m: f'{_block(m)}downsample.2.'),
+    # hybrid encoder
+    (r'^encoder\.encoder\.(\d+)\.layers\.(\d+)\.(linear[12])\.',
+     lambda m: f'neck.encoder.{m[1]}.layers.{m[2]}.ffn.{m[3]}.'),
+    (r'^encoder\.pos_embed\d+$', None),  # recomputed from the image size
+    (r'^encoder\.', 'neck.'),
+    # decoder
+    (r'^decoder\.(anchors|valid_mask)$', None),  # recomputed from the image size
+    (r'^decoder\.decoder\.layers\.(\d+)\.(linear[12])\.',
+     lambda m: f'decoder.layers.{m[1]}.ffn.{m[2]}.'),
+    (r'^decoder\.decoder\.layers\.', 'decoder.layers.'),
+    (r'^decoder\.dec_score_head\.', 'bbox_head.cls_branches.'),
+    (r'^decoder\.dec_bbox_head\.', 'bbox_head.reg_branches.'),
+    (r'^decoder\.enc_score_head\.', 'bbox_head.enc_cls_branch.'),
+    (r'^decoder\.enc_bbox_head\.', 'bbox_head.enc_reg_branch.'),
+    (r'^decoder\.denoising_class_embed\.', 'denoising.label_embed.'),
+    (r'^decoder\.(input_proj|enc_output|query_pos_head)\.', r'decoder.\1.'),
+)
+
+
+def is_rtdetr(state_dict: Dict[str, Tensor]) -> bool:
+    return any(k.startswith(('decoder.dec_score_head.', 'decoder.decoder.layers.'))
+               for k in state_dict)
+
+
+def is_rtdetr_v2(state_dict: Dict[str, Tensor]) -> bool:
+    """RT-DETRv2's deformable attention stores a per-level point scale (v1 has none)."""
+    return any(k.endswith('.cross_attn.num_points_scale') for k in state_dict)
+
+
+def is_presnet(state_dict: Dict[str, Tensor]) -> bool:
+    """A bare PResNet (ImageNet backbone) state dict: ``conv1.conv1_1.*`` and ``res_layers.*``."""
+    return (any(k.startswith('conv1.conv1_1.') for k in state_dict)
+            and all(k.startswith(('conv1.', 'res_layers.')) for k in state_dict))
+
+
+def convert_rtdetr(state_dict: Dict[str, Tensor]) -> 'OrderedDict[str, Tensor]':
+    """RT-DETR v1 weights, or a bare PResNet's (converted under ``backbone.``) -> ours."""
+    if is_presnet(state_dict):
+        state_dict = {f'backbone.{k}': v for k, v in state_dict.items()}
+    converted = rename(state_dict, RULES)
+    add_batchnorm_counters(converted, 'backbone.')
+    return converted

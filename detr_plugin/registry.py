@@ -4,13 +4,35 @@ Our names never collide with mmdet's (``DETR`` and ``DETRHead`` exist in both), 
 that misses here falls back to mmdet and then mmengine, so a config in our scope still finds
 ``ResNet``, ``CocoDataset`` or ``CocoMetric``. Every registry mmdet defines has a child here:
 a scope missing a registry would make mmengine fall back to its root and miss mmdet's modules.
+
+mmengine's fallback reads the parents' registered names without running the parents' lazy
+imports (their ``locations``), so each child also lists its ancestors' locations: without them,
+mmdet's ``browse_dataset.py`` or ``DetInferencer(..., scope='detr_plugin')`` on one of our configs
+failed with 'DetLocalVisualizer is not in the detr_plugin::visualizer registry' whenever nothing
+had imported ``mmdet.visualization`` yet.
+
+mmengine 0.10 resolves ``_base_ = 'pkg::path'`` only for the packages in its table
+``MODULE2PACKAGE`` (OpenMMLab's; open-mmlab/mmengine#1410), although the installed-package
+layout it reads (``pkg/.mim/configs``) is open to any package. Our entry in that table lets a
+config inherit ``'detr_plugin::rtdetr/rtdetr_r18vd_8xb2-72e_coco.py'`` from an installed
+detr_plugin, once detr_plugin is imported (our tools import it before reading a config).
 """
 from mmdet import registry as mmdet_registry
+from mmengine.config.utils import MODULE2PACKAGE
 from mmengine.registry import DefaultScope, Registry
+
+MODULE2PACKAGE.setdefault('detr_plugin', 'detr_plugin')
 
 
 def _child(parent: Registry, *locations: str) -> Registry:
-    return Registry(parent.name, parent=parent, scope='detr_plugin', locations=list(locations))
+    """A registry under ``parent`` importing ``locations`` and then its ancestors' on first use."""
+    inherited = []
+    ancestor = parent
+    while ancestor is not None:
+        inherited += ancestor._locations
+        ancestor = ancestor.parent
+    return Registry(parent.name, parent=parent, scope='detr_plugin',
+                    locations=list(locations) + inherited)
 
 
 RUNNERS = _child(mmdet_registry.RUNNERS)

@@ -121,3 +121,45 @@ def test_scoped_type_builds_our_parts_under_mmdet_scope(config):
     assert type(detector).__module__.startswith('detr_plugin.')
     assert type(detector.bbox_head).__module__.startswith('detr_plugin.')
     assert type(detector.bbox_head.assigner) is HungarianAssigner
+
+
+MMDET_TOOLS_SCRIPT = r'''
+import sys
+
+import numpy as np
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+
+import detr_plugin  # noqa: F401  (what custom_imports or default_scope='detr_plugin' import)
+from mmdet.registry import DATASETS, VISUALIZERS
+
+# mmdet's tools/analysis_tools/browse_dataset.py: the config's scope, then mmdet's registries
+cfg = Config.fromfile(sys.argv[1])
+init_default_scope(cfg.get('default_scope', 'mmdet'))
+assert 'mmdet.visualization' not in sys.modules, 'the check needs a fresh interpreter'
+visualizer = VISUALIZERS.build(cfg.visualizer)
+dataset = DATASETS.build(dict(cfg.val_dataloader.dataset, data_root=sys.argv[2]))
+print('browse_dataset', type(visualizer).__name__, type(dataset).__name__, len(dataset))
+
+from mmdet.apis import DetInferencer  # noqa: E402
+inferencer = DetInferencer(model=cfg, scope='detr_plugin', device='cpu', show_progress=False)
+image = np.random.default_rng(0).integers(0, 255, (96, 120, 3), dtype=np.uint8)
+predictions = inferencer(image, no_save_pred=True)['predictions'][0]
+print('DetInferencer', type(inferencer.model).__name__, len(predictions['bboxes']))
+'''
+
+
+def test_mmdet_tools_find_mmdet_modules_from_our_scope(demo_data, tmp_path):
+    """mmdet's browse_dataset.py and DetInferencer(scope='detr_plugin') on our RT-DETR config, in
+    a fresh interpreter: our child registries run mmdet's lazy imports when a name falls back to
+    mmdet (DetLocalVisualizer was 'not in the detr_plugin::visualizer registry')."""
+    import subprocess
+    import sys
+    script = tmp_path / 'mmdet_tools.py'
+    script.write_text(MMDET_TOOLS_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, str(script), 'configs/rtdetr/rtdetr_r18vd_1xb8-demo.py', f'{demo_data}/'],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'browse_dataset DetLocalVisualizer CocoDataset 2' in result.stdout
+    assert 'DetInferencer RTDETR' in result.stdout

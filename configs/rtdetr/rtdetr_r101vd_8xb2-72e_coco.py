@@ -1,10 +1,9 @@
 # RT-DETR R101-vd (rtdetr_r101vd_6x_coco.yml): hybrid encoder 384 wide with FFN 2048, backbone
 # learning rate 1e-6. Expected: 54.3 AP on val2017 (paper, Table 2).
-# Backbone weights: convert ResNet101_vd_ssld_pretrained_from_paddle.pth with rtdetr_to_plugin.py.
 _base_ = './rtdetr_r50vd_8xb2-72e_coco.py'
 
 model = dict(
-    backbone=dict(depth=101, init_cfg=dict(checkpoint='checkpoints/presnet101vd_imagenet.pth')),
+    backbone=dict(depth=101, init_cfg=dict(checkpoint='presnet://resnet101vd')),
     neck=dict(embed_dims=384, ffn_dims=2048),
     decoder=dict(in_channels=[384, 384, 384]))
 

@@ -1,6 +1,5 @@
 # RT-DETR R18-vd (rtdetr_r18vd_6x_coco.yml): trainable backbone BatchNorm, CCFM at half width,
 # 3 decoder layers. Expected: 46.5 AP on val2017 (paper, Table 2).
-# Backbone weights: convert ResNet18_vd_pretrained_from_paddle.pth with rtdetr_to_plugin.py.
 _base_ = './rtdetr_r50vd_8xb2-72e_coco.py'
 
 model = dict(
@@ -9,6 +8,6 @@ model = dict(
         frozen_stages=-1,
         norm_cfg=dict(type='BN', requires_grad=True),
         norm_eval=False,
-        init_cfg=dict(checkpoint='checkpoints/presnet18vd_imagenet.pth')),
+        init_cfg=dict(checkpoint='presnet://resnet18vd')),
     neck=dict(in_channels=[128, 256, 512], expansion=0.5),
     decoder=dict(num_layers=3))

@@ -3,10 +3,8 @@
 # gradient clip 0.1, EMA 0.9999 with 2000 warm-up iterations, 640x640 inputs with batch-level
 # multi-scale 480-800 in training. Expected: 53.1 AP on val2017 (paper, Table 2).
 #
-# The backbone starts from the original's ImageNet weights (PaddleClas ResNet-vd), converted with
-#   python tools/model_converters/rtdetr_to_plugin.py \
-#       ResNet50_vd_ssld_v2_pretrained_from_paddle.pth checkpoints/presnet50vd_imagenet.pth
-# (download links: lyuwenyu/RT-DETR, rtdetr_pytorch/src/nn/backbone/presnet.py).
+# The backbone starts from the original's ImageNet weights (PaddleClas ResNet-vd), downloaded on
+# first use and converted by presnet:// (detr_plugin/converters/presnet.py).
 _base_ = [
     '../_base_/models/rtdetr_r50vd.py', '../_base_/datasets/coco_detection.py',
     '../_base_/default_runtime.py'
@@ -17,8 +15,7 @@ model = dict(
     # matters where BatchNorm trains: the encoder, R18/R34 backbones); no host waits, unlike
     # mmengine's sync_bn='torch' (docs/benchmarks.md)
     sync_bn=True,
-    backbone=dict(init_cfg=dict(type='Pretrained', prefix='backbone.',
-                                checkpoint='checkpoints/presnet50vd_imagenet.pth')),
+    backbone=dict(init_cfg=dict(type='Pretrained', checkpoint='presnet://resnet50vd')),
     # one random size per batch (multiples of 32 in 480-800), the original's model.multi_scale
     data_preprocessor=dict(batch_augments=[
         dict(type='BatchSyncRandomResize', random_size_range=(480, 800), size_divisor=32,

@@ -17,7 +17,10 @@ model = dict(
         norm_cfg=dict(type='BN', requires_grad=False),
         norm_eval=True,
         style='pytorch',
-        init_cfg=dict(type='Pretrained', checkpoint='torchvision://resnet50')),
+        # torchvision's ImageNet weights (what torchvision://resnet50 gives), downloaded on first
+        # use into torch.hub's cache, without torchvision
+        init_cfg=dict(type='Pretrained',
+                      checkpoint='https://download.pytorch.org/models/resnet50-0676ba61.pth')),
     neck=dict(
         type='ChannelMapper',
         in_channels=[2048],

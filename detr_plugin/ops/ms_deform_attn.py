@@ -1,22 +1,40 @@
-"""Multi-scale deformable attention (MSDA), the sampling core of Deformable DETR and RT-DETR.
+"""Multi-scale deformable attention (MSDA), the sampling core of Deformable DETR and RT-DETR(v2).
 
 ``multi_scale_deformable_attention`` validates its inputs and dispatches to one of two backends:
 
 * ``'cuda'``: our kernels in ``detr_plugin._ext`` (detr_plugin/ops/csrc), with autograd;
-* ``'pytorch'``: ``F.grid_sample`` per level, used on CPU, when the extension is missing or fails to
-  load (then with a one-time warning, on the first CUDA call), under tracing / ONNX export
-  (opset >= 16, where grid_sample exists), and on request.
+* ``'pytorch'``: ``F.grid_sample`` (or a gather, for ``method='discrete'``) per level, used on
+  CPU, when the extension is missing or fails to load (then with a one-time warning, on the first
+  CUDA call), under tracing / ONNX export (opset >= 16, where grid_sample exists), and on request.
 
 ``backend=None`` picks automatically; the environment variable ``DETR_PLUGIN_MSDA_BACKEND``
-(``pytorch`` | ``cuda`` | ``auto``) overrides that automatic choice. Both backends sample like
-``grid_sample(mode='bilinear', padding_mode='zeros', align_corners=False)``: a location
-``(x, y)`` in [0, 1] is the pixel ``(x * W_l - 0.5, y * H_l - 0.5)``; corners off the map read 0.
+(``pytorch`` | ``cuda`` | ``auto``) overrides that automatic choice.
+
+Two ways of sampling (``method``), the same in both backends:
+
+* ``'default'``: bilinear, as ``grid_sample(mode='bilinear', padding_mode='zeros',
+  align_corners=False)``: a location ``(x, y)`` in [0, 1] is the pixel ``(x * W_l - 0.5,
+  y * H_l - 0.5)``; corners off the map read 0.
+* ``'discrete'``: RT-DETRv2's nearest-cell mode: column ``floor(x * W_l + 0.5)`` and row
+  ``floor(y * H_l + 0.5)`` (computed in the locations' dtype, multiply then add, as the original),
+  clamped to the map, so points off the map read the border cell. This is the cell whose top-left
+  corner is nearest, half a cell off grid_sample's nearest mode, as in the original. The original
+  clamps both coordinates to ``H_l - 1`` (its "FIX ME? for rectangle input"); here the column is
+  clamped to ``W_l - 1``, which agrees on square maps (RT-DETRv2's 640 x 640 inputs) and stays
+  inside the map on others. No gradient flows to the locations (they are detached), as in the
+  original, where the rounding cuts the graph.
+
+Sampling points may differ per level: ``num_points = (P_0, ..., P_{L-1})`` with locations and
+weights laid out as ``(..., sum(P_l), 2)`` / ``(..., sum(P_l))``, level l's points contiguous
+(RT-DETRv2's ``num_points_list`` layout). With P points on every level the
+``(..., L, P, 2)`` / ``(..., L, P)`` layout of Deformable DETR is the same memory and is accepted
+as well.
 """
 import importlib
 import os
 import warnings
 import weakref
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +42,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 BACKENDS = ('auto', 'cuda', 'pytorch')
+METHODS = ('default', 'discrete')
 ENV_BACKEND = 'DETR_PLUGIN_MSDA_BACKEND'
 
 
@@ -103,8 +122,12 @@ def level_layout(spatial_shapes: Tensor, level_start_index: Tensor,
 
 
 def _check_inputs(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
-                  sampling_locations: Tensor, attention_weights: Tensor) -> None:
-    """Shapes, dtypes and devices (no data access); raises TypeError / ValueError."""
+                  sampling_locations: Tensor, attention_weights: Tensor,
+                  num_points: Optional[Sequence[int]], method: str) -> Tuple[int, ...]:
+    """Shapes, dtypes and devices (no data access); returns the points of each level, (P_l, ...).
+
+    Raises TypeError / ValueError naming the argument.
+    """
     named = dict(value=value, spatial_shapes=spatial_shapes, level_start_index=level_start_index,
                  sampling_locations=sampling_locations, attention_weights=attention_weights)
     for name, t in named.items():
@@ -123,20 +146,25 @@ def _check_inputs(value: Tensor, spatial_shapes: Tensor, level_start_index: Tens
     for name, t in named.items():
         if t.device != value.device:
             raise ValueError(f'{name} is on {t.device} but value is on {value.device}')
+    if method not in METHODS:
+        raise ValueError(f'method must be one of {METHODS}, got {method!r}')
     if value.dim() != 4:
         raise ValueError(f'value must be (bs, num_value, heads, dim), got {tuple(value.shape)}')
-    if sampling_locations.dim() != 6 or sampling_locations.shape[-1] != 2:
-        raise ValueError('sampling_locations must be (bs, num_query, heads, levels, points, 2), got '
+    if sampling_locations.dim() not in (5, 6) or sampling_locations.shape[-1] != 2:
+        raise ValueError('sampling_locations must be (bs, num_query, heads, levels, points, 2) or '
+                         f'(bs, num_query, heads, sum(num_points), 2), got '
                          f'{tuple(sampling_locations.shape)}')
-    if attention_weights.dim() != 5:
-        raise ValueError('attention_weights must be (bs, num_query, heads, levels, points), got '
-                         f'{tuple(attention_weights.shape)}')
+    per_level = sampling_locations.dim() == 6  # (..., L, P, 2): P points on every level
+    if attention_weights.dim() != sampling_locations.dim() - 1:
+        layout = 'levels, points' if per_level else 'sum(num_points)'
+        raise ValueError(f'attention_weights must be (bs, num_query, heads, {layout}) like '
+                         f'sampling_locations, got {tuple(attention_weights.shape)}')
     if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2:
         raise ValueError(f'spatial_shapes must be (levels, 2), got {tuple(spatial_shapes.shape)}')
     if level_start_index.shape != spatial_shapes.shape[:1]:
         raise ValueError(f'level_start_index must be ({spatial_shapes.shape[0]},) like '
                          f'spatial_shapes, got {tuple(level_start_index.shape)}')
-    bs, num_query, heads, levels, points, _ = sampling_locations.shape
+    bs, num_query, heads = sampling_locations.shape[:3]
     for name, t in (('value', value), ('attention_weights', attention_weights)):
         if t.shape[0] != bs:
             raise ValueError(f'batch size of {name} ({t.shape[0]}) differs from '
@@ -147,57 +175,128 @@ def _check_inputs(value: Tensor, spatial_shapes: Tensor, level_start_index: Tens
     if attention_weights.shape[1] != num_query:
         raise ValueError(f'attention_weights has {attention_weights.shape[1]} queries, '
                          f'sampling_locations {num_query}')
-    if levels != spatial_shapes.shape[0] or attention_weights.shape[3] != levels:
-        raise ValueError(f'number of levels differs: spatial_shapes {spatial_shapes.shape[0]}, '
-                         f'sampling_locations {levels}, attention_weights '
+    levels = spatial_shapes.shape[0]
+    if per_level:
+        return _uniform_points(sampling_locations, attention_weights, levels, num_points)
+    return _listed_points(sampling_locations, attention_weights, levels, num_points)
+
+
+def _uniform_points(sampling_locations: Tensor, attention_weights: Tensor, levels: int,
+                    num_points: Optional[Sequence[int]]) -> Tuple[int, ...]:
+    """The (..., L, P, 2) layout: checks L and P, and num_points if given."""
+    if sampling_locations.shape[3] != levels or attention_weights.shape[3] != levels:
+        raise ValueError(f'number of levels differs: spatial_shapes {levels}, '
+                         f'sampling_locations {sampling_locations.shape[3]}, attention_weights '
                          f'{attention_weights.shape[3]}')
+    points = sampling_locations.shape[4]
     if attention_weights.shape[4] != points:
         raise ValueError(f'number of points differs: sampling_locations {points}, '
                          f'attention_weights {attention_weights.shape[4]}')
+    if num_points is not None and tuple(num_points) != (points,) * levels:
+        raise ValueError(f'num_points {tuple(num_points)} differs from the {points} points per '
+                         f'level of sampling_locations {tuple(sampling_locations.shape)}')
+    return (points,) * levels
+
+
+def _listed_points(sampling_locations: Tensor, attention_weights: Tensor, levels: int,
+                   num_points: Optional[Sequence[int]]) -> Tuple[int, ...]:
+    """The (..., sum(P_l), 2) layout: num_points is required and must add up."""
+    if num_points is None:
+        raise ValueError('num_points (points per level) is needed with sampling_locations of shape '
+                         f'(bs, num_query, heads, sum(num_points), 2), got '
+                         f'{tuple(sampling_locations.shape)}')
+    counts = tuple(num_points)
+    if len(counts) != levels or not all(isinstance(n, int) and n > 0 for n in counts):
+        raise ValueError(f'num_points must be {levels} positive ints (one per level of '
+                         f'spatial_shapes), got {counts}')
+    total = sampling_locations.shape[3]
+    if sum(counts) != total or attention_weights.shape[3] != total:
+        raise ValueError(f'number of points differs: num_points {counts} sum to {sum(counts)}, '
+                         f'sampling_locations has {total}, attention_weights '
+                         f'{attention_weights.shape[3]}')
+    return counts
 
 
 # -- backends -------------------------------------------------------------------------------------
 
 def ms_deform_attn_pytorch(value: Tensor, shapes: List[Tuple[int, int]], sampling_locations: Tensor,
-                           attention_weights: Tensor) -> Tensor:
-    """The grid_sample path: shapes as ``[(H_l, W_l), ...]``; returns (bs, num_query, heads * dim)."""
+                           attention_weights: Tensor, num_points: Optional[Sequence[int]] = None,
+                           method: str = 'default') -> Tensor:
+    """The PyTorch path: shapes as ``[(H_l, W_l), ...]``; locations and weights in either layout
+    of the module docstring (``num_points`` needed for the (..., sum(P_l), 2) one); returns
+    (bs, num_query, heads * dim)."""
     bs, _, heads, dim = value.shape
-    _, num_query, _, levels, points, _ = sampling_locations.shape
+    num_query = sampling_locations.shape[1]
+    if sampling_locations.dim() == 6:  # (bs, Q, heads, L, P, 2) -> (bs, Q, heads, L * P, 2)
+        num_points = (sampling_locations.shape[4],) * sampling_locations.shape[3]
+        sampling_locations = sampling_locations.flatten(3, 4)
+        attention_weights = attention_weights.flatten(3, 4)
+    sample = _sample_bilinear if method == 'default' else _sample_nearest
     value_levels = value.split([h * w for h, w in shapes], dim=1)
-    grids = 2 * sampling_locations - 1  # grid_sample's [-1, 1] convention
+    location_levels = sampling_locations.split(list(num_points), dim=3)
+    weight_levels = attention_weights.split(list(num_points), dim=3)
     output = value.new_zeros(bs * heads, dim, num_query)
-    for level, (h, w) in enumerate(shapes):
-        # (bs, h*w, heads, dim) -> (bs*heads, dim, h, w)
-        feature = value_levels[level].permute(0, 2, 3, 1).reshape(bs * heads, dim, h, w)
+    for shape, value_level, location, weight, points in zip(shapes, value_levels, location_levels,
+                                                            weight_levels, num_points):
         # (bs, num_query, heads, points, 2) -> (bs*heads, num_query, points, 2)
-        grid = grids[:, :, :, level].transpose(1, 2).reshape(bs * heads, num_query, points, 2)
-        sampled = F.grid_sample(feature, grid, mode='bilinear', padding_mode='zeros',
-                                align_corners=False)  # (bs*heads, dim, num_query, points)
+        location = location.transpose(1, 2).reshape(bs * heads, num_query, points, 2)
+        sampled = sample(value_level, shape, location)  # (bs*heads, dim, num_query, points)
         # (bs, num_query, heads, points) -> (bs*heads, 1, num_query, points)
-        weight = attention_weights[:, :, :, level].transpose(1, 2).reshape(
-            bs * heads, 1, num_query, points)
+        weight = weight.transpose(1, 2).reshape(bs * heads, 1, num_query, points)
         output = output + (sampled * weight).sum(-1)
     # (bs*heads, dim, num_query) -> (bs, num_query, heads*dim)
     return output.view(bs, heads * dim, num_query).transpose(1, 2).contiguous()
 
 
+def _sample_bilinear(value_level: Tensor, shape: Tuple[int, int], location: Tensor) -> Tensor:
+    """value_level (bs, H*W, heads, dim), location (bs*heads, Q, P, 2) as (x, y) in [0, 1]
+    -> (bs*heads, dim, Q, P), by grid_sample."""
+    bs, _, heads, dim = value_level.shape
+    feature = value_level.permute(0, 2, 3, 1).reshape(bs * heads, dim, *shape)
+    grid = 2 * location - 1  # grid_sample's [-1, 1] convention
+    return F.grid_sample(feature, grid, mode='bilinear', padding_mode='zeros', align_corners=False)
+
+
+def _sample_nearest(value_level: Tensor, shape: Tuple[int, int], location: Tensor) -> Tensor:
+    """As _sample_bilinear, but each point reads the one cell (floor(x * W + 0.5),
+    floor(y * H + 0.5)) clamped to the map (the module docstring's 'discrete')."""
+    bs, _, heads, dim = value_level.shape
+    height, width = shape
+    n, num_query, points, _ = location.shape
+    # multiply, then add, in the locations' dtype: the same cells as the original's eager code
+    col = (location[..., 0] * width + 0.5).long().clamp_(0, width - 1)  # (bs*heads, Q, P)
+    row = (location[..., 1] * height + 0.5).long().clamp_(0, height - 1)
+    token = (row * width + col).reshape(n, num_query * points, 1).expand(-1, -1, dim)
+    rows = value_level.transpose(1, 2).reshape(n, height * width, dim)
+    sampled = rows.gather(1, token)  # (bs*heads, Q*P, dim)
+    return sampled.view(n, num_query, points, dim).permute(0, 3, 1, 2)
+
+
 class _MSDeformAttnCUDA(torch.autograd.Function):
-    """Autograd wrapper of the kernels in detr_plugin/ops/csrc (inputs already validated)."""
+    """Autograd wrapper of the kernels in detr_plugin/ops/csrc (inputs already validated).
+
+    sampling_locations (bs, Q, heads, sum(P_l), 2) and attention_weights (bs, Q, heads, sum(P_l));
+    num_points (P_0, ...) on the host. For discrete sampling the locations get no gradient.
+    """
 
     @staticmethod
     def forward(ctx, value, spatial_shapes, level_start_index, sampling_locations,
-                attention_weights):
+                attention_weights, num_points, discrete):
         ctx.save_for_backward(value, spatial_shapes, level_start_index, sampling_locations,
                               attention_weights)
+        ctx.num_points, ctx.discrete = num_points, discrete
         return _cuda_ext().ms_deform_attn_forward(value, spatial_shapes, level_start_index,
-                                                  sampling_locations, attention_weights)
+                                                  sampling_locations, attention_weights,
+                                                  list(num_points), discrete)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):
         grad_value, grad_locations, grad_weights = _cuda_ext().ms_deform_attn_backward(
-            *ctx.saved_tensors, grad_output.contiguous())
-        return grad_value, None, None, grad_locations, grad_weights
+            *ctx.saved_tensors, grad_output.contiguous(), list(ctx.num_points), ctx.discrete)
+        if ctx.discrete:
+            grad_locations = None
+        return grad_value, None, None, grad_locations, grad_weights, None, None
 
 
 def _resolve_backend(backend: Optional[str], device: torch.device) -> str:
@@ -220,27 +319,42 @@ def _resolve_backend(backend: Optional[str], device: torch.device) -> str:
 
 def multi_scale_deformable_attention(value: Tensor, spatial_shapes: Tensor,
                                      level_start_index: Tensor, sampling_locations: Tensor,
-                                     attention_weights: Tensor,
-                                     backend: Optional[str] = None) -> Tensor:
-    """Samples each level bilinearly at the given locations and sums with attention weights.
+                                     attention_weights: Tensor, backend: Optional[str] = None,
+                                     num_points: Optional[Sequence[int]] = None,
+                                     method: str = 'default') -> Tensor:
+    """Samples each level at the given locations and sums with attention weights.
 
     Args:
         value: (bs, num_value, heads, dim), the levels' tokens concatenated (row-major per level).
         spatial_shapes: (levels, 2) integer, (H_l, W_l) per level; sum(H_l * W_l) == num_value.
         level_start_index: (levels,) integer, first token of each level in value.
-        sampling_locations: (bs, num_query, heads, levels, points, 2), (x, y) normalized to [0, 1]
-            (outside is allowed: off-map corners read 0).
-        attention_weights: (bs, num_query, heads, levels, points).
+        sampling_locations: (x, y) normalized to [0, 1] (outside is allowed), either
+            (bs, num_query, heads, levels, points, 2), P points on every level, or
+            (bs, num_query, heads, sum(num_points), 2), level l's num_points[l] points contiguous.
+        attention_weights: (bs, num_query, heads, levels, points) or
+            (bs, num_query, heads, sum(num_points)), like sampling_locations.
         backend: None (automatic), 'auto', 'cuda' or 'pytorch'.
+        num_points: points per level, a sequence of ``levels`` positive ints on the host; needed
+            for the second layout, optional (and checked) for the first.
+        method: 'default' (bilinear) or 'discrete' (nearest cell, no gradient for the locations),
+            as the module docstring says.
 
     Returns:
         (bs, num_query, heads * dim): for each query and head, the weighted sum over levels and
         points of value sampled at the locations. value, sampling_locations and attention_weights
         must share one floating dtype and one device with the index tensors.
     """
-    _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    counts = _check_inputs(value, spatial_shapes, level_start_index, sampling_locations,
+                           attention_weights, num_points, method)
     shapes = level_layout(spatial_shapes, level_start_index, value.shape[1])
+    if method == 'discrete':  # rounding to cells has no gradient (the original's .to(int64))
+        sampling_locations = sampling_locations.detach()
     if _resolve_backend(backend, value.device) == 'cuda':
-        return _MSDeformAttnCUDA.apply(value, spatial_shapes, level_start_index, sampling_locations,
-                                       attention_weights)
-    return ms_deform_attn_pytorch(value, shapes, sampling_locations, attention_weights)
+        if sampling_locations.dim() == 6:
+            sampling_locations = sampling_locations.flatten(3, 4)
+            attention_weights = attention_weights.flatten(3, 4)
+        return _MSDeformAttnCUDA.apply(value, spatial_shapes, level_start_index,
+                                       sampling_locations, attention_weights, counts,
+                                       method == 'discrete')
+    return ms_deform_attn_pytorch(value, shapes, sampling_locations, attention_weights, counts,
+                                  method)

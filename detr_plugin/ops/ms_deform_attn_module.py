@@ -1,19 +1,26 @@
-"""MultiScaleDeformableAttention: the MSDeformAttn module of Deformable DETR (Zhu et al., 2021).
+"""MultiScaleDeformableAttention: the MSDeformAttn module of Deformable DETR (Zhu et al., 2021),
+with RT-DETRv2's per-level point counts and discrete sampling (Lv et al., 2024).
 
 Each query predicts, per head, level and point, a sampling offset around its reference point and an
-attention weight (softmax over levels x points); the projected value is sampled there by
-``multi_scale_deformable_attention``, and the heads are mixed by ``output_proj``. The calling layer
-adds the residual and dropout. Offsets and weights become sampling locations in
+attention weight (softmax over all of a head's level x point pairs); the projected value is sampled
+there by ``multi_scale_deformable_attention``, and the heads are mixed by ``output_proj``. The
+calling layer adds the residual and dropout. Offsets and weights become sampling locations in
 :class:`SamplingPoints`, a module without parameters whose output a forward hook can record.
+
+Point layout: level l has P_l points per head; the linear layers' outputs are ordered
+(head, point, xy) with level l's points contiguous, which for P points on every level is
+Deformable DETR's (head, level, point, xy) and for a list is RT-DETRv2's ``num_points_list``
+layout, so the checkpoints of both load unchanged.
 """
 import math
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from ..registry import MODELS
-from .ms_deform_attn import multi_scale_deformable_attention
+from .level_index import point_level_tensors
+from .ms_deform_attn import METHODS, multi_scale_deformable_attention
 
 
 class SamplingPoints(nn.Module):
@@ -22,7 +29,14 @@ class SamplingPoints(nn.Module):
     A step of :class:`MultiScaleDeformableAttention` with no parameters, kept as a module of its
     own so that a forward hook sees exactly the locations and weights handed to the op (e.g.
     tools/analysis/visualize_sampling_points.py); hooks receive the inputs too.
+
+    Args:
+        level_points: (P_0, ..., P_{L-1}) sampling points per level.
     """
+
+    def __init__(self, level_points: Tuple[int, ...]):
+        super().__init__()
+        self.level_points = level_points
 
     def forward(self, reference_points: Tensor, offsets: Tensor, logits: Tensor,
                 spatial_shapes: Tensor) -> Tuple[Tensor, Tensor]:
@@ -30,23 +44,35 @@ class SamplingPoints(nn.Module):
         Args:
             reference_points: (bs, Q, L or 1, 2) points (x, y) or (..., 4) boxes (cx, cy, w, h),
                 normalized to [0, 1] of each level's padded map.
-            offsets: (bs, Q, heads, L, P, 2) as (x, y): in pixels of level l for point references,
-                in units of the box's half size / P for box references.
-            logits: (bs, Q, heads, L * P) attention logits.
+            offsets: (x, y), (bs, Q, heads, L, P, 2) when every level has P points, else
+                (bs, Q, heads, sum(P_l), 2): in pixels of the point's level for point
+                references, in units of the box's half size / P_l for box references.
+            logits: (bs, Q, heads, sum(P_l)) attention logits.
             spatial_shapes: (L, 2) integer (H_l, W_l).
 
         Returns:
-            Locations (bs, Q, heads, L, P, 2) as (x, y), normalized to [0, 1] of level l's padded
-            map, and weights (bs, Q, heads, L, P), a softmax over each head's L * P points.
+            Locations shaped like offsets, (x, y) normalized to [0, 1] of the point's level's
+            padded map, and weights shaped like offsets without the last dimension, a softmax
+            over each head's sum(P_l) points.
         """
-        bs, num_query, heads, levels, points, _ = offsets.shape
-        weights = logits.softmax(-1).view(bs, num_query, heads, levels, points)
-        ref = reference_points[:, :, None, :, None, :]  # (bs, Q, 1, L or 1, 1, 2|4)
+        weights = logits.softmax(-1).view(offsets.shape[:-1])
+        if offsets.dim() == 6:  # P points on every level: broadcast over the points
+            ref = reference_points[:, :, None, :, None, :]  # (bs, Q, 1, L or 1, 1, 2|4)
+            size_xy = spatial_shapes.flip(-1)[None, None, None, :, None, :]  # (W_l, H_l)
+            points = offsets.shape[4]
+        else:  # per point: its level's reference, map size and point count
+            levels, counts = point_level_tensors(self.level_points, offsets.device)
+            if reference_points.shape[2] > 1:
+                reference_points = reference_points.index_select(2, levels)
+            ref = reference_points[:, :, None]  # (bs, Q, 1, sum(P_l) or 1, 2|4)
+            size_xy = spatial_shapes.flip(-1).index_select(0, levels)  # (sum(P_l), 2)
+            points = counts[:, None]  # (sum(P_l), 1)
         if reference_points.shape[-1] == 2:
             # offsets are in pixels of each level: (W_l, H_l) normalizes them
-            size_xy = spatial_shapes.flip(-1).to(offsets.dtype)  # (L, 2) as (W_l, H_l)
-            return ref + offsets / size_xy[None, None, None, :, None, :], weights
-        # offsets are in units of the box's half size, divided among the points
+            return ref + offsets / size_xy.to(offsets.dtype), weights
+        # offsets are in units of the box's half size, divided among the level's points: the
+        # original's offsets * (1 / P_l) * wh * offset_scale (0.5), bitwise when P_l is a power
+        # of two
         return ref[..., :2] + offsets / points * ref[..., 2:] * 0.5, weights
 
 
@@ -58,38 +84,49 @@ class MultiScaleDeformableAttention(nn.Module):
         embed_dims: channels C of query, value and output; divisible by num_heads.
         num_heads: attention heads; each samples C / num_heads channels.
         num_levels: feature levels L.
-        num_points: sampling points P per head and level.
+        num_points: sampling points per head and level: P (every level) or [P_0, ..., P_{L-1}]
+            (RT-DETRv2's ``num_points`` list).
+        method: 'default' (bilinear sampling) or 'discrete' (RT-DETRv2's nearest-cell sampling;
+            its locations get no gradient, so sampling_offsets is frozen, as in the original).
         backend: forwarded to ``multi_scale_deformable_attention`` (None: automatic).
     """
 
     def __init__(self, embed_dims: int = 256, num_heads: int = 8, num_levels: int = 4,
-                 num_points: int = 4, backend: Optional[str] = None):
+                 num_points: Union[int, Sequence[int]] = 4, method: str = 'default',
+                 backend: Optional[str] = None):
         super().__init__()
         if embed_dims % num_heads != 0:
             raise ValueError(f'embed_dims ({embed_dims}) must be divisible by num_heads '
                              f'({num_heads})')
+        self.level_points = _level_points(num_points, num_levels)
+        if method not in METHODS:
+            raise ValueError(f'method must be one of {METHODS}, got {method!r}')
         self.embed_dims = embed_dims
         self.num_heads = num_heads
         self.num_levels = num_levels
         self.num_points = num_points
+        self.method = method
         self.backend = backend
-        self.sampling_offsets = nn.Linear(embed_dims, num_heads * num_levels * num_points * 2)
-        self.attention_weights = nn.Linear(embed_dims, num_heads * num_levels * num_points)
+        total_points = num_heads * sum(self.level_points)
+        self.sampling_offsets = nn.Linear(embed_dims, total_points * 2)
+        self.attention_weights = nn.Linear(embed_dims, total_points)
         self.value_proj = nn.Linear(embed_dims, embed_dims)
         self.output_proj = nn.Linear(embed_dims, embed_dims)
-        self.sampling_points = SamplingPoints()
+        self.sampling_points = SamplingPoints(self.level_points)
         self.init_weights()
+        if method == 'discrete':
+            self.sampling_offsets.requires_grad_(False)
 
     def init_weights(self) -> None:
-        """Offsets start on a circle per head, at distance i + 1 for point i (bias only, weight 0);
-        attention starts uniform (weight and bias 0); projections are xavier-uniform, bias 0."""
+        """Offsets start on a circle per head, at distance i + 1 for a level's point i (bias only,
+        weight 0); attention starts uniform (weight and bias 0); projections are xavier-uniform,
+        bias 0."""
         thetas = torch.arange(self.num_heads, dtype=torch.float32) * (2.0 * math.pi / self.num_heads)
         grid = torch.stack([thetas.cos(), thetas.sin()], -1)  # (heads, 2) as (x, y)
         grid = grid / grid.abs().max(-1, keepdim=True).values  # onto the square of radius 1
-        scale = torch.arange(1, self.num_points + 1, dtype=torch.float32)  # (points,)
-        # (heads, levels, points, 2): the same circle on every level, point i at distance i + 1
-        bias = grid[:, None, None, :] * scale[None, None, :, None]
-        bias = bias.expand(self.num_heads, self.num_levels, self.num_points, 2)
+        # (sum(P_l),): 1..P_l on each level
+        scale = torch.cat([torch.arange(1, n + 1, dtype=torch.float32) for n in self.level_points])
+        bias = grid[:, None, :] * scale[None, :, None]  # (heads, sum(P_l), 2)
         with torch.no_grad():
             self.sampling_offsets.weight.zero_()
             self.sampling_offsets.bias.copy_(bias.reshape(-1))
@@ -102,7 +139,7 @@ class MultiScaleDeformableAttention(nn.Module):
     def forward(self, query: Tensor, reference_points: Tensor, value: Tensor,
                 spatial_shapes: Tensor, level_start_index: Tensor,
                 value_padding_mask: Optional[Tensor] = None) -> Tensor:
-        """Attends from each query to P points per head and level around its reference.
+        """Attends from each query to P_l points per head and level l around its reference.
 
         Args:
             query: (bs, num_query, C), positional embedding already added.
@@ -116,7 +153,7 @@ class MultiScaleDeformableAttention(nn.Module):
             (bs, num_query, C), after output_proj.
         """
         bs, num_query, _ = query.shape
-        heads, levels, points = self.num_heads, self.num_levels, self.num_points
+        heads, levels = self.num_heads, self.num_levels
         if value.dim() != 3 or value.shape[0] != bs or value.shape[2] != self.embed_dims:
             raise ValueError(f'value must be (bs={bs}, num_value, {self.embed_dims}), got '
                              f'{tuple(value.shape)}')
@@ -137,13 +174,27 @@ class MultiScaleDeformableAttention(nn.Module):
             value = value.masked_fill(value_padding_mask[..., None], 0.0)
         value = value.view(bs, -1, heads, self.embed_dims // heads)
 
-        offsets = self.sampling_offsets(query).view(bs, num_query, heads, levels, points, 2)
-        logits = self.attention_weights(query).view(bs, num_query, heads, levels * points)
+        # (L, P) when every level has P points (Deformable DETR's layout), else (sum(P_l),)
+        uniform = len(set(self.level_points)) == 1
+        points = (levels, self.level_points[0]) if uniform else (sum(self.level_points),)
+        offsets = self.sampling_offsets(query).view(bs, num_query, heads, *points, 2)
+        logits = self.attention_weights(query).view(bs, num_query, heads, -1)
         locations, weights = self.sampling_points(reference_points, offsets, logits, spatial_shapes)
         # One dtype for the op. Under autocast, float32 locations are kept (and the rest upcast):
         # bfloat16 locations would move samples by up to half a pixel on a 150-pixel-wide level.
         dtype = torch.promote_types(value.dtype, locations.dtype)
         output = multi_scale_deformable_attention(
             value.to(dtype), spatial_shapes, level_start_index, locations.to(dtype),
-            weights.to(dtype), backend=self.backend)
+            weights.to(dtype), backend=self.backend, num_points=self.level_points,
+            method=self.method)
         return self.output_proj(output)  # (bs, num_query, C)
+
+
+def _level_points(num_points: Union[int, Sequence[int]], num_levels: int) -> Tuple[int, ...]:
+    """num_points as an int or a list of num_levels ints -> (P_0, ..., P_{L-1}), all positive."""
+    listed = isinstance(num_points, (list, tuple))
+    counts = tuple(num_points) if listed else (num_points,) * num_levels
+    if len(counts) != num_levels or not all(isinstance(n, int) and n > 0 for n in counts):
+        raise ValueError(f'num_points must be a positive int or a list of num_levels '
+                         f'({num_levels}) positive ints, got {num_points!r}')
+    return counts

@@ -204,3 +204,159 @@ def test_traced_graph_uses_the_pytorch_path(msda_ref):
     assert 'grid_sampler' in str(traced.graph)
     torch.testing.assert_close(traced(value, loc, weight), msda(value, spatial_shapes, start, loc,
                                                                 weight))
+
+
+# -- per-level point counts and discrete sampling (RT-DETRv2) -------------------------------------
+
+UNEVEN = [((3, 6, 3), [(4, 5), (3, 3), (1, 2)]), ((1, 1, 1), [(5, 4), (2, 3), (2, 2)]),
+          ((2, 5), [(3, 7), (2, 2)]), ((4,), [(3, 3)])]
+
+
+@pytest.mark.parametrize('num_points,shapes', UNEVEN)
+def test_uneven_points_match_naive_loop(msda_ref, num_points, shapes):
+    gen = torch.Generator().manual_seed(sum(num_points))
+    value, spatial_shapes, start, loc, weight = msda_ref.random_inputs(
+        2, 3, 2, 3, shapes, num_points, margin=0.3, generator=gen)
+    assert loc.shape == (2, 3, 2, sum(num_points), 2)
+    out = msda(value, spatial_shapes, start, loc, weight, backend='pytorch', num_points=num_points)
+    expected = msda_ref.naive_msda(value, shapes, loc, weight, num_points)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_naive_loop_reads_each_level_with_its_own_points(msda_ref):
+    """The reference itself, by hand: level 0 has 1 point, level 1 has 2, on pixel centres."""
+    value = torch.arange(4 + 2, dtype=torch.float64).view(1, 6, 1, 1)  # (2, 2) map, then (1, 2)
+    loc = torch.tensor([[0.75, 0.25], [0.25, 0.5], [0.75, 0.5]], dtype=torch.float64)
+    weight = torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64)
+    out = msda_ref.naive_msda(value, [(2, 2), (1, 2)], loc.view(1, 1, 1, 3, 2),
+                              weight.view(1, 1, 1, 3), (1, 2))
+    # level 0 pixel (row 0, col 1) = 1; level 1 pixels 0 and 1 = tokens 4 and 5
+    assert out.item() == pytest.approx(0.5 * 1 + 0.25 * 4 + 0.25 * 5)
+
+
+def test_uneven_points_gradcheck(msda_ref):
+    gen = torch.Generator().manual_seed(5)
+    value, spatial_shapes, start, loc, weight = msda_ref.random_inputs(
+        1, 2, 2, 3, [(3, 4), (2, 2)], (1, 3), margin=0.2, generator=gen)
+    inputs = [t.requires_grad_() for t in (value, loc, weight)]
+
+    def fn(v, l, w):
+        return msda(v, spatial_shapes, start, l, w, backend='pytorch', num_points=(1, 3))
+
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7)
+
+
+def test_uneven_points_gradients_match_reference(msda_ref):
+    shapes, num_points = [(5, 3), (2, 4), (3, 3)], (2, 4, 1)
+    gen = torch.Generator().manual_seed(6)
+    value, spatial_shapes, start, loc, weight = msda_ref.random_inputs(
+        2, 5, 2, 4, shapes, num_points, margin=0.4, generator=gen)
+    grad_out = torch.randn(2, 5, 8, dtype=torch.float64, generator=gen)
+    grads = []
+    for fn in (lambda v, l, w: msda(v, spatial_shapes, start, l, w, num_points=num_points),
+               lambda v, l, w: msda_ref.gather_msda(v, shapes, l, w, num_points)):
+        inputs = [t.detach().clone().requires_grad_() for t in (value, loc, weight)]
+        grads.append(torch.autograd.grad(fn(*inputs), inputs, grad_out))
+    for ours, ref in zip(*grads):
+        torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize('num_points,shapes', UNEVEN + [((2, 2), [(4, 6), (3, 2)])])
+def test_discrete_matches_nearest_cell_loop(msda_ref, num_points, shapes):
+    """Points far off the map (margin 0.5) read the clamped border cell; rectangular maps too."""
+    gen = torch.Generator().manual_seed(10 + sum(num_points))
+    value, spatial_shapes, start, loc, weight = msda_ref.random_inputs(
+        2, 4, 2, 3, shapes, num_points, margin=0.5, generator=gen)
+    out = msda(value, spatial_shapes, start, loc, weight, num_points=num_points, method='discrete')
+    expected = msda_ref.naive_discrete_msda(value, shapes, loc, weight, num_points)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(msda_ref.gather_msda(value, shapes, loc, weight, num_points,
+                                                    method='discrete'), expected)
+
+
+def test_discrete_cells_by_hand():
+    """floor(x * W + 0.5), clamped: on a 2 x 4 map, x = 0.1 -> 0.9 -> column 0, x = 0.125 ->
+    1.0 -> column 1, x = 0.6 -> 2.9 -> 2, x = -0.3 and 1.2 -> clamped to 0 and 3; y = 0.2 -> 0.9
+    -> row 0, y = 0.25 -> 1.0 -> row 1, y = 2.0 -> clamped to 1."""
+    value = torch.arange(8, dtype=torch.float64).view(1, 8, 1, 1)  # token = 4 * row + col
+    pairs = [(0.1, 0.2, 0), (0.125, 0.2, 1), (0.6, 0.25, 6), (-0.3, 0.25, 4), (1.2, 2.0, 7),
+             (1.2, -5.0, 3)]
+    loc = torch.tensor([p[:2] for p in pairs], dtype=torch.float64).view(1, len(pairs), 1, 1, 2)
+    weight = torch.ones(1, len(pairs), 1, 1, dtype=torch.float64)
+    out = msda(value, torch.tensor([[2, 4]]), torch.tensor([0]), loc, weight, num_points=[1],
+               method='discrete')
+    assert out.view(-1).tolist() == [p[2] for p in pairs]
+
+
+def test_discrete_rounds_float32_as_the_original():
+    """The original computes (loc * [W, H] + 0.5).to(int64) in float32, then clamps to [0, H - 1]
+    (square maps). Locations just below a cell boundary, where float32 rounding of loc * W + 0.5
+    decides the cell, must land where that formula puts them."""
+    size = 80  # RT-DETR's stride-8 level at 640 x 640
+    gen = torch.Generator().manual_seed(0)
+    centres = (torch.arange(size + 2, dtype=torch.float64) - 1.5) / size  # loc * W + 0.5 = integer
+    loc = torch.cat([centres.float(), torch.nextafter(centres.float(), torch.tensor(-1.0)),
+                     torch.rand(64, generator=gen) * 1.2 - 0.1])
+    loc = torch.stack([loc, loc.flip(0)], -1)  # (n, 2) float32 as (x, y)
+    n = loc.shape[0]
+    cells = (loc * torch.tensor([[size, size]]) + 0.5).to(torch.int64).clamp(0, size - 1)
+    value = torch.randn(1, size * size, 1, 4, generator=gen)
+    expected = value[0, cells[:, 1] * size + cells[:, 0], 0]  # (n, 4)
+    out = msda(value, torch.tensor([[size, size]]), torch.tensor([0]), loc.view(1, n, 1, 1, 2),
+               torch.ones(1, n, 1, 1), num_points=(1,), method='discrete')
+    assert torch.equal(out.view(n, 4), expected)
+
+
+def test_discrete_gives_no_location_gradient(msda_ref):
+    """As the original (its rounding cuts the graph): value and weights get gradients, the
+    locations none."""
+    shapes, num_points = [(4, 4), (2, 3)], (3, 2)
+    gen = torch.Generator().manual_seed(7)
+    value, spatial_shapes, start, loc, weight = msda_ref.random_inputs(
+        1, 4, 2, 3, shapes, num_points, margin=0.3, generator=gen)
+    grad_out = torch.randn(1, 4, 6, dtype=torch.float64, generator=gen)
+    inputs = [t.requires_grad_() for t in (value, loc, weight)]
+    out = msda(value, spatial_shapes, start, loc, weight, num_points=num_points, method='discrete')
+    out.backward(grad_out)
+    assert loc.grad is None
+    ref_inputs = [t.detach().clone().requires_grad_() for t in (value, weight)]
+    ref = msda_ref.gather_msda(ref_inputs[0], shapes, loc.detach(), ref_inputs[1], num_points,
+                               method='discrete')
+    ref_grads = torch.autograd.grad(ref, ref_inputs, grad_out)
+    torch.testing.assert_close(value.grad, ref_grads[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(weight.grad, ref_grads[1], rtol=1e-12, atol=1e-12)
+    assert inputs[0].grad.abs().sum() > 0
+
+
+def flat_valid_inputs():
+    inputs = valid_inputs()  # 2 levels with 3 points each
+    inputs['sampling_locations'] = torch.rand(2, 5, 2, 1 + 4, 2)
+    inputs['attention_weights'] = torch.rand(2, 5, 2, 1 + 4)
+    return dict(inputs, num_points=(1, 4))
+
+
+BAD_POINTS = [
+    ('num_points', flat_valid_inputs(), dict(num_points=None)),  # the flat layout needs it
+    ('num_points', flat_valid_inputs(), dict(num_points=(2, 4))),  # sums to 6, not 5
+    ('num_points', flat_valid_inputs(), dict(num_points=(1, 2, 2))),  # 3 levels, not 2
+    ('num_points', flat_valid_inputs(), dict(num_points=(0, 5))),
+    ('num_points', valid_inputs(), dict(num_points=(3, 2))),  # the (L, P) layout has 3 and 3
+    ('attention_weights', flat_valid_inputs(), dict(attention_weights=torch.rand(2, 5, 2, 4))),
+    ('attention_weights', flat_valid_inputs(), dict(attention_weights=torch.rand(2, 5, 2, 1, 5))),
+    ('method', flat_valid_inputs(), dict(method='nearest')),
+]
+
+
+@pytest.mark.parametrize('name,inputs,change', BAD_POINTS)
+def test_bad_point_counts_raise_naming_the_argument(name, inputs, change):
+    with pytest.raises(ValueError, match=name):
+        msda(**{**inputs, **change})
+
+
+def test_uniform_counts_accept_both_layouts():
+    inputs = valid_inputs()
+    per_level = msda(**inputs, num_points=(3, 3))
+    flat = msda(**dict(inputs, sampling_locations=inputs['sampling_locations'].flatten(3, 4),
+                       attention_weights=inputs['attention_weights'].flatten(3, 4)),
+                num_points=(3, 3))
+    assert torch.equal(per_level, flat) and torch.equal(per_level, msda(**inputs))

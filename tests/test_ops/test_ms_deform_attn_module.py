@@ -187,3 +187,149 @@ def test_bad_inputs_raise_naming_the_argument(change, name):
              value_padding_mask=args['mask'])
     with pytest.raises(ValueError, match='num_heads'):
         MultiScaleDeformableAttention(embed_dims=10, num_heads=4)
+
+
+# -- per-level point counts and discrete sampling (RT-DETRv2) -------------------------------------
+
+@pytest.mark.parametrize('ref_dims', [2, 4])
+def test_uniform_list_equals_int_bitwise(ref_dims):
+    """num_points=[4, 4, 4] is num_points=4: same parameters (names, shapes, initial values) and
+    bitwise the same outputs, so existing checkpoints load and run unchanged."""
+    shapes = torch.tensor([[6, 5], [3, 3], [2, 1]])
+    start = torch.tensor([0, 30, 39])
+    modules = []
+    for num_points in (4, [4, 4, 4]):
+        torch.manual_seed(0)
+        modules.append(MultiScaleDeformableAttention(16, 2, 3, num_points, backend='pytorch'))
+    as_int, as_list = modules
+    assert {k: v.shape for k, v in as_int.state_dict().items()} == \
+        {k: v.shape for k, v in as_list.state_dict().items()}
+    assert all(torch.equal(a, b) for a, b in zip(as_int.state_dict().values(),
+                                                  as_list.state_dict().values()))
+    with torch.no_grad():
+        for param in as_int.parameters():
+            param.normal_(0, 0.5)
+    as_list.load_state_dict(as_int.state_dict())
+    gen = torch.Generator().manual_seed(1)
+    query, value = torch.randn(2, 5, 16, generator=gen), torch.randn(2, 41, 16, generator=gen)
+    ref = torch.rand(2, 5, 1, ref_dims, generator=gen)
+    assert torch.equal(as_int(query, ref, value, shapes, start),
+                       as_list(query, ref, value, shapes, start))
+
+
+UNEVEN_POINTS = [3, 1]  # level 0: 3 points, level 1: 1 point (SHAPES has 2 levels)
+
+
+def make_uneven_module(seed=0, method='default'):
+    torch.manual_seed(seed)
+    attn = MultiScaleDeformableAttention(EMBED, HEADS, LEVELS, UNEVEN_POINTS, method=method,
+                                         backend='pytorch').double()
+    with torch.no_grad():
+        for param in attn.parameters():
+            param.normal_(0, 0.5)
+    return attn
+
+
+def expected_uneven_output(attn, query, ref, value, msda_ref, discrete=False):
+    """RT-DETRv2's computation written out per point: point p of level l (P_l points) samples
+    ref + offset / (W_l, H_l) (point references) or ref_xy + offset * (1 / P_l) * ref_wh * 0.5
+    (box references: the original's num_points_scale and offset_scale)."""
+    bs, num_query, _ = query.shape
+    total = sum(UNEVEN_POINTS)
+    v = value @ attn.value_proj.weight.T + attn.value_proj.bias
+    v = v.view(bs, -1, HEADS, EMBED // HEADS)
+    offsets = (query @ attn.sampling_offsets.weight.T + attn.sampling_offsets.bias).view(
+        bs, num_query, HEADS, total, 2)
+    logits = (query @ attn.attention_weights.weight.T + attn.attention_weights.bias).view(
+        bs, num_query, HEADS, total)
+    weights = logits.exp() / logits.exp().sum(-1, keepdim=True)  # over all level x point pairs
+    levels = [level for level, n in enumerate(UNEVEN_POINTS) for _ in range(n)]
+    loc = torch.empty(bs, num_query, HEADS, total, 2, dtype=torch.float64)
+    for b in range(bs):
+        for q in range(num_query):
+            for h in range(HEADS):
+                for p, level in enumerate(levels):
+                    r = ref[b, q, level if ref.shape[2] > 1 else 0]
+                    dx, dy = offsets[b, q, h, p]
+                    height, width = SHAPES[level]
+                    if ref.shape[-1] == 2:
+                        loc[b, q, h, p] = torch.stack([r[0] + dx / width, r[1] + dy / height])
+                    else:
+                        scale = 1.0 / UNEVEN_POINTS[level]
+                        loc[b, q, h, p] = torch.stack([r[0] + dx * scale * r[2] * 0.5,
+                                                       r[1] + dy * scale * r[3] * 0.5])
+    reference = msda_ref.naive_discrete_msda if discrete else msda_ref.naive_msda
+    sampled = reference(v, SHAPES, loc, weights, UNEVEN_POINTS)
+    return sampled @ attn.output_proj.weight.T + attn.output_proj.bias
+
+
+@pytest.mark.parametrize('ref_dims', [2, 4])
+@pytest.mark.parametrize('ref_levels', [LEVELS, 1])
+def test_uneven_points_forward_matches_hand_computation(msda_ref, ref_dims, ref_levels):
+    attn = make_uneven_module()
+    query, ref, value, spatial_shapes, start = make_inputs(ref_dims, ref_levels)
+    assert attn.sampling_offsets.out_features == HEADS * 4 * 2
+    with torch.no_grad():
+        out = attn(query, ref, value, spatial_shapes, start)
+        expected = expected_uneven_output(attn, query, ref, value, msda_ref)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_uneven_points_hook_sees_the_flat_layout():
+    attn = make_uneven_module(1)
+    query, ref, value, spatial_shapes, start = make_inputs(4)
+    hooked = []
+    attn.sampling_points.register_forward_hook(lambda module, args, out: hooked.append(out))
+    with torch.no_grad():
+        attn(query, ref, value, spatial_shapes, start)
+    (locations, weights), = hooked
+    assert locations.shape == (2, 3, HEADS, 4, 2) and weights.shape == (2, 3, HEADS, 4)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3, HEADS, dtype=torch.float64))
+
+
+def test_uneven_init_matches_the_original_rule():
+    """RT-DETRv2's init: head h's direction times 1..P_l for the points of level l."""
+    heads = 4
+    attn = MultiScaleDeformableAttention(32, heads, 3, [3, 6, 3])
+    bias = attn.sampling_offsets.bias.view(heads, 12, 2)
+    directions = [(1.0, 0.0), (0.0, 1.0), (-1.0, 0.0), (0.0, -1.0)]  # 0, 90, 180, 270 degrees
+    steps = [1, 2, 3, 1, 2, 3, 4, 5, 6, 1, 2, 3]
+    for h, (dx, dy) in enumerate(directions):
+        for p, step in enumerate(steps):
+            assert bias[h, p].tolist() == pytest.approx([dx * step, dy * step], abs=1e-6)
+    assert attn.attention_weights.out_features == heads * 12
+
+
+@pytest.mark.parametrize('ref_dims', [2, 4])
+def test_discrete_module_matches_hand_computation(msda_ref, ref_dims):
+    attn = make_uneven_module(2, method='discrete')
+    query, ref, value, spatial_shapes, start = make_inputs(ref_dims)
+    with torch.no_grad():
+        out = attn(query, ref, value, spatial_shapes, start)
+        expected = expected_uneven_output(attn, query, ref, value, msda_ref, discrete=True)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_discrete_module_freezes_sampling_offsets():
+    """As the original: discrete sampling has no location gradient, so sampling_offsets is frozen
+    (no gradient, skipped by optimizers); the other parameters learn."""
+    attn = make_uneven_module(3, method='discrete')
+    assert not any(p.requires_grad for p in attn.sampling_offsets.parameters())
+    query, ref, value, spatial_shapes, start = make_inputs(4)
+    attn(query, ref, value, spatial_shapes, start).square().sum().backward()
+    for name, param in attn.named_parameters():
+        if name.startswith('sampling_offsets'):
+            assert param.grad is None, name
+        else:
+            assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize('kwargs,name', [
+    (dict(num_points=[4, 4]), 'num_points'),  # 3 levels
+    (dict(num_points=[4, 0, 4]), 'num_points'),
+    (dict(num_points=2.5), 'num_points'),
+    (dict(method='bicubic'), 'method'),
+])
+def test_bad_point_arguments_raise(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        MultiScaleDeformableAttention(16, 2, 3, **kwargs)

@@ -6,8 +6,8 @@
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("ms_deform_attn_forward", &detr_plugin::ms_deform_attn_forward,
         "MSDA forward: (value, spatial_shapes, level_start_index, sampling_locations, "
-        "attention_weights) -> output (bs, num_query, heads * dim)");
+        "attention_weights, level_points, discrete) -> output (bs, num_query, heads * dim)");
   m.def("ms_deform_attn_backward", &detr_plugin::ms_deform_attn_backward,
-        "MSDA backward: (..., grad_output) -> [grad_value, grad_sampling_locations, "
-        "grad_attention_weights]");
+        "MSDA backward: (value, ..., attention_weights, grad_output, level_points, discrete) -> "
+        "[grad_value, grad_sampling_locations, grad_attention_weights]");
 }

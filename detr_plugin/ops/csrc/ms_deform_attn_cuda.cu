@@ -15,6 +15,10 @@
 //   group's lanes with xor shuffles (no shared memory, no barriers). grad_value is accumulated
 //   with atomics into an fp32 buffer (float4 vector atomics on sm_90), cast to the storage type at
 //   the end. These atomics bound the backward's speed (docs/msda_notes.md).
+// - levels may have different point counts (Problem::level_points, kernel parameters: no device
+//   array, nothing to copy per call); a head's points are contiguous, level by level.
+// - discrete sampling (RT-DETRv2) is a template flag: one corner, the nearest cell, with weight 1,
+//   through the same code (the compiler drops the other three corners); no location gradient.
 // Accumulation is fp32 for float, half and bfloat16 storage, and double for double.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -199,9 +203,57 @@ __device__ __forceinline__ bool footprint(T loc_x, T loc_y, int height, int widt
   return true;
 }
 
+// Discrete sampling's cell index along one axis: floor(loc * size + 0.5) clamped to [0, size - 1],
+// with loc * size and + 0.5 each rounded in T, as the PyTorch path (and RT-DETRv2) computes them,
+// so that both pick the same cell. Clamping before the cast gives the same index (and 0 for NaN).
+template <typename T>
+__device__ __forceinline__ int nearest_index(T loc, int size) {
+  using A = typename AccType<T>::type;
+  A x;
+  if constexpr (std::is_same_v<T, float>) {
+    x = __fadd_rn(__fmul_rn(loc, static_cast<float>(size)), 0.5f);  // no fused multiply-add
+  } else if constexpr (std::is_same_v<T, double>) {
+    x = __dadd_rn(__dmul_rn(loc, static_cast<double>(size)), 0.5);
+  } else {  // 16-bit: float arithmetic rounded to T after each step, as torch does
+    const T scaled = from_acc<T>(to_acc<float>(loc) * static_cast<float>(size));
+    x = to_acc<float>(from_acc<T>(to_acc<float>(scaled) + 0.5f));
+  }
+  if (!(x >= A(0))) return 0;
+  if (x >= static_cast<A>(size - 1)) return size - 1;
+  return static_cast<int>(x);
+}
+
+// The footprint of a point under discrete sampling: corner 0 is the nearest cell, with weight 1
+// (fx = fy = 0); the other corners are off. Always on the map (clamped).
+template <typename A, typename T>
+__device__ __forceinline__ bool nearest_footprint(T loc_x, T loc_y, int height, int width,
+                                                  Footprint<A>& f) {
+  f.offset[0] = nearest_index(loc_y, height) * width + nearest_index(loc_x, width);
+  f.offset[1] = f.offset[2] = f.offset[3] = f.offset[0];
+  f.inside[0] = true;
+  f.inside[1] = f.inside[2] = f.inside[3] = false;
+  f.fx = f.fy = A(0);
+  return true;
+}
+
+template <bool kDiscrete, typename A, typename T>
+__device__ __forceinline__ bool point_footprint(T loc_x, T loc_y, int height, int width,
+                                                Footprint<A>& f) {
+  if constexpr (kDiscrete) {
+    return nearest_footprint(loc_x, loc_y, height, width, f);
+  } else {
+    return footprint(loc_x, loc_y, height, width, f);
+  }
+}
+
+// At most this many levels (their point counts travel in the kernel parameters).
+constexpr int kMaxLevels = 32;
+
 // Sizes of one call; value tokens per batch element times heads * dim fit in int (checked).
 struct Problem {
-  int batch, num_value, num_query, heads, dim, levels, points;
+  int batch, num_value, num_query, heads, dim, levels;
+  int points_per_head;  // sum of level_points
+  int level_points[kMaxLevels];  // sampling points of each level
 };
 
 // Which (batch, query, head, channels) a lane serves. Groups are numbered query-major (the groups
@@ -245,7 +297,7 @@ struct LaneWork {
 // and single points by 2-7% on an H100 (v5 in the notes).
 constexpr int kBackwardChunk = 2;
 
-template <typename T, int VEC, int G>
+template <typename T, int VEC, int G, bool kDiscrete>
 __global__ void __launch_bounds__(kThreads)
     msda_forward_kernel(const T* __restrict__ value, const int64_t* __restrict__ spatial_shapes,
                         const int64_t* __restrict__ level_start_index,
@@ -259,9 +311,8 @@ __global__ void __launch_bounds__(kThreads)
   const LaneWork<VEC, G> w(group, num_slabs, p, head_major);
   if (w.channel >= p.dim) return;  // generic path: dim not a multiple of the slab width
   const int token_stride = p.heads * p.dim;
-  const int points_per_head = p.levels * p.points;
-  const T* loc = sampling_locations + w.query_head * points_per_head * 2;
-  const T* weight = attention_weights + w.query_head * points_per_head;
+  const T* loc = sampling_locations + w.query_head * p.points_per_head * 2;
+  const T* weight = attention_weights + w.query_head * p.points_per_head;
 
   A acc[VEC];
 #pragma unroll
@@ -270,10 +321,11 @@ __global__ void __launch_bounds__(kThreads)
     const int height = static_cast<int>(__ldg(spatial_shapes + 2 * level));
     const int width = static_cast<int>(__ldg(spatial_shapes + 2 * level + 1));
     const T* value_level = value + w.value_offset + __ldg(level_start_index + level) * token_stride;
+    const int points = p.level_points[level];
 #pragma unroll 1
-    for (int point = 0; point < p.points; ++point, loc += 2, ++weight) {
+    for (int point = 0; point < points; ++point, loc += 2, ++weight) {
       Footprint<A> f;
-      if (!footprint(loc[0], loc[1], height, width, f)) continue;
+      if (!point_footprint<kDiscrete>(loc[0], loc[1], height, width, f)) continue;
       const A a = to_acc<A>(*weight);
       const A hx = A(1) - f.fx, hy = A(1) - f.fy;
       const A corner_weight[4] = {a * hy * hx, a * hy * f.fx, a * f.fy * hx, a * f.fy * f.fx};
@@ -293,8 +345,9 @@ __global__ void __launch_bounds__(kThreads)
 // grad_value_acc: zeroed accumulation buffer shaped like value (fp32; double for double).
 // With one slab per head (fast paths, dim <= 32) each group owns its points' gradients and writes
 // grad_loc / grad_weight; with several slabs they are summed atomically into the zeroed buffers
-// grad_loc_acc / grad_weight_acc instead.
-template <typename T, int VEC, int G>
+// grad_loc_acc / grad_weight_acc instead. Discrete sampling writes zero location gradients (or
+// leaves the zeroed buffer).
+template <typename T, int VEC, int G, bool kDiscrete>
 __global__ void __launch_bounds__(kThreads) msda_backward_kernel(
     const T* __restrict__ value, const int64_t* __restrict__ spatial_shapes,
     const int64_t* __restrict__ level_start_index, const T* __restrict__ sampling_locations,
@@ -311,8 +364,7 @@ __global__ void __launch_bounds__(kThreads) msda_backward_kernel(
       G == 32 ? 0xffffffffu : ((1u << G) - 1u) << (threadIdx.x % 32 / G * G);
   const bool active = w.channel < p.dim;  // generic path: idle lanes past dim
   const int token_stride = p.heads * p.dim;
-  const int points_per_head = p.levels * p.points;
-  int64_t level_first_point = w.query_head * points_per_head;  // index of (query_head, level, 0)
+  int64_t level_first_point = w.query_head * p.points_per_head;  // of (query_head, level, 0)
 
   A grad[VEC];
   if (active) {
@@ -321,7 +373,8 @@ __global__ void __launch_bounds__(kThreads) msda_backward_kernel(
 #pragma unroll
     for (int i = 0; i < VEC; ++i) grad[i] = A(0);
   }
-  for (int level = 0; level < p.levels; ++level, level_first_point += p.points) {
+  for (int level = 0; level < p.levels; ++level) {
+    const int points = p.level_points[level];
     const int height = static_cast<int>(__ldg(spatial_shapes + 2 * level));
     const int width = static_cast<int>(__ldg(spatial_shapes + 2 * level + 1));
     const int64_t level_offset = w.value_offset + __ldg(level_start_index + level) * token_stride;
@@ -329,15 +382,15 @@ __global__ void __launch_bounds__(kThreads) msda_backward_kernel(
     A* grad_value_level = grad_value_acc + level_offset;
     const T* loc = sampling_locations + 2 * level_first_point;
     const T* weight = attention_weights + level_first_point;
-    for (int first = 0; first < p.points; first += kBackwardChunk) {
+    for (int first = 0; first < points; first += kBackwardChunk) {
       Footprint<A> f[kBackwardChunk];
       bool on_map[kBackwardChunk];  // the same on every lane of the group
       A a[kBackwardChunk];
 #pragma unroll
       for (int j = 0; j < kBackwardChunk; ++j) {
         const int point = first + j;
-        on_map[j] = point < p.points &&
-                    footprint(loc[2 * point], loc[2 * point + 1], height, width, f[j]);
+        on_map[j] = point < points && point_footprint<kDiscrete>(loc[2 * point], loc[2 * point + 1],
+                                                                 height, width, f[j]);
         a[j] = on_map[j] ? to_acc<A>(weight[point]) : A(0);
       }
       // per point: d loss / d attention weight, and d loss / d fx, d fy over a; this lane's part
@@ -359,8 +412,10 @@ __global__ void __launch_bounds__(kThreads) msda_backward_kernel(
 #pragma unroll
           for (int i = 0; i < VEC; ++i) dot = fma(grad[i], v[i], dot);
           sum_w[j] = fma(corner_weight[k], dot, sum_w[j]);
-          sum_x[j] = fma(d_dx[k], dot, sum_x[j]);
-          sum_y[j] = fma(d_dy[k], dot, sum_y[j]);
+          if constexpr (!kDiscrete) {
+            sum_x[j] = fma(d_dx[k], dot, sum_x[j]);
+            sum_y[j] = fma(d_dy[k], dot, sum_y[j]);
+          }
           atomic_add_vec<VEC>(grad_value_level + f[j].offset[k] * token_stride, grad,
                               a[j] * corner_weight[k]);
         }
@@ -371,30 +426,35 @@ __global__ void __launch_bounds__(kThreads) msda_backward_kernel(
 #pragma unroll
         for (int j = 0; j < kBackwardChunk; ++j) {
           sum_w[j] += __shfl_xor_sync(group_mask, sum_w[j], offset);
-          sum_x[j] += __shfl_xor_sync(group_mask, sum_x[j], offset);
-          sum_y[j] += __shfl_xor_sync(group_mask, sum_y[j], offset);
+          if constexpr (!kDiscrete) {
+            sum_x[j] += __shfl_xor_sync(group_mask, sum_x[j], offset);
+            sum_y[j] += __shfl_xor_sync(group_mask, sum_y[j], offset);
+          }
         }
       }
       if (w.lane == 0) {
 #pragma unroll
         for (int j = 0; j < kBackwardChunk; ++j) {
           const int64_t point = level_first_point + first + j;
-          if (first + j >= p.points) break;
+          if (first + j >= points) break;
           // d pixel / d loc = size; points off the map have a = 0 and zero sums
-          const A grad_x = a[j] * static_cast<A>(width) * sum_x[j];
-          const A grad_y = a[j] * static_cast<A>(height) * sum_y[j];
+          const A grad_x = kDiscrete ? A(0) : a[j] * static_cast<A>(width) * sum_x[j];
+          const A grad_y = kDiscrete ? A(0) : a[j] * static_cast<A>(height) * sum_y[j];
           if (num_slabs == 1) {
             grad_loc[2 * point] = from_acc<T>(grad_x);
             grad_loc[2 * point + 1] = from_acc<T>(grad_y);
             grad_weight[point] = from_acc<T>(sum_w[j]);
           } else if (on_map[j]) {
-            atomicAdd(grad_loc_acc + 2 * point, grad_x);
-            atomicAdd(grad_loc_acc + 2 * point + 1, grad_y);
+            if constexpr (!kDiscrete) {
+              atomicAdd(grad_loc_acc + 2 * point, grad_x);
+              atomicAdd(grad_loc_acc + 2 * point + 1, grad_y);
+            }
             atomicAdd(grad_weight_acc + point, sum_w[j]);
           }
         }
       }
     }
+    level_first_point += points;
   }
 }
 
@@ -450,17 +510,17 @@ at::Tensor narrow_in_place(const at::Tensor& acc, at::ScalarType dtype) {
 
 void check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
                   const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
-                  const at::Tensor& attention_weights) {
+                  const at::Tensor& attention_weights, const std::vector<int64_t>& level_points) {
   for (const at::Tensor* t : {&value, &spatial_shapes, &level_start_index, &sampling_locations,
                               &attention_weights}) {
     TORCH_CHECK(t->is_cuda(), "ms_deform_attn: every input must be a CUDA tensor");
     TORCH_CHECK(t->device() == value.device(), "ms_deform_attn: inputs on different devices");
   }
   TORCH_CHECK(value.dim() == 4, "value must be (bs, num_value, heads, dim)");
-  TORCH_CHECK(sampling_locations.dim() == 6 && sampling_locations.size(5) == 2,
-              "sampling_locations must be (bs, num_query, heads, levels, points, 2)");
-  TORCH_CHECK(attention_weights.dim() == 5,
-              "attention_weights must be (bs, num_query, heads, levels, points)");
+  TORCH_CHECK(sampling_locations.dim() == 5 && sampling_locations.size(4) == 2,
+              "sampling_locations must be (bs, num_query, heads, sum(num_points), 2)");
+  TORCH_CHECK(attention_weights.dim() == 4,
+              "attention_weights must be (bs, num_query, heads, sum(num_points))");
   TORCH_CHECK(spatial_shapes.dim() == 2 && spatial_shapes.size(1) == 2,
               "spatial_shapes must be (levels, 2)");
   TORCH_CHECK(level_start_index.dim() == 1, "level_start_index must be (levels,)");
@@ -468,10 +528,20 @@ void check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
                   attention_weights.scalar_type() == value.scalar_type(),
               "value, sampling_locations and attention_weights must share a dtype");
   const int64_t levels = spatial_shapes.size(0);
-  TORCH_CHECK(level_start_index.size(0) == levels && sampling_locations.size(3) == levels &&
-                  attention_weights.size(3) == levels,
-              "number of levels differs between inputs");
-  for (int d = 0; d < 5; ++d) {
+  TORCH_CHECK(level_start_index.size(0) == levels &&
+                  static_cast<int64_t>(level_points.size()) == levels,
+              "number of levels differs between spatial_shapes, level_start_index, num_points");
+  TORCH_CHECK(levels <= kMaxLevels, "ms_deform_attn: at most ", kMaxLevels, " levels, got ",
+              levels);
+  int64_t total_points = 0;
+  for (const int64_t n : level_points) {
+    TORCH_CHECK(n > 0 && n < INT_MAX, "num_points must be positive, got ", n);
+    total_points += n;
+  }
+  TORCH_CHECK(sampling_locations.size(3) == total_points,
+              "sampling_locations has ", sampling_locations.size(3), " points, num_points sum to ",
+              total_points);
+  for (int d = 0; d < 4; ++d) {
     TORCH_CHECK(attention_weights.size(d) == sampling_locations.size(d),
                 "attention_weights and sampling_locations disagree in dimension ", d);
   }
@@ -480,16 +550,31 @@ void check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
   TORCH_CHECK(value.size(1) * value.size(2) * value.size(3) < INT_MAX,
               "value is too large per batch element for 32-bit offsets");
   TORCH_CHECK(sampling_locations.numel() < INT64_MAX / 2 && value.size(0) < INT_MAX &&
-                  sampling_locations.size(1) < INT_MAX &&
-                  levels * sampling_locations.size(4) < INT_MAX,
+                  sampling_locations.size(1) < INT_MAX && total_points < INT_MAX,
               "inputs too large");
 }
 
-Problem problem_of(const at::Tensor& value, const at::Tensor& sampling_locations) {
-  return Problem{static_cast<int>(value.size(0)), static_cast<int>(value.size(1)),
-                 static_cast<int>(sampling_locations.size(1)), static_cast<int>(value.size(2)),
-                 static_cast<int>(value.size(3)), static_cast<int>(sampling_locations.size(3)),
-                 static_cast<int>(sampling_locations.size(4))};
+Problem problem_of(const at::Tensor& value, const at::Tensor& sampling_locations,
+                   const std::vector<int64_t>& level_points) {
+  Problem p{};
+  p.batch = static_cast<int>(value.size(0));
+  p.num_value = static_cast<int>(value.size(1));
+  p.num_query = static_cast<int>(sampling_locations.size(1));
+  p.heads = static_cast<int>(value.size(2));
+  p.dim = static_cast<int>(value.size(3));
+  p.levels = static_cast<int>(level_points.size());
+  p.points_per_head = static_cast<int>(sampling_locations.size(3));
+  for (int level = 0; level < p.levels; ++level) {
+    p.level_points[level] = static_cast<int>(level_points[level]);
+  }
+  return p;
+}
+
+// Calls fn(integral_constant discrete) for the sampling method.
+template <typename Fn>
+void with_method(bool discrete, Fn&& fn) {
+  if (discrete) return fn(std::true_type{});
+  return fn(std::false_type{});
 }
 
 // Number of groups (one per batch, query, head and channel slab) and blocks for G-lane groups.
@@ -511,16 +596,17 @@ Launch launch_of(const Problem& p, int vec, int group_size) {
 at::Tensor ms_deform_attn_forward(const at::Tensor& value_in, const at::Tensor& spatial_shapes_in,
                                   const at::Tensor& level_start_index_in,
                                   const at::Tensor& sampling_locations_in,
-                                  const at::Tensor& attention_weights_in) {
+                                  const at::Tensor& attention_weights_in,
+                                  const std::vector<int64_t>& level_points, bool discrete) {
   check_inputs(value_in, spatial_shapes_in, level_start_index_in, sampling_locations_in,
-               attention_weights_in);
+               attention_weights_in, level_points);
   const c10::cuda::CUDAGuard guard(value_in.device());
   const at::Tensor value = value_in.contiguous();
   const at::Tensor spatial_shapes = spatial_shapes_in.to(at::kLong).contiguous();
   const at::Tensor level_start_index = level_start_index_in.to(at::kLong).contiguous();
   const at::Tensor sampling_locations = sampling_locations_in.contiguous();
   const at::Tensor attention_weights = attention_weights_in.contiguous();
-  const Problem p = problem_of(value, sampling_locations);
+  const Problem p = problem_of(value, sampling_locations, level_points);
   at::Tensor output = at::empty({p.batch, p.num_query, p.heads * p.dim}, value.options());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto dtype = value.scalar_type();
@@ -533,13 +619,17 @@ at::Tensor ms_deform_attn_forward(const at::Tensor& value_in, const at::Tensor& 
       constexpr int G = decltype(group_size)::value;
       const Launch l = launch_of(p, VEC, G);
       if (l.groups == 0) return;
-      msda_forward_kernel<T, VEC, G><<<l.blocks, kThreads, 0, stream>>>(
-          reinterpret_cast<const T*>(value.data_ptr()), spatial_shapes.data_ptr<int64_t>(),
-          level_start_index.data_ptr<int64_t>(),
-          reinterpret_cast<const T*>(sampling_locations.data_ptr()),
-          reinterpret_cast<const T*>(attention_weights.data_ptr()),
-          reinterpret_cast<T*>(output.data_ptr()), p, l.groups, l.slabs, head_major_order<T>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      with_method(discrete, [&](auto discrete_flag) {
+        constexpr bool kDiscrete = decltype(discrete_flag)::value;
+        msda_forward_kernel<T, VEC, G, kDiscrete><<<l.blocks, kThreads, 0, stream>>>(
+            reinterpret_cast<const T*>(value.data_ptr()), spatial_shapes.data_ptr<int64_t>(),
+            level_start_index.data_ptr<int64_t>(),
+            reinterpret_cast<const T*>(sampling_locations.data_ptr()),
+            reinterpret_cast<const T*>(attention_weights.data_ptr()),
+            reinterpret_cast<T*>(output.data_ptr()), p, l.groups, l.slabs,
+            head_major_order<T>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
     });
   });
   return output;
@@ -550,9 +640,11 @@ std::vector<at::Tensor> ms_deform_attn_backward(const at::Tensor& value_in,
                                                 const at::Tensor& level_start_index_in,
                                                 const at::Tensor& sampling_locations_in,
                                                 const at::Tensor& attention_weights_in,
-                                                const at::Tensor& grad_output_in) {
+                                                const at::Tensor& grad_output_in,
+                                                const std::vector<int64_t>& level_points,
+                                                bool discrete) {
   check_inputs(value_in, spatial_shapes_in, level_start_index_in, sampling_locations_in,
-               attention_weights_in);
+               attention_weights_in, level_points);
   TORCH_CHECK(grad_output_in.device() == value_in.device() &&
                   grad_output_in.scalar_type() == value_in.scalar_type(),
               "grad_output must match value's device and dtype");
@@ -563,7 +655,7 @@ std::vector<at::Tensor> ms_deform_attn_backward(const at::Tensor& value_in,
   const at::Tensor sampling_locations = sampling_locations_in.contiguous();
   const at::Tensor attention_weights = attention_weights_in.contiguous();
   const at::Tensor grad_output = grad_output_in.contiguous();
-  const Problem p = problem_of(value, sampling_locations);
+  const Problem p = problem_of(value, sampling_locations, level_points);
   TORCH_CHECK(grad_output.numel() == static_cast<int64_t>(p.batch) * p.num_query * p.heads * p.dim,
               "grad_output must be (bs, num_query, heads * dim)");
 
@@ -598,15 +690,18 @@ std::vector<at::Tensor> ms_deform_attn_backward(const at::Tensor& value_in,
       T* weight_out = l.slabs == 1 ? reinterpret_cast<T*>(grad_weight.data_ptr()) : nullptr;
       A* loc_acc = l.slabs == 1 ? nullptr : reinterpret_cast<A*>(grad_loc.data_ptr());
       A* weight_acc = l.slabs == 1 ? nullptr : reinterpret_cast<A*>(grad_weight.data_ptr());
-      msda_backward_kernel<T, VEC, G><<<l.blocks, kThreads, 0, stream>>>(
-          reinterpret_cast<const T*>(value.data_ptr()), spatial_shapes.data_ptr<int64_t>(),
-          level_start_index.data_ptr<int64_t>(),
-          reinterpret_cast<const T*>(sampling_locations.data_ptr()),
-          reinterpret_cast<const T*>(attention_weights.data_ptr()),
-          reinterpret_cast<const T*>(grad_output.data_ptr()),
-          reinterpret_cast<A*>(grad_value.data_ptr()), loc_out, weight_out, loc_acc, weight_acc, p,
-          l.groups, l.slabs, head_major_order<T>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      with_method(discrete, [&](auto discrete_flag) {
+        constexpr bool kDiscrete = decltype(discrete_flag)::value;
+        msda_backward_kernel<T, VEC, G, kDiscrete><<<l.blocks, kThreads, 0, stream>>>(
+            reinterpret_cast<const T*>(value.data_ptr()), spatial_shapes.data_ptr<int64_t>(),
+            level_start_index.data_ptr<int64_t>(),
+            reinterpret_cast<const T*>(sampling_locations.data_ptr()),
+            reinterpret_cast<const T*>(attention_weights.data_ptr()),
+            reinterpret_cast<const T*>(grad_output.data_ptr()),
+            reinterpret_cast<A*>(grad_value.data_ptr()), loc_out, weight_out, loc_acc,
+            weight_acc, p, l.groups, l.slabs, head_major_order<T>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
     });
   });
   const at::Tensor grad_value_out =

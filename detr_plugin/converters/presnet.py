@@ -47,8 +47,9 @@ def _download(url: str) -> str:
     return path
 
 
-def load_presnet_imagenet(filename: str, map_location=None) -> Dict[str, Tensor]:
-    """``presnet://resnetNvd`` -> the ImageNet weights with our ``ResNetVd`` names (no prefix)."""
+def load_from_presnet(filename: str, map_location=None) -> Dict[str, Tensor]:
+    """``presnet://resnetNvd`` -> the ImageNet weights with our ``ResNetVd`` names (no prefix), on
+    the CPU. (mmengine logs the loader's name after ``load_from_`` as the backend.)"""
     name = filename[len(SCHEME):]
     if name not in PRESNET_URLS:
         raise CheckpointError(f'{filename!r}: unknown PResNet; one of '
@@ -57,4 +58,4 @@ def load_presnet_imagenet(filename: str, map_location=None) -> Dict[str, Tensor]
     return {key[len('backbone.'):]: value for key, value in state_dict.items()}
 
 
-CheckpointLoader.register_scheme(SCHEME, load_presnet_imagenet)
+CheckpointLoader.register_scheme(SCHEME, load_from_presnet)

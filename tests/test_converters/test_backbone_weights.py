@@ -54,8 +54,9 @@ def presnet18_original():
 
 
 def test_presnet_scheme_gives_our_backbone_its_imagenet_weights(tmp_path, monkeypatch):
-    """presnet://resnet18vd downloads the authors' file (here a local file:// URL into a fresh
-    torch.hub directory) and converts it: every tensor of our ResNetVd(depth=18) is set."""
+    """The RT-DETR R18 COCO config's backbone initialised through presnet://resnet18vd, which
+    downloads the authors' file (here a file:// URL, into a fresh torch.hub directory) and converts
+    it: every tensor of the backbone comes from the file."""
     from detr_plugin.registry import MODELS
     original = presnet18_original()
     src = tmp_path / 'ResNet18_vd_pretrained_from_paddle.pth'
@@ -64,12 +65,17 @@ def test_presnet_scheme_gives_our_backbone_its_imagenet_weights(tmp_path, monkey
     monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
     weights = CheckpointLoader.load_checkpoint('presnet://resnet18vd')
     assert (tmp_path / 'hub' / 'checkpoints' / src.name).is_file()
-    backbone = MODELS.build(dict(type='ResNetVd', depth=18, num_stages=4, out_indices=(1, 2, 3),
-                                 norm_cfg=dict(type='BN')))
-    backbone.load_state_dict(weights, strict=True)
+
+    cfg = Config.fromfile(str(ROOT / 'configs/rtdetr/rtdetr_r18vd_8xb2-72e_coco.py'))
+    backbone = MODELS.build(cfg.model.backbone)
+    backbone.load_state_dict(weights, strict=True)  # names and shapes: all of them, no more
+    backbone = MODELS.build(cfg.model.backbone)
+    backbone.init_weights()  # what the Runner does
     torch.testing.assert_close(backbone.stem[6].weight, original['conv1.conv1_3.conv.weight'])
     torch.testing.assert_close(backbone.layer3[0].downsample[1].weight,
                                original['res_layers.2.blocks.0.short.conv.conv.weight'])
+    torch.testing.assert_close(backbone.layer1[0].downsample[2].bias,
+                               original['res_layers.0.blocks.0.short.norm.bias'])
     torch.testing.assert_close(backbone.layer1[1].bn2.running_var,
                                original['res_layers.0.blocks.1.branch2b.norm.running_var'])
     with pytest.raises(CheckpointError, match='unknown PResNet'):

@@ -25,7 +25,9 @@ test_pipeline = [
 train_dataloader = dict(
     batch_size=2,
     num_workers=2,
-    persistent_workers=True,
+    # workers restart each epoch, seeded from (seed, epoch, rank, worker) by RNGStateHook,
+    # so that --resume repeats their augmentations; persistent ones could not be restored
+    persistent_workers=False,
     sampler=dict(type='DefaultSampler', shuffle=True),
     batch_sampler=dict(type='AspectRatioBatchSampler'),
     dataset=dict(

@@ -80,3 +80,15 @@ def test_presnet_scheme_gives_our_backbone_its_imagenet_weights(tmp_path, monkey
                                original['res_layers.0.blocks.1.branch2b.norm.running_var'])
     with pytest.raises(CheckpointError, match='unknown PResNet'):
         CheckpointLoader.load_checkpoint('presnet://resnet42')
+
+
+def test_presnet_download_failure_is_one_line(tmp_path, monkeypatch):
+    url = (tmp_path / 'ResNet34_vd_pretrained_from_paddle.pth').as_uri()  # no such file
+    monkeypatch.setitem(PRESNET_URLS, 'resnet34vd', url)
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
+    with pytest.raises(CheckpointError) as error:
+        CheckpointLoader.load_checkpoint('presnet://resnet34vd')
+    message = str(error.value)
+    assert message.startswith(f'cannot download {url}') and '\n' not in message
+    assert message.endswith(f'copy that file to {tmp_path}/hub/checkpoints/'
+                            'ResNet34_vd_pretrained_from_paddle.pth')

@@ -1,7 +1,7 @@
 # RT-DETR R50-vd for your own COCO-format data: edit the block below, nothing else. The rest is the
 # COCO recipe of rtdetr_r50vd_8xb2-72e_coco.py (300 queries, 300 detections per image, 640x640,
 # EMA), plus a checkpoint every epoch and the best one by COCO bbox mAP kept as best_coco_*.pth.
-# The backbone starts from checkpoints/presnet50vd_imagenet.pth (how to make it: the COCO config).
+# The backbone starts from the ImageNet weights the COCO config names (model.backbone.init_cfg).
 # The values below fit the stand-in dataset that
 #   python tools/misc/make_demo_dataset.py --out data/my_data
 # writes (README, "Your own COCO-format data"); replace them with yours.

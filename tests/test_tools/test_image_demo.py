@@ -47,8 +47,9 @@ def test_draws_boxes_on_every_image_of_a_folder(tool, workspace, tmp_path):
     (images / 'notes.txt').write_text('not an image')
     out_dir = tmp_path / 'out'
     # Score threshold 0: every prediction of the untrained model is drawn.
-    tool.main([str(images), config, '--weights', weights, '--out-dir', str(out_dir),
-               '--score-thr', '0'])
+    drawn = tool.main([str(images), config, '--weights', weights, '--out-dir', str(out_dir),
+                       '--score-thr', '0'])
+    assert drawn.skipped == []
     assert sorted(p.name for p in out_dir.iterdir()) == ['a.png', 'b.jpg']
     drawn = np.asarray(Image.open(out_dir / 'a.png').convert('RGB'))
     assert drawn.shape == inputs['a.png'].shape
@@ -60,7 +61,7 @@ def test_without_weights_warns_and_takes_classes_from_the_config(tool, workspace
     _, config, _, _ = workspace
     write_gray_image(tmp_path / 'a.png')
     with pytest.warns(UserWarning, match='randomly initialised'):
-        model = tool.build_model(tool.Config.fromfile(config), None, 'cpu')
+        model = tool.build_model(config, None, 'cpu')
     assert tuple(model.dataset_meta['classes']) == CLASSES
 
 
@@ -73,7 +74,7 @@ def test_checkpoint_of_another_architecture_names_the_keys(tool, workspace, tmp_
     weights = tmp_path / 'other.pth'
     torch.save({'state_dict': other}, weights)
     with pytest.raises(tool.DemoError) as error:
-        tool.build_model(tool.Config.fromfile(config), str(weights), 'cpu')
+        tool.build_model(config, str(weights), 'cpu')
     message = str(error.value)
     assert '1 missing keys' in message and removed in message
     assert '1 unexpected keys' in message and 'extra_branch.weight' in message
@@ -96,3 +97,28 @@ def test_command_line_error_is_one_line(repo_root, workspace, tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"error: image path '{tmp_path / 'missing.png'}' does not exist"]
+
+
+def test_a_bad_file_in_a_folder_is_skipped_and_named(tool, workspace, tmp_path, capsys):
+    _, config, weights, _ = workspace
+    images = tmp_path / 'images'
+    images.mkdir()
+    write_gray_image(images / 'a.png')
+    (images / 'broken.jpg').write_bytes(b'\xff\xd8 truncated, not a JPEG')
+    write_gray_image(images / 'c.png')
+    out_dir = tmp_path / 'out'
+    drawn = tool.main([str(images), config, '--weights', weights, '--out-dir', str(out_dir)])
+    assert sorted(p.name for p in out_dir.iterdir()) == ['a.png', 'c.png']
+    assert drawn.skipped == [str(images / 'broken.jpg')]
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"skipped 1 image(s) that cannot be read: {images / 'broken.jpg'}"]
+
+
+def test_a_single_unreadable_image_is_an_error_naming_it(tool, workspace, tmp_path):
+    """(the script prints a DemoError as one line 'error: ...', exit status 1: see above)"""
+    _, config, weights, _ = workspace
+    broken = tmp_path / 'broken.png'
+    broken.write_text('not an image')
+    with pytest.raises(tool.DemoError) as error:
+        tool.main([str(broken), config, '--weights', weights, '--out-dir', str(tmp_path / 'out')])
+    assert str(error.value) == f"cannot read image '{broken}'"

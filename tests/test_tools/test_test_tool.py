@@ -1,5 +1,11 @@
-"""tools/test.py: argument parsing and how the options change the config."""
+"""tools/test.py: argument parsing, how the options change the config, and the refusal of a
+checkpoint that does not fit the model."""
+import os
+import subprocess
+import sys
+
 import pytest
+import torch
 
 CONFIG = '''
 default_hooks = dict(visualization=dict(type='DetVisualizationHook'))
@@ -34,9 +40,11 @@ def test_out_must_be_a_pickle(tool, out, ok):
             tool.parse_args(['a.py', '--out', out])
 
 
-def test_checkpoint_goes_to_load_from(tool, config):
-    cfg = tool.setup_cfg(tool.parse_args([config, 'w/epoch_1.pth']))
-    assert cfg.load_from == 'w/epoch_1.pth'
+def test_checkpoint_is_loaded_by_the_tool_not_the_runner(tool, config):
+    args = tool.parse_args([config, 'w/epoch_1.pth'])
+    assert (args.checkpoint, args.partial, args.trust_checkpoint) == ('w/epoch_1.pth', False, False)
+    cfg = tool.setup_cfg(args)
+    assert cfg.load_from is None, 'mmengine would load it without the checkpoint check'
     assert cfg.get('randomness') is None, 'a trained model needs no seed'
     assert cfg.work_dir == './work_dirs/my_model_demo'
 
@@ -66,3 +74,22 @@ def test_show_dir_turns_on_drawing(tool, config, tmp_path):
     no_hook.write_text("model = dict(type='Anything')\n")
     with pytest.raises(ValueError, match='default_hooks.visualization'):
         tool.setup_cfg(tool.parse_args([str(no_hook), 'c.pth', '--show-dir', 'vis']))
+
+
+def test_checkpoint_of_another_class_count_is_refused_in_one_line(repo_root, tmp_path):
+    from mmengine.config import Config
+
+    from detr_plugin.registry import MODELS
+    demo = repo_root / 'configs/detr/detr_r18_1xb8-demo.py'
+    other = Config.fromfile(str(demo)).model
+    other.bbox_head.num_classes = 5
+    checkpoint = tmp_path / 'five_classes.pth'
+    torch.save({'state_dict': MODELS.build(other).state_dict()}, checkpoint)
+    result = subprocess.run(
+        [sys.executable, str(repo_root / 'tools/test.py'), str(demo), str(checkpoint),
+         '--work-dir', str(tmp_path / 'eval')], capture_output=True, text=True,
+        env=dict(os.environ, PYTHONPATH=str(repo_root)), timeout=300)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: checkpoint '{checkpoint}' does not fit the model (DETR): ")
+    assert 'keys of another shape [bbox_head.' in last and 'vs (4' in last  # 3 classes + 1

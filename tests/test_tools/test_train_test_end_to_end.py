@@ -1,7 +1,8 @@
 """tools/train.py then tools/test.py on the demo config, on a few generated images (CPU).
 
 Checks the mechanics a user relies on: a checkpoint and ``last_checkpoint`` in the work dir,
-the checkpoint loading back into tools/test.py (torch >= 2.6 included), predictions dumped by
+the checkpoint loading back into tools/test.py and into mmdet's own ``init_detector`` with
+weights-only loading (torch >= 2.6's default, no environment variable), predictions dumped by
 --out, the untrained-baseline warning, and the ``Final metrics`` line with COCO bbox keys.
 """
 import json
@@ -11,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 DEMO_CONFIG = 'configs/detr/detr_r18_1xb8-demo.py'
 
@@ -21,7 +23,8 @@ def small_run_options(demo_runs, data_root):
 
 
 def run_tool(repo_root, script, *args):
-    env = dict(os.environ, PYTHONPATH=str(repo_root))
+    env = {k: v for k, v in os.environ.items() if not k.startswith('TORCH_FORCE')}
+    env.update(PYTHONPATH=str(repo_root), TORCH_FORCE_WEIGHTS_ONLY_LOAD='1')
     proc = subprocess.run([sys.executable, str(repo_root / 'tools' / script), *args], cwd=repo_root,
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -58,14 +61,24 @@ def test_train_then_test(tmp_path, repo_root, load_tool, demo_runs):
     assert len(predictions) == 2 and 'pred_instances' in predictions[0]
     assert 'UNTRAINED' not in trained.stderr
 
+    # mmdet's own loader (torch.load without weights_only): our checkpoint holds only what the
+    # weights-only unpickler accepts once detr_plugin is imported
+    from mmdet.apis import init_detector
+    saved = torch.load(checkpoint, map_location='cpu', weights_only=True)
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', raising=False)
+        env.setenv('TORCH_FORCE_WEIGHTS_ONLY_LOAD', '1')
+        model = init_detector(str(repo_root / DEMO_CONFIG), checkpoint, device='cpu')
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, saved['state_dict'][key]), key
+    assert model.dataset_meta['classes'] == saved['meta']['dataset_meta']['classes']
 
 
 def test_untrained_baseline_in_process(tmp_path, repo_root, load_tool, capsys, monkeypatch,
                                        demo_runs):
     """test.py without a checkpoint: warns, and prints the metrics of the seeded initial model."""
-    # main() sets these with setdefault; pinned here so that they do not outlive the test.
+    # main() sets it with setdefault; pinned here so that it does not outlive the test.
     monkeypatch.setenv('LOCAL_RANK', '0')
-    monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '0')
     monkeypatch.chdir(repo_root)
     data = tmp_path / 'data'
     load_tool('tools/misc/make_demo_dataset.py').make_demo_dataset(

@@ -1,4 +1,6 @@
 """tools/train.py: argument parsing and how the options change the config."""
+import pathlib
+
 import pytest
 from mmengine.registry import RUNNERS
 
@@ -68,7 +70,8 @@ def test_work_dir_priority(train, config):
     assert both.work_dir == 'wd_cli'
 
 
-def test_amp_switches_the_optimizer_wrapper(train, config):
+def test_amp_switches_the_optimizer_wrapper(train, config, monkeypatch):
+    monkeypatch.setattr(train, 'get_device', lambda: 'cuda')
     cfg = train.setup_cfg(train.parse_args([config, '--amp']))
     assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
     assert cfg.optim_wrapper.loss_scale == 'dynamic'
@@ -82,6 +85,13 @@ def test_amp_switches_the_optimizer_wrapper(train, config):
             [config, '--amp', '--cfg-options', 'optim_wrapper.type=SomeOtherWrapper']))
 
 
+def test_amp_without_a_gpu_is_a_usage_error(train, config, monkeypatch):
+    monkeypatch.setattr(train, 'get_device', lambda: 'cpu')
+    with pytest.raises(train.UsageError, match='--amp needs a GPU') as error:
+        train.setup_cfg(train.parse_args([config, '--amp']))
+    assert '\n' not in str(error.value)
+
+
 def test_auto_scale_lr(train, config, tmp_path):
     assert train.setup_cfg(train.parse_args([config, '--auto-scale-lr'])).auto_scale_lr == dict(
         enable=True, base_batch_size=16)
@@ -91,11 +101,28 @@ def test_auto_scale_lr(train, config, tmp_path):
         train.setup_cfg(train.parse_args([str(without), '--auto-scale-lr']))
 
 
-def test_resume_sets_resume_and_load_from(train, config):
-    auto = train.setup_cfg(train.parse_args([config, '--resume']))
+def test_resume_sets_resume_and_load_from(train, config, tmp_path):
+    work_dir = tmp_path / 'work'
+    work_dir.mkdir()
+    (work_dir / 'epoch_2.pth').write_bytes(b'')
+    (work_dir / 'last_checkpoint').write_text(str(work_dir / 'epoch_2.pth'))
+    auto = train.setup_cfg(train.parse_args([config, '--resume', '--work-dir', str(work_dir)]))
     assert (auto.resume, auto.load_from) == (True, None)
-    given = train.setup_cfg(train.parse_args([config, '--resume', 'x/epoch_2.pth']))
-    assert (given.resume, given.load_from) == (True, 'x/epoch_2.pth')
+    given = train.setup_cfg(train.parse_args([config, '--resume', str(work_dir / 'epoch_2.pth')]))
+    assert (given.resume, given.load_from) == (True, str(work_dir / 'epoch_2.pth'))
+    with pytest.raises(train.UsageError, match=r"--resume: checkpoint 'x/epoch_9.pth' does not"):
+        train.setup_cfg(train.parse_args([config, '--resume', 'x/epoch_9.pth']))
+
+
+def test_resume_with_nothing_to_resume_starts_over_and_says_so(train, tmp_path, repo_root):
+    work_dir = tmp_path / 'empty_work_dir'
+    args = train.parse_args([str(repo_root / 'configs/detr/detr_r18_1xb8-demo.py'), '--resume',
+                             '--work-dir', str(work_dir)])
+    assert train.setup_cfg(args).get('resume', False) is False
+    runner = train.runner_from_args(args)
+    log = pathlib.Path(runner.log_dir, f'{runner.timestamp}.log').read_text()
+    assert (f'--resume: no checkpoint to resume from in {work_dir} (it has no last_checkpoint '
+            'file): training from scratch') in log
 
 
 def test_launcher_reaches_the_config(train, config):

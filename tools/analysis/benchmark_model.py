@@ -27,9 +27,7 @@ from typing import Callable, List, Optional
 
 import torch
 from mmdet.structures import DetDataSample
-from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
-from mmengine.registry import init_default_scope
 from mmengine.structures import InstanceData
 
 DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -72,16 +70,10 @@ def resolve(config: str) -> str:
 
 
 def build_model(config: str, device: str, weights: Optional[str] = None):
-    cfg = Config.fromfile(resolve(config))
-    init_default_scope(cfg.get('default_scope', 'mmdet'))
-    cfg.model.backbone.init_cfg = None  # random weights: nothing to download
-    from mmengine.registry import MODELS
-    model = MODELS.build(cfg.model)
-    model.init_weights()
-    if weights:
-        from mmengine.runner import load_checkpoint
-        load_checkpoint(model, weights, map_location='cpu', strict=True)
-    return cfg, model.to(device)
+    """(config, model) of ``load_detector``; without ``weights`` random (``init_weights``)."""
+    from detr_plugin.utils import load_detector
+    model = load_detector(resolve(config), weights, device)
+    return model.cfg, model
 
 
 def random_batch(args, num_classes: int, device: str) -> dict:

@@ -45,15 +45,13 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 from mmcv.transforms import Compose  # noqa: E402
-from mmdet.registry import MODELS  # noqa: E402
 from mmdet.utils import get_test_pipeline_cfg  # noqa: E402
 from mmengine.config import Config  # noqa: E402
-from mmengine.registry import init_default_scope  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from detr_plugin.ops import MultiScaleDeformableAttention  # noqa: E402
-from detr_plugin.utils import (CheckpointError, allow_full_checkpoint_loading,  # noqa: E402
-                               load_detector_checkpoint)
+from detr_plugin.utils import (TRUST_OPTION, CheckpointError, build_detector,  # noqa: E402
+                               load_weights)
 
 # colour and marker of every level: apart from the demo data's red, green and blue shapes
 LEVEL_STYLES = [('magenta', 'o'), ('cyan', 's'), ('orange', '^'), ('white', 'D'), ('black', 'v'),
@@ -101,30 +99,25 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='also draw the encoder token at this pixel of the original image')
     parser.add_argument('--out-dir', default='sampling_points', help='folder for the PNG files')
     parser.add_argument('--device', default='cpu', help='e.g. cpu, cuda:0')
+    parser.add_argument(TRUST_OPTION, action='store_true',
+                        help='read the checkpoint with full unpickling, which can run code: only '
+                        'for files you trust (by default only weights are read)')
     return parser.parse_args(argv)
 
 
 # ------------------------------------------------------------------ model and its attention
-def build_model(cfg: Config, checkpoint: str, device: str) -> nn.Module:
-    """The detector with the checkpoint's weights, in eval mode, class names in ``dataset_meta``."""
-    init_default_scope(cfg.get('default_scope', 'mmdet'))
-    model = MODELS.build(cfg.model)
+def build_model(cfg: Config, checkpoint: str, device: str, trust: bool = False) -> nn.Module:
+    """The detector with the checkpoint's weights, in eval mode, class names in ``dataset_meta``;
+    only one with deformable attention in its decoder."""
+    model = build_detector(cfg)
     if not attention_layers(model, 'decoder'):
         raise VisualizeError(f'the model of {cfg.filename!r} ({type(model).__name__}) has no '
                              'MultiScaleDeformableAttention in its decoder: this tool is for '
                              'Deformable DETR and RT-DETR')
     try:
-        meta = load_detector_checkpoint(model, checkpoint)
+        return load_weights(model, checkpoint, device, trust=trust)
     except CheckpointError as error:
         raise VisualizeError(str(error)) from None
-    model.dataset_meta = dict(classes=class_names(cfg, meta))
-    return model.to(device).eval()
-
-
-def class_names(cfg: Config, meta: dict) -> Optional[Sequence[str]]:
-    """Class names from the checkpoint's ``meta.dataset_meta``, else the config's test dataset."""
-    metainfo = cfg.get('test_dataloader', {}).get('dataset', {}).get('metainfo') or {}
-    return (meta.get('dataset_meta') or {}).get('classes') or metainfo.get('classes')
 
 
 def attention_layers(model: nn.Module, part: str) -> List[MultiScaleDeformableAttention]:
@@ -314,8 +307,7 @@ def main(argv=None) -> List[SamplingPicture]:
     if not osp.isfile(args.config):
         raise VisualizeError(f'config {args.config!r} does not exist')
     cfg = Config.fromfile(args.config)
-    allow_full_checkpoint_loading()
-    model = build_model(cfg, args.checkpoint, args.device)
+    model = build_model(cfg, args.checkpoint, args.device, args.trust_checkpoint)
     decoder = attention_layers(model, 'decoder')
     encoder = attention_layers(model, 'encoder') if args.encoder_pixel else []
     if args.encoder_pixel and not encoder:

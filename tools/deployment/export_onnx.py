@@ -32,14 +32,10 @@ from typing import List, NamedTuple, Tuple
 
 import numpy as np
 import torch
-from mmdet.registry import MODELS
 from mmengine.config import Config
-from mmengine.model import revert_sync_batchnorm
-from mmengine.registry import init_default_scope
 
 from detr_plugin.deploy import End2EndDetector
-from detr_plugin.utils import (CheckpointError, allow_full_checkpoint_loading,
-                               load_detector_checkpoint, register_all_modules)
+from detr_plugin.utils import TRUST_OPTION, CheckpointError, load_detector
 
 MIN_OPSET = 16  # GridSample
 STRIDE = 32  # the backbones' largest stride
@@ -79,6 +75,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--atol', type=float, default=1e-4,
                         help='largest difference allowed between onnxruntime and PyTorch, on '
                         'scores and on box coordinates divided by the image size')
+    parser.add_argument(TRUST_OPTION, action='store_true',
+                        help='read the checkpoint with full unpickling, which can run code: only '
+                        'for files you trust (by default only weights are read)')
     return parser.parse_args(argv)
 
 
@@ -110,20 +109,16 @@ def import_onnx():
     return tuple(modules)
 
 
-def build_detector(cfg: Config, checkpoint: str) -> Tuple[End2EndDetector, dict]:
-    """The detector of ``cfg`` with the checkpoint's weights, wrapped; and the checkpoint's meta."""
-    register_all_modules(init_default_scope=False)
-    init_default_scope(cfg.get('default_scope', 'detr_plugin'))
-    detector = revert_sync_batchnorm(MODELS.build(cfg.model))
+def build_detector(cfg: Config, checkpoint: str, trust: bool = False) -> End2EndDetector:
+    """The detector of ``load_detector``, wrapped (its class names in ``dataset_meta``)."""
     try:
-        model = End2EndDetector(detector)
-    except TypeError as error:  # not one of detr_plugin's detectors
-        raise ExportError(error) from None
-    try:
-        meta = load_detector_checkpoint(detector, checkpoint)
+        detector = load_detector(cfg, checkpoint, trust=trust)
     except CheckpointError as error:
         raise ExportError(error) from None
-    return model, meta
+    try:
+        return End2EndDetector(detector)
+    except TypeError as error:  # not one of detr_plugin's detectors
+        raise ExportError(error) from None
 
 
 def preprocessing_of(cfg: Config) -> Preprocessing:
@@ -156,11 +151,11 @@ def export(model: End2EndDetector, images: torch.Tensor, out: str, opset: int,
                           dynamic_axes=dynamic_axes if dynamic_batch else None)
 
 
-def add_metadata(onnx, out: str, prep: Preprocessing, meta: dict) -> None:
+def add_metadata(onnx, out: str, prep: Preprocessing, dataset_meta: dict) -> None:
     """Stores the input's preprocessing and the class names in the model's metadata_props."""
     proto = onnx.load(out)
     props = {key: json.dumps(value) for key, value in prep._asdict().items()}
-    classes = (meta.get('dataset_meta') or {}).get('classes')
+    classes = dataset_meta.get('classes')
     if classes is not None:
         props['classes'] = json.dumps(list(classes))
     onnx.helper.set_model_props(proto, props)
@@ -212,13 +207,12 @@ def main(argv=None) -> bool:
     args = parse_args(argv)
     check_args(args)
     onnx, onnxruntime = import_onnx()
-    allow_full_checkpoint_loading()
     cfg = Config.fromfile(args.config)
-    model, meta = build_detector(cfg, args.checkpoint)
+    model = build_detector(cfg, args.checkpoint, args.trust_checkpoint)
     prep = preprocessing_of(cfg)
     export(model, random_images(1, args.shape, prep, seed=0), args.out, args.opset,
            args.dynamic_batch)
-    add_metadata(onnx, args.out, prep, meta)
+    add_metadata(onnx, args.out, prep, model.detector.dataset_meta)
     batch = 'bs' if args.dynamic_batch else '1'
     print(f'wrote {args.out}: images ({batch}, 3, {args.shape[0]}, {args.shape[1]}) float32, '
           f'{prep.channel_order.upper()}, (pixel - {prep.mean}) / {prep.std} -> '

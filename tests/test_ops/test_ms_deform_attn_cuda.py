@@ -21,20 +21,29 @@ def relative_error(x, ref):
     return ((x.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
-def check_against_reference(msda_ref, value, spatial_shapes, start, loc, weight, grad_out):
-    """Forward and backward of the CUDA op vs the float64 reference on the same (rounded) inputs."""
+def check_against_reference(msda_ref, value, spatial_shapes, start, loc, weight, grad_out,
+                            num_points=None, method='default'):
+    """Forward and backward of the CUDA op vs the float64 reference on the same (rounded) inputs.
+
+    Discrete sampling: the reference rounds locations to cells in the op's dtype, and the
+    locations must get no gradient."""
     shapes = [tuple(s) for s in spatial_shapes.tolist()]
+    names = ('value', 'locations', 'weights')
     inputs = [t.detach().requires_grad_() for t in (value, loc, weight)]
-    out = msda(inputs[0], spatial_shapes, start, inputs[1], inputs[2], backend='cuda')
-    grads = torch.autograd.grad(out, inputs, grad_out)
+    out = msda(inputs[0], spatial_shapes, start, inputs[1], inputs[2], backend='cuda',
+               num_points=num_points, method=method)
+    grads = torch.autograd.grad(out, inputs, grad_out, allow_unused=True)
     ref_inputs = [t.detach().double().requires_grad_() for t in (value, loc, weight)]
-    ref_out = msda_ref.gather_msda(ref_inputs[0], shapes, ref_inputs[1], ref_inputs[2])
-    ref_grads = torch.autograd.grad(ref_out, ref_inputs, grad_out.double())
+    ref_out = msda_ref.gather_msda(ref_inputs[0], shapes, ref_inputs[1], ref_inputs[2],
+                                   num_points, method=method, cell_dtype=loc.dtype)
+    ref_grads = torch.autograd.grad(ref_out, ref_inputs, grad_out.double(), allow_unused=True)
+    if method == 'discrete':
+        assert grads[1] is None and ref_grads[1] is None
+        names, grads, ref_grads, inputs = (names[::2], grads[::2], ref_grads[::2], inputs[::2])
     tol = TOLERANCE[value.dtype]
     assert out.dtype == value.dtype and out.shape == ref_out.shape
     errors = {'output': relative_error(out, ref_out)}
-    for name, grad, ref_grad, given in zip(('value', 'locations', 'weights'), grads, ref_grads,
-                                           inputs):
+    for name, grad, ref_grad, given in zip(names, grads, ref_grads, inputs):
         assert grad.dtype == given.dtype and grad.shape == given.shape
         errors[f'grad_{name}'] = relative_error(grad, ref_grad)
     assert all(e <= tol for e in errors.values()), errors
@@ -161,4 +170,88 @@ def test_module_cuda_matches_pytorch_backend():
     for backend in ('cuda', 'pytorch'):
         attn.backend = backend
         outputs.append(attn(query, ref, value, shapes, start, value_padding_mask=mask))
+    assert relative_error(outputs[0], outputs[1].double()) < 1e-5
+
+
+# -- per-level point counts and discrete sampling (RT-DETRv2) -------------------------------------
+
+def random_uneven_case(seed):
+    """Like random_case, with a point count per level (1-8) and discrete sampling in a quarter."""
+    case = random_case(1000 + seed)
+    rng = random.Random(seed)
+    case['points'] = [rng.randint(1, 8) for _ in case['shapes']]
+    case['method'] = 'discrete' if seed % 4 == 3 else 'default'
+    return case
+
+
+@pytest.mark.parametrize('seed', range(220))
+def test_random_uneven_cases_match_float64_reference(msda_ref, seed):
+    case = random_uneven_case(seed)
+    gen = torch.Generator().manual_seed(seed)
+    value, spatial_shapes, start, loc, weight = msda_ref.random_inputs(
+        case['bs'], case['num_query'], case['heads'], case['dim'], case['shapes'], case['points'],
+        dtype=case['dtype'], device='cuda', margin=0.2, generator=gen)
+    grad_out = torch.randn(case['bs'], case['num_query'], case['heads'] * case['dim'],
+                           generator=gen, dtype=torch.float64).to('cuda', case['dtype'])
+    if case['strided']:
+        value, loc, weight, grad_out = map(strided_copy, (value, loc, weight, grad_out))
+    check_against_reference(msda_ref, value, spatial_shapes, start, loc, weight, grad_out,
+                            num_points=case['points'], method=case['method'])
+
+
+@pytest.mark.parametrize('dim', [32, 5, 40])
+@pytest.mark.parametrize('method', ['default', 'discrete'])
+def test_uneven_gradcheck_float64(msda_ref, dim, method):
+    gen = torch.Generator().manual_seed(dim)
+    value, spatial_shapes, start, loc, weight = msda_ref.random_inputs(
+        2, 3, 2, dim, [(3, 4), (2, 3), (2, 2)], (3, 1, 2), device='cuda', margin=0.2,
+        generator=gen)
+    inputs = [t.requires_grad_() for t in (value, weight)]
+
+    def fn(v, w):
+        return msda(v, spatial_shapes, start, loc, w, backend='cuda', num_points=(3, 1, 2),
+                    method=method)
+
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, nondet_tol=1e-10)
+    if method == 'default':  # the locations too (discrete has no location gradient)
+        loc.requires_grad_()
+        assert torch.autograd.gradcheck(
+            lambda l: msda(value.detach(), spatial_shapes, start, l, weight.detach(),
+                           backend='cuda', num_points=(3, 1, 2)),
+            [loc], eps=1e-6, atol=1e-6, nondet_tol=1e-10)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16, torch.float16])
+def test_discrete_cells_match_the_pytorch_path_at_cell_boundaries(dtype):
+    """Locations where rounding of loc * W + 0.5 in the op's dtype decides the cell: the kernel
+    and the PyTorch path (the original's arithmetic) pick the same cells, so equal outputs."""
+    size = 80
+    centres = (torch.arange(size + 2, dtype=torch.float64) - 1.5) / size
+    near = torch.cat([centres, centres - 1e-7, centres + 1e-7, torch.rand(200) * 1.2 - 0.1])
+    loc = torch.stack([near, near.flip(0)], -1).to('cuda', dtype)  # (n, 2)
+    n = loc.shape[0]
+    value = torch.randn(1, size * size, 1, 32, device='cuda', dtype=dtype)
+    args = (value, torch.tensor([[size, size]], device='cuda'), torch.tensor([0], device='cuda'),
+            loc.view(1, n, 1, 1, 2), torch.ones(1, n, 1, 1, device='cuda', dtype=dtype))
+    outputs = [msda(*args, backend=backend, num_points=(1,), method='discrete')
+               for backend in ('cuda', 'pytorch')]
+    assert torch.equal(outputs[0], outputs[1])
+
+
+@pytest.mark.parametrize('method', ['default', 'discrete'])
+def test_module_uneven_points_cuda_matches_pytorch_backend(method):
+    torch.manual_seed(0)
+    attn = MultiScaleDeformableAttention(embed_dims=64, num_heads=2, num_levels=3,
+                                         num_points=[3, 6, 3], method=method)
+    with torch.no_grad():
+        attn.sampling_offsets.weight.normal_(0, 0.1)
+    attn = attn.cuda()
+    shapes = torch.tensor([[10, 12], [5, 6], [3, 3]], device='cuda')
+    start = torch.tensor([0, 120, 150], device='cuda')
+    query, value = torch.randn(2, 7, 64, device='cuda'), torch.randn(2, 159, 64, device='cuda')
+    ref = torch.rand(2, 7, 1, 4, device='cuda')
+    outputs = []
+    for backend in ('cuda', 'pytorch'):
+        attn.backend = backend
+        outputs.append(attn(query, ref, value, shapes, start))
     assert relative_error(outputs[0], outputs[1].double()) < 1e-5

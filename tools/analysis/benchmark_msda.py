@@ -10,6 +10,13 @@ CUDA graph sees it); then the peak extra memory and the speed-ups over mmcv in f
 
     python tools/analysis/benchmark_msda.py                       # everything (about a minute)
     python tools/analysis/benchmark_msda.py --cases enc-b2 --reps 100 --out msda.md
+    python tools/analysis/benchmark_msda.py --cases rtdetr-dec-b8 --points 3,6,3   # RT-DETRv2
+    python tools/analysis/benchmark_msda.py --cases rtdetr-dec-b8 --method discrete
+
+``--points`` gives the sampling points per level: one number for every level (default 4), or one
+per level (cases with another number of levels are skipped). mmcv's op takes one point count for
+all levels and samples bilinearly only, so it is not timed for uneven counts or discrete sampling
+(the output says so).
 """
 import argparse
 import functools
@@ -31,8 +38,10 @@ CASES = {
     'dec-b2': dict(title='Deformable DETR decoder, batch 2', bs=2, shapes=ENCODER_SHAPES, queries=300),
     'rtdetr-dec-b8': dict(title='RT-DETR decoder, batch 8', bs=8, shapes=RTDETR_SHAPES, queries=500),
 }
-HEADS, DIM, POINTS = 8, 32, 4
+HEADS, DIM = 8, 32
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+MMCV_CANNOT = ("mmcv not timed: its MultiScaleDeformableAttnFunction takes one point count for "
+               "all levels (locations (bs, Q, heads, L, P, 2)) and samples bilinearly only")
 # implementation: dtypes it is timed in
 IMPLS = {'ours': ['fp32', 'bf16'], 'grid_sample': ['fp32', 'bf16'], 'mmcv': ['fp32', 'fp16']}
 
@@ -42,27 +51,41 @@ def parse_args():
     p.add_argument('--cases', default=','.join(CASES), help=f'comma list of {list(CASES)}')
     p.add_argument('--locations', default='realistic,uniform', help='realistic,uniform')
     p.add_argument('--impls', default=','.join(IMPLS), help=f'comma list of {list(IMPLS)}')
+    p.add_argument('--points', default='4',
+                   help='sampling points per level: P for every level, or P_0,P_1,... per level')
+    p.add_argument('--method', default='default', choices=['default', 'discrete'],
+                   help='bilinear (default) or nearest-cell (RT-DETRv2 discrete) sampling')
     p.add_argument('--reps', type=int, default=30, help='timed repetitions (median reported)')
     p.add_argument('--warmup', type=int, default=5)
     p.add_argument('--out', help='also write the markdown tables to this file')
     return p.parse_args()
 
 
-def make_inputs(case: dict, kind: str, seed: int = 0):
+def level_points(points: str, levels: int) -> Optional[List[int]]:
+    """'4' -> [4] * levels; '3,6,3' -> [3, 6, 3] if levels == 3, else None (case skipped)."""
+    counts = [int(n) for n in points.split(',')]
+    if len(counts) == 1:
+        return counts * levels
+    return counts if len(counts) == levels else None
+
+
+def make_inputs(case: dict, kind: str, points: List[int], seed: int = 0):
     """value, spatial_shapes, level_start_index, locations, weights (float32, on the GPU).
 
     realistic: encoder queries sit on their own token's pixel centre (the same normalized point
     on every level), decoder queries at random points; offsets ~ N(0, 2 pixels) per level.
-    uniform: locations uniform in [0, 1].
+    uniform: locations uniform in [0, 1]. The same P on every level: locations (bs, Q, heads, L,
+    P, 2) and weights (bs, Q, heads, L, P); else (bs, Q, heads, sum(P_l), 2) / (.., sum(P_l)).
     """
     gen = torch.Generator().manual_seed(seed)
     shapes = case['shapes']
     sizes = [h * w for h, w in shapes]
     num_value, levels, bs = sum(sizes), len(shapes), case['bs']
     num_query = case['queries'] or num_value
+    total = sum(points)
     value = torch.randn(bs, num_value, HEADS, DIM, generator=gen)
     if kind == 'uniform':
-        loc = torch.rand(bs, num_query, HEADS, levels, POINTS, 2, generator=gen)
+        loc = torch.rand(bs, num_query, HEADS, total, 2, generator=gen)
     else:
         if case['queries'] is None:
             centres = [torch.stack(torch.meshgrid((torch.arange(h) + 0.5) / h,
@@ -71,22 +94,28 @@ def make_inputs(case: dict, kind: str, seed: int = 0):
             ref = torch.cat(centres).expand(bs, -1, -1)  # (bs, num_query, 2) as (x, y)
         else:
             ref = torch.rand(bs, num_query, 2, generator=gen) * 0.9 + 0.05
-        size_xy = torch.tensor([(w, h) for h, w in shapes], dtype=torch.float32)  # (levels, 2)
-        offsets = torch.randn(bs, num_query, HEADS, levels, POINTS, 2, generator=gen) * 2.0
-        loc = ref[:, :, None, None, None, :] + offsets / size_xy[:, None, :]
-    weights = torch.randn(bs, num_query, HEADS, levels * POINTS, generator=gen).softmax(-1)
-    weights = weights.view(bs, num_query, HEADS, levels, POINTS)
+        # (total, 2) as (W_l, H_l) of each point's level
+        size_xy = torch.tensor([(w, h) for (h, w), n in zip(shapes, points) for _ in range(n)],
+                               dtype=torch.float32)
+        offsets = torch.randn(bs, num_query, HEADS, total, 2, generator=gen) * 2.0
+        loc = ref[:, :, None, None, :] + offsets / size_xy
+    weights = torch.randn(bs, num_query, HEADS, total, generator=gen).softmax(-1)
+    if len(set(points)) == 1:
+        loc = loc.view(bs, num_query, HEADS, levels, points[0], 2)
+        weights = weights.view(bs, num_query, HEADS, levels, points[0])
     spatial_shapes = torch.tensor(shapes, dtype=torch.long)
     start = torch.tensor([sum(sizes[:i]) for i in range(levels)], dtype=torch.long)
     return [t.cuda() for t in (value, spatial_shapes, start, loc, weights)]
 
 
-def implementation(name: str) -> Optional[Callable]:
+def implementation(name: str, points: List[int], method: str) -> Optional[Callable]:
     """fn(value, spatial_shapes, level_start_index, locations, weights) or None if unavailable."""
-    if name == 'ours':
-        return lambda *a: multi_scale_deformable_attention(*a, backend='cuda')
-    if name == 'grid_sample':
-        return lambda *a: multi_scale_deformable_attention(*a, backend='pytorch')
+    if name in ('ours', 'grid_sample'):
+        backend = 'cuda' if name == 'ours' else 'pytorch'
+        return lambda *a: multi_scale_deformable_attention(*a, backend=backend, num_points=points,
+                                                           method=method)
+    if len(set(points)) > 1 or method != 'default':
+        return None  # see MMCV_CANNOT
     try:
         from mmcv.ops.multi_scale_deform_attn import MultiScaleDeformableAttnFunction
     except Exception as err:  # mmcv missing or built without ops
@@ -170,7 +199,8 @@ def measure(fn: Callable, inputs: List[torch.Tensor], dtype: torch.dtype, args) 
 
     def forward_backward():
         out = fn(leaves[0], spatial_shapes, start, leaves[1], leaves[2])
-        return torch.autograd.grad(out, leaves, grad_out)
+        # allow_unused: discrete sampling gives the locations no gradient
+        return torch.autograd.grad(out, leaves, grad_out, allow_unused=True)
 
     result = dict(out=forward().float())
     result['fwd'] = time_ms(forward, args.warmup, args.reps)
@@ -190,16 +220,26 @@ def speedup(base: Optional[dict], row: dict, key: str) -> str:
 def main():
     args = parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
-    impls = {name: implementation(name) for name in args.impls.split(',')}
     device = torch.cuda.get_device_name()
     header = (f'device: {device}; torch {torch.__version__}; heads {HEADS} x dim {DIM}, '
-              f'{POINTS} points; median of {args.reps} (CUDA events); memory = peak extra MiB')
+              f'points per level {args.points}, {args.method} sampling; median of {args.reps} '
+              '(CUDA events); memory = peak extra MiB')
     lines = [header, '']
     print(header, flush=True)
     for case_name in args.cases.split(','):
         case = CASES[case_name]
+        points = level_points(args.points, len(case['shapes']))
+        if points is None:
+            print(f'{case_name}: skipped, --points {args.points} does not match its '
+                  f'{len(case["shapes"])} levels', file=sys.stderr)
+            continue
+        impls = {name: implementation(name, points, args.method)
+                 for name in args.impls.split(',')}
+        if 'mmcv' in impls and (len(set(points)) > 1 or args.method != 'default'):
+            print(MMCV_CANNOT, flush=True)
+            lines += [MMCV_CANNOT, '']
         for kind in args.locations.split(','):
-            inputs = make_inputs(case, kind)
+            inputs = make_inputs(case, kind, points)
             rows = []
             for impl, fn in impls.items():
                 for dtype_name in IMPLS[impl]:
@@ -216,7 +256,8 @@ def main():
             base = next((r for r in rows if r['impl'] == 'mmcv' and r['dtype'] == 'fp32'), None)
             ours = next((r for r in rows if r['impl'] == 'ours' and r['dtype'] == 'fp32'), None)
             queries = inputs[3].shape[1]
-            block = [f'### {case["title"]}, {queries} queries, {kind} locations', '',
+            block = [f'### {case["title"]}, {queries} queries, {kind} locations, points per '
+                     f'level {points}, {args.method} sampling', '',
                      '| impl | dtype | fwd ms | fwd+bwd ms | fwd GPU ms | fwd+bwd GPU ms | fwd MiB '
                      '| fwd+bwd MiB | fwd vs mmcv fp32 (eager / GPU) '
                      '| fwd+bwd vs mmcv fp32 (eager / GPU) |',
@@ -230,6 +271,16 @@ def main():
             if base and ours:
                 diff = (ours['out'] - base['out']).norm() / base['out'].norm()
                 block.append(f'\nours fp32 vs mmcv fp32 output: relative difference {diff:.2e}')
+            torch_path = next((r for r in rows
+                               if r['impl'] == 'grid_sample' and r['dtype'] == 'fp32'), None)
+            if torch_path and ours:
+                diff = (ours['out'] - torch_path['out']).norm() / torch_path['out'].norm()
+                block.append(f'\nours fp32 vs the PyTorch path (grid_sample) fp32: fwd '
+                             f'{speedup(torch_path, ours, "fwd")} / '
+                             f'{speedup(torch_path, ours, "fwd_gpu")}, fwd+bwd '
+                             f'{speedup(torch_path, ours, "fwd_bwd")} / '
+                             f'{speedup(torch_path, ours, "fwd_bwd_gpu")} (eager / GPU); output '
+                             f'relative difference {diff:.2e}')
             block.append('')
             print('\n'.join(block), flush=True)
             lines += block

@@ -3,4 +3,4 @@
 # Expected: 51.3 AP on val2017 (paper, Table 2).
 _base_ = './rtdetr_r50vd_8xb2-72e_coco.py'
 
-model = dict(neck=dict(expansion=0.5), decoder=dict(eval_idx=2))
+model = dict(neck=dict(expansion=0.5), bbox_head=dict(eval_idx=2))

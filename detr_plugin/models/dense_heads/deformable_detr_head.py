@@ -1,18 +1,37 @@
 """Deformable DETR's prediction heads and loss (Zhu et al. 2021, Sec. 4 and A.3-A.4)."""
 import copy
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
+from mmdet.models.layers import inverse_sigmoid
 from mmdet.structures import SampleList
 from mmdet.utils import InstanceList
 from torch import Tensor, nn
 
 from detr_plugin.registry import MODELS
 from ..layers import MLP
-from ..layers.deformable_detr_transformer import refine_boxes
+from ..layers.predictions import DetectionOutputs, LayerPrediction
 from ..task_modules import Matches
 from .detr_head import DETRHead, GroundTruth
+
+
+def refine_boxes(reference: Tensor, delta: Tensor) -> Tensor:
+    """Adds a predicted ``delta`` to a reference in inverse-sigmoid space.
+
+    Args:
+        reference: (..., 2) points (cx, cy) or (..., 4) boxes (cx, cy, w, h), in [0, 1].
+        delta: (..., 4) unnormalized (cx, cy, w, h) offsets; for a point reference, w and h are
+            predicted outright.
+
+    Returns:
+        (..., 4) boxes cxcywh in [0, 1], float32 (under autocast too: boxes refined layer after
+        layer in bfloat16 would drift by its 3 significant digits).
+    """
+    delta, reference = delta.float(), reference.float()
+    if reference.shape[-1] == 4:
+        return (delta + inverse_sigmoid(reference)).sigmoid()
+    return torch.cat((delta[..., :2] + inverse_sigmoid(reference), delta[..., 2:]), -1).sigmoid()
 
 
 @MODELS.register_module()
@@ -20,8 +39,10 @@ class DeformableDETRHead(DETRHead):
     """Per-layer class and box branches on sigmoid (focal-loss) classification.
 
     A box branch predicts an offset from the reference the decoder layer attended around, added in
-    inverse-sigmoid space. Without box refinement all layers share one class and one box branch;
-    with it every layer has its own, and the decoder refines its references with them. The
+    inverse-sigmoid space (:meth:`predict_layer`, called by the decoder after every layer).
+    Without box refinement all layers share one class and one box branch and every layer samples
+    around the same reference; with it every layer has its own, and the next layer samples around
+    the refined box, detached. The
     two-stage variant adds one more pair, for the encoder's proposals, whose loss treats every
     object as class 0 (``enc_loss_*``).
 
@@ -85,30 +106,24 @@ class DeformableDETRHead(DETRHead):
             if not self.as_two_stage:
                 self.reg_branches[0].layers[-1].bias[2:] = -2.0
 
-    def forward(self, hidden_states: Tensor, references: List[Tensor]) -> Tuple[Tensor, Tensor]:
-        """
-        Args:
-            hidden_states: (L, bs, Q, C) decoder outputs.
-            references: L tensors (bs, Q, 2 or 4), the reference each layer attended around.
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError('DeformableDETRHead has no forward: the decoder calls '
+                                  'predict_layer; use loss() / predict() on its outputs')
 
-        Returns:
-            Class logits (L, bs, Q, num_classes) and boxes (L, bs, Q, 4), cxcywh in [0, 1].
-        """
-        if len(references) != hidden_states.shape[0]:
-            raise ValueError(f'got {len(references)} references for '
-                             f'{hidden_states.shape[0]} layers')
-        outputs = [self.forward_layer(i, hidden, reference)
-                   for i, (hidden, reference) in enumerate(zip(hidden_states, references))]
-        cls_logits, boxes = zip(*outputs)
-        return torch.stack(cls_logits), torch.stack(boxes)
+    # ------------------------------------------------------------ per layer
+    def num_layers_to_run(self, num_layers: int) -> int:
+        return num_layers
 
-    def forward_layer(self, layer: int, hidden: Tensor, reference: Tensor) -> Tuple[Tensor, Tensor]:
-        """Decoder layer ``layer``'s branches: hidden (bs, Q, C) and reference (bs, Q, 2|4) ->
-        logits (bs, Q, num_classes) and boxes (bs, Q, 4) cxcywh in [0, 1]."""
-        return (self.cls_branches[layer](hidden),
-                refine_boxes(reference, self.reg_branches[layer](hidden)))
+    def predict_layer(self, index: int, query: Tensor, reference: Tensor,
+                      previous: Optional[LayerPrediction]) -> LayerPrediction:
+        """Layer ``index``'s branches: query (bs, Q, C) and the reference it sampled around
+        (bs, Q, 2|4) -> logits (bs, Q, num_classes) and boxes (bs, Q, 4) cxcywh in [0, 1], of
+        every layer also at inference (as the original's auxiliary outputs)."""
+        boxes = refine_boxes(reference, self.reg_branches[index](query))
+        next_reference = boxes.detach() if self.with_box_refine else reference
+        return LayerPrediction(self.cls_branches[index](query), boxes, next_reference)
 
-    def forward_encoder(self, proposal_memory: Tensor,
+    def predict_encoder(self, proposal_memory: Tensor,
                         proposals_unact: Tensor) -> Tuple[Tensor, Tensor]:
         """The encoder's branch pair (two-stage) on every token's proposal.
 
@@ -120,28 +135,25 @@ class DeformableDETRHead(DETRHead):
             (``+inf`` where the proposal is invalid).
         """
         if not self.as_two_stage:
-            raise RuntimeError('forward_encoder needs a head built with as_two_stage=True')
+            raise RuntimeError('predict_encoder needs a head built with as_two_stage=True')
         return (self.cls_branches[self.num_layers](proposal_memory),
                 self.reg_branches[self.num_layers](proposal_memory) + proposals_unact)
 
     # ------------------------------------------------------------------ loss
-    def loss(self, hidden_states: Tensor, references: List[Tensor], batch_data_samples: SampleList,
-             enc_outputs: Optional[Tuple[Tensor, Tensor]] = None) -> Dict[str, Tensor]:
-        """Losses of every decoder layer and, given ``enc_outputs`` = (logits (bs, N, K), boxes
-        (bs, N, 4) cxcywh in [0, 1]), of the encoder's proposals against class-agnostic targets."""
-        losses = self.loss_by_outputs(*self(hidden_states, references), batch_data_samples)
-        if enc_outputs is not None:
-            losses.update(self.loss_encoder(*enc_outputs, batch_data_samples))
+    def loss(self, outputs: DetectionOutputs, gt: GroundTruth) -> Dict[str, Tensor]:
+        """Losses of every decoder layer and (two-stage) of the encoder's proposals, logits
+        (bs, N, K) and boxes (bs, N, 4) cxcywh in [0, 1], against class-agnostic targets."""
+        losses = self.loss_by_outputs(outputs.logits, outputs.boxes, gt)
+        if outputs.enc_logits is not None:
+            losses.update(self.loss_encoder(outputs.enc_logits, outputs.enc_boxes, gt))
         return losses
 
-    def loss_encoder(self, cls_logits: Tensor, boxes: Tensor,
-                     batch_data_samples: SampleList) -> Dict[str, Tensor]:
+    def loss_encoder(self, cls_logits: Tensor, boxes: Tensor, gt: GroundTruth) -> Dict[str, Tensor]:
         """Set loss of the encoder proposals with every gt relabelled 0 (one-class matching).
 
         In float32, also under mixed precision (as ``loss_by_outputs``): a half-precision sigmoid
         rounds to 1 for confident logits and turns their focal matching cost into -inf."""
         cls_logits, boxes = cls_logits[None].float(), boxes[None].float()  # one "layer"
-        gt = self.ground_truth(batch_data_samples, boxes)
         gt = GroundTruth([torch.zeros_like(l) for l in gt.labels], gt.boxes,
                          torch.zeros_like(gt.all_labels), gt.all_boxes)
         matches = self.match(cls_logits, boxes, gt)
@@ -162,12 +174,11 @@ class DeformableDETRHead(DETRHead):
         return loss.reshape(num_layers, -1).sum(1) / num_boxes
 
     # ------------------------------------------------------------- inference
-    def predict(self, hidden_states: Tensor, references: List[Tensor],
-                batch_data_samples: SampleList, rescale: bool = True) -> InstanceList:
+    def predict(self, outputs: DetectionOutputs, batch_data_samples: SampleList,
+                rescale: bool = True) -> InstanceList:
         """Detections of the last decoder layer, one InstanceData per image."""
-        last = hidden_states.shape[0] - 1
-        cls_logits, boxes = self.forward_layer(last, hidden_states[last], references[last])
-        return self.predict_by_outputs(cls_logits, boxes, batch_data_samples, rescale)
+        return self.predict_by_outputs(outputs.logits[-1], outputs.boxes[-1], batch_data_samples,
+                                       rescale)
 
     def scores_and_labels(self, cls_logits: Tensor) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
         """Sigmoid scores; the ``max_per_img`` best (query, class) pairs, so a query may give

@@ -79,7 +79,9 @@ class DETRHead(BaseModule):
         return self.fc_cls(hidden_states), self.fc_reg(hidden_states).sigmoid()
 
     def loss(self, hidden_states: Tensor, batch_data_samples: SampleList) -> Dict[str, Tensor]:
-        return self.loss_by_outputs(*self(hidden_states), batch_data_samples)
+        cls_logits, boxes = self(hidden_states)
+        return self.loss_by_outputs(cls_logits, boxes,
+                                    self.ground_truth(batch_data_samples, boxes.float()))
 
     def predict(self, hidden_states: Tensor, batch_data_samples: SampleList,
                 rescale: bool = True) -> InstanceList:
@@ -88,12 +90,11 @@ class DETRHead(BaseModule):
 
     # ------------------------------------------------------------------ loss
     def loss_by_outputs(self, cls_logits: Tensor, boxes: Tensor,
-                        batch_data_samples: SampleList) -> Dict[str, Tensor]:
+                        gt: GroundTruth) -> Dict[str, Tensor]:
         """cls_logits: (L, bs, Q, K'); boxes: (L, bs, Q, 4) cxcywh normalized. Losses of all L layers.
 
         Losses are computed in float32, also under mixed precision."""
         cls_logits, boxes = cls_logits.float(), boxes.float()
-        gt = self.ground_truth(batch_data_samples, boxes)
         matches = self.match(cls_logits, boxes, gt)
         num_boxes = self.num_boxes_across_ranks(gt, like=boxes)
         loss_cls = self.loss_cls_per_layer(cls_logits, boxes, gt, matches, num_boxes)

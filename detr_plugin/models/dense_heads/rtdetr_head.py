@@ -1,8 +1,9 @@
 """RT-DETR's prediction heads, set loss with varifocal classification, and top-k post-processing."""
 import math
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
+from mmdet.models.layers import inverse_sigmoid
 from mmdet.structures import SampleList
 from mmdet.structures.bbox import bbox_cxcywh_to_xyxy, bbox_overlaps
 from mmdet.utils import InstanceList
@@ -11,7 +12,7 @@ from torch import Tensor, nn
 from detr_plugin.registry import MODELS
 from ..layers import MLP
 from ..layers.denoising import DenoisingGroups
-from ..layers.rtdetr_decoder import RTDETROutputs
+from ..layers.predictions import DetectionOutputs, LayerPrediction
 from ..task_modules import Matches
 from .detr_head import DETRHead, GroundTruth
 
@@ -20,9 +21,10 @@ from .detr_head import DETRHead, GroundTruth
 class RTDETRHead(DETRHead):
     """One class head and one box head per decoder layer plus one pair for the encoder tokens.
 
-    The box heads predict a delta in inverse-sigmoid space that the decoder adds to each layer's
-    reference box (:class:`RTDETRDecoder`); the class heads predict ``num_classes`` sigmoid logits.
-    The loss (varifocal + L1 + GIoU) supervises every decoder layer, the encoder's top-k queries
+    After every decoder layer (:meth:`predict_layer`, called by :class:`RTDETRDecoder`) the box
+    head predicts a delta added to the layer's reference box in inverse-sigmoid space; the refined
+    box, detached, is the next layer's reference. The class heads predict ``num_classes`` sigmoid
+    logits. The loss (varifocal + L1 + GIoU) supervises every decoder layer, the encoder's top-k queries
     (matched on their own) and every layer's denoising queries (matched by construction). Names:
     ``loss_*`` for the last layer, ``d{i}.loss_*`` for the others, ``enc_loss_*`` for the encoder,
     ``dn_loss_*`` and ``d{i}.dn_loss_*`` for the denoising queries. Inference keeps the
@@ -32,6 +34,8 @@ class RTDETRHead(DETRHead):
         num_classes: object classes.
         embed_dims: decoder width.
         num_pred_layers: decoder layers (set by the detector from its decoder).
+        eval_idx: the layer whose output is the prediction at inference (negative counts from
+            the end); the layers after it are not run then.
         loss_cls / loss_bbox / loss_iou: loss configs (``RTDETRVarifocalLoss``, L1, GIoU).
         train_cfg: ``dict(assigner=...)``; default: focal class cost 2, L1 5, GIoU 2.
         test_cfg: ``dict(max_per_img=300)``.
@@ -45,6 +49,7 @@ class RTDETRHead(DETRHead):
                  num_classes: int,
                  embed_dims: int = 256,
                  num_pred_layers: int = 6,
+                 eval_idx: int = -1,
                  loss_cls: dict = dict(type='RTDETRVarifocalLoss', alpha=0.75, gamma=2.0,
                                        loss_weight=1.0),
                  loss_bbox: dict = dict(type='L1Loss', loss_weight=5.0),
@@ -52,7 +57,10 @@ class RTDETRHead(DETRHead):
                  train_cfg: Optional[dict] = None,
                  test_cfg: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
+        if not -num_pred_layers <= eval_idx < num_pred_layers:
+            raise ValueError(f'eval_idx={eval_idx} is out of range for {num_pred_layers} layers')
         self.num_pred_layers = num_pred_layers
+        self.eval_idx = eval_idx % num_pred_layers
         train_cfg = train_cfg or dict(assigner=dict(type='HungarianAssigner', match_costs=[
             dict(type='FocalLossCost', weight=2.0, alpha=0.25, gamma=2.0),
             dict(type='BBoxL1Cost', weight=5.0),
@@ -75,18 +83,48 @@ class RTDETRHead(DETRHead):
             nn.init.zeros_(reg.layers[-1].bias)
 
     def forward(self, *args, **kwargs):
-        raise NotImplementedError('RTDETRHead has no forward: RTDETRDecoder applies its branches '
-                                  'layer by layer; use loss() / predict() on its outputs')
+        raise NotImplementedError('RTDETRHead has no forward: RTDETRDecoder calls predict_encoder '
+                                  'and predict_layer; use loss() / predict() on its outputs')
+
+    # ------------------------------------------------------------ per layer
+    def predict_encoder(self, memory: Tensor, anchors_unact: Tensor) -> Tuple[Tensor, Tensor]:
+        """Scores and boxes every memory token: memory (bs, N, C), anchors (1, N, 4) in
+        inverse-sigmoid space -> logits (bs, N, K) and boxes (bs, N, 4) in inverse-sigmoid space."""
+        return self.enc_cls_branch(memory), self.enc_reg_branch(memory) + anchors_unact
+
+    def num_layers_to_run(self, num_layers: int) -> int:
+        """Every layer in training; up to ``eval_idx`` at inference."""
+        return num_layers if self.training else self.eval_idx + 1
+
+    def predict_layer(self, index: int, query: Tensor, reference: Tensor,
+                      previous: Optional[LayerPrediction]) -> LayerPrediction:
+        """Layer ``index``'s box is ``sigmoid(delta + inverse_sigmoid(reference))``; the next
+        layer samples around it, detached. In training the supervised box of a layer after the
+        first is computed from the previous layer's box *with* its gradient (``carry``), so
+        every box loss also trains the previous layer's box head (DINO's look-forward-twice).
+        Logits only where they are used: every layer in training, ``eval_idx`` at inference.
+
+        Args:
+            query: (bs, Q, C) the layer's output; reference: (bs, Q, 4) cxcywh in [0, 1].
+        """
+        delta = self.reg_branches[index](query)
+        box = (delta + inverse_sigmoid(reference)).sigmoid()
+        supervised = box
+        if self.training and previous is not None:
+            supervised = (delta + inverse_sigmoid(previous.carry)).sigmoid()
+        logits = None
+        if self.training or index == self.eval_idx:
+            logits = self.cls_branches[index](query)
+        return LayerPrediction(logits, supervised, box.detach(), carry=box)
 
     # ------------------------------------------------------------------ loss
-    def loss(self, outputs: RTDETROutputs, batch_data_samples: SampleList) -> Dict[str, Tensor]:
+    def loss(self, outputs: DetectionOutputs, gt: GroundTruth) -> Dict[str, Tensor]:
         """Losses of every decoder layer, the encoder top-k and the denoising queries.
 
         Matching and losses are computed in float32, also under mixed precision."""
         # the encoder's top-k is matched with the decoder layers, as one more layer
         logits = torch.cat([outputs.logits, outputs.enc_logits[None]]).float()  # (L + 1, bs, Q, K)
         boxes = torch.cat([outputs.boxes, outputs.enc_boxes[None]]).float()
-        gt = self.ground_truth(batch_data_samples, boxes)
         matches = self.match(logits, boxes, gt)
         num_boxes = self.num_boxes_across_ranks(gt, like=boxes)
         per_layer = self.losses_per_layer(logits, boxes, gt, matches, num_boxes)
@@ -94,9 +132,9 @@ class RTDETRHead(DETRHead):
         losses.update({f'enc_{name}': value[-1] for name, value in per_layer.items()})
         if outputs.denoising is not None:
             dn = outputs.denoising
-            dn_matches = self.denoising_matches(dn, outputs.dn_logits.shape[0])
-            per_layer = self.losses_per_layer(outputs.dn_logits.float(), outputs.dn_boxes.float(),
-                                              gt, dn_matches, num_boxes * dn.num_groups)
+            dn_matches = self.denoising_matches(dn.groups, dn.logits.shape[0])
+            per_layer = self.losses_per_layer(dn.logits.float(), dn.boxes.float(), gt, dn_matches,
+                                              num_boxes * dn.groups.num_groups)
             losses.update(self.name_losses(**{f'dn_{n}': v for n, v in per_layer.items()}))
         return losses
 
@@ -131,7 +169,7 @@ class RTDETRHead(DETRHead):
         return Matches(pairs=[], pred_index=pred_index, gt_index=dn.gt_index.repeat(num_layers))
 
     # ------------------------------------------------------------- inference
-    def predict(self, outputs: RTDETROutputs, batch_data_samples: SampleList,
+    def predict(self, outputs: DetectionOutputs, batch_data_samples: SampleList,
                 rescale: bool = True) -> InstanceList:
         """Detections of the last computed decoder layer (``eval_idx`` at inference)."""
         return self.predict_by_outputs(outputs.logits[-1], outputs.boxes[-1], batch_data_samples,

@@ -1,5 +1,5 @@
 """Deformable DETR: Deformable Transformers for End-to-End Object Detection (Zhu et al. 2021)."""
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from mmdet.models.detectors import BaseDetector
@@ -8,8 +8,9 @@ from torch import Tensor, nn
 
 from detr_plugin.registry import MODELS, build_in_scope
 from detr_plugin.ops import MultiScaleDeformableAttention
-from ..layers.deformable_detr_transformer import MultiScaleLevels, valid_ratios
 from ..layers.encoder_proposals import EncoderProposals
+from ..layers.multi_scale import MultiScaleLevels, flatten_levels, valid_ratios
+from ..layers.predictions import DetectionOutputs
 from .detr import padding_mask
 
 
@@ -121,20 +122,17 @@ class DeformableDETR(BaseDetector):
                        ) -> Tuple[Tensor, Tensor, MultiScaleLevels]:
         """Tokens (bs, N, C) of all levels, their positional + level embeddings (bs, N, C), and
         the levels' layout. Padding masks come from the images' sizes in the metainfo."""
-        tokens, pos, masks, shapes, ratios = [], [], [], [], []
-        for lvl, feat in enumerate(feats):
-            bs, _, h, w = feat.shape
-            mask = padding_mask(batch_data_samples, feat)  # (bs, h, w) or None
-            pe = self.positional_encoding(
-                mask if mask is not None else feat.new_zeros((bs, h, w), dtype=torch.bool))
+        bs = feats[0].shape[0]
+        masks = [padding_mask(batch_data_samples, feat) for feat in feats]  # (bs, h, w) or None
+        pos = []
+        for lvl, (feat, mask) in enumerate(zip(feats, masks)):
+            if mask is None:
+                mask = feat.new_zeros((bs, *feat.shape[-2:]), dtype=torch.bool)
+            pe = self.positional_encoding(mask)
             pos.append(pe.to(feat.dtype).flatten(2).transpose(1, 2) + self.level_embed[lvl])
-            tokens.append(feat.flatten(2).transpose(1, 2))
-            masks.append(mask.flatten(1) if mask is not None else None)
-            shapes.append((h, w))
-            ratios.append(valid_ratios(mask, bs, feat.device))
-        flat_mask = None if masks[0] is None else torch.cat(masks, 1)
-        levels = MultiScaleLevels.from_shapes(shapes, torch.stack(ratios, 1), flat_mask)
-        return torch.cat(tokens, 1), torch.cat(pos, 1), levels
+        ratios = torch.stack([valid_ratios(mask, bs, feats[0].device) for mask in masks], 1)
+        tokens, levels = flatten_levels(feats, ratios, None if masks[0] is None else masks)
+        return tokens, torch.cat(pos, 1), levels
 
     def decoder_input(self, memory: Tensor, levels: MultiScaleLevels) -> DecoderInput:
         """Learned queries with references from their positional part, or (two-stage) the top
@@ -151,7 +149,7 @@ class DeformableDETR(BaseDetector):
             raise ValueError(f'num_queries={self.num_queries} proposals requested but the images '
                              f'give only {num_tokens} encoder tokens')
         proposal_memory, proposals = self.proposals(memory, levels)  # (bs, N, C), (bs, N, 4)
-        enc_logits, enc_boxes = self.bbox_head.forward_encoder(proposal_memory, proposals)
+        enc_logits, enc_boxes = self.bbox_head.predict_encoder(proposal_memory, proposals)
         # the class-agnostic encoder loss trains class 0 as "object"
         top = enc_logits[..., 0].topk(self.num_queries, dim=1).indices  # (bs, Q)
         top_boxes = enc_boxes.gather(1, top[..., None].expand(-1, -1, 4)).detach()
@@ -159,35 +157,33 @@ class DeformableDETR(BaseDetector):
         return DecoderInput(query, query_pos, top_boxes.sigmoid(),
                             (enc_logits, enc_boxes.sigmoid()))
 
-    def forward_transformer(self, feats: Sequence[Tensor], batch_data_samples: Optional[SampleList]
-                            ) -> Tuple[Tensor, List[Tensor], Optional[Tuple[Tensor, Tensor]]]:
-        """Decoder outputs of every layer (L, bs, Q, C), the reference each layer used (L tensors
-        (bs, Q, 2|4)), and the encoder proposals' outputs (two-stage) or None."""
+    def forward_transformer(self, feats: Sequence[Tensor],
+                            batch_data_samples: Optional[SampleList]) -> DetectionOutputs:
+        """The decoder layers' predictions and (two-stage) the encoder proposals'."""
         tokens, pos, levels = self.flatten_levels(feats, batch_data_samples)
         memory = self.encoder(tokens, pos, levels)
         start = self.decoder_input(memory, levels)
-        box_heads = self.bbox_head.reg_branches if self.with_box_refine else None
-        hidden_states, references = self.decoder(start.query, start.query_pos, start.reference,
-                                                 memory, levels, box_heads=box_heads)
-        return hidden_states, references, start.enc_outputs
+        predictions = self.decoder(start.query, start.query_pos, start.reference, memory, levels,
+                                   self.bbox_head)
+        outputs = DetectionOutputs.from_layers(predictions)
+        if start.enc_outputs is None:
+            return outputs
+        return outputs._replace(enc_logits=start.enc_outputs[0], enc_boxes=start.enc_outputs[1])
 
     # ---------------------------------------------------------------- modes
     def loss(self, batch_inputs: Tensor, batch_data_samples: SampleList) -> Dict[str, Tensor]:
-        hidden_states, references, enc_outputs = self.forward_transformer(
-            self.extract_feat(batch_inputs), batch_data_samples)
-        return self.bbox_head.loss(hidden_states, references, batch_data_samples, enc_outputs)
+        gt = self.bbox_head.ground_truth(batch_data_samples, batch_inputs)
+        outputs = self.forward_transformer(self.extract_feat(batch_inputs), batch_data_samples)
+        return self.bbox_head.loss(outputs, gt)
 
     def predict(self, batch_inputs: Tensor, batch_data_samples: SampleList,
                 rescale: bool = True) -> SampleList:
-        hidden_states, references, _ = self.forward_transformer(
-            self.extract_feat(batch_inputs), batch_data_samples)
-        results = self.bbox_head.predict(hidden_states, references, batch_data_samples,
-                                         rescale=rescale)
+        outputs = self.forward_transformer(self.extract_feat(batch_inputs), batch_data_samples)
+        results = self.bbox_head.predict(outputs, batch_data_samples, rescale=rescale)
         return self.add_pred_to_datasample(batch_data_samples, results)
 
     def _forward(self, batch_inputs: Tensor,
                  batch_data_samples: Optional[SampleList] = None) -> Tuple[Tensor, Tensor]:
-        """Raw outputs of every decoder layer: logits (L, bs, Q, K), boxes (L, bs, Q, 4) cxcywh."""
-        hidden_states, references, _ = self.forward_transformer(
-            self.extract_feat(batch_inputs), batch_data_samples)
-        return self.bbox_head(hidden_states, references)
+        """Raw logits (L, bs, Q, K) and boxes (L, bs, Q, 4) cxcywh of every decoder layer."""
+        outputs = self.forward_transformer(self.extract_feat(batch_inputs), batch_data_samples)
+        return outputs.logits, outputs.boxes

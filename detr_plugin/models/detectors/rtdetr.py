@@ -6,8 +6,9 @@ from mmdet.structures import SampleList
 from torch import Tensor
 
 from detr_plugin.registry import MODELS, build_in_scope
+from ..dense_heads.detr_head import GroundTruth
 from ..layers.denoising import ContrastiveDenoising
-from ..layers.rtdetr_decoder import RTDETROutputs
+from ..layers.predictions import DetectionOutputs
 from ..layers.sync_batch_norm import SyncBatchNorm2d
 
 
@@ -19,8 +20,8 @@ class RTDETR(BaseDetector):
         backbone: e.g. ``ResNetVd`` with ``out_indices=(1, 2, 3)``.
         neck: ``HybridEncoder`` config.
         decoder: ``RTDETRDecoder`` config.
-        bbox_head: ``RTDETRHead`` config; receives ``num_pred_layers`` from the decoder and
-            ``train_cfg`` / ``test_cfg``.
+        bbox_head: ``RTDETRHead`` config (with ``eval_idx``); receives ``num_pred_layers`` from
+            the decoder and ``train_cfg`` / ``test_cfg``.
         denoising: ``ContrastiveDenoising`` arguments (num_denoising, label_noise_ratio,
             box_noise_scale), or None to train without denoising queries.
         sync_bn: normalise every ``BatchNorm2d`` (the encoder's; a trainable backbone's) over
@@ -61,24 +62,22 @@ class RTDETR(BaseDetector):
         return self.neck(self.backbone(batch_inputs))
 
     def forward_transformer(self, feats: Tuple[Tensor, ...],
-                            batch_data_samples: Optional[SampleList] = None) -> RTDETROutputs:
-        """Query selection and decoding; in training, denoising queries are added when the
-        samples (with their gts) are given."""
+                            gt: Optional[GroundTruth] = None) -> DetectionOutputs:
+        """Query selection and decoding; in training, denoising queries are made from ``gt``
+        when it is given."""
         groups = None
-        if self.training and self.denoising is not None and batch_data_samples is not None:
-            gt = self.bbox_head.ground_truth(batch_data_samples, feats[0])  # float32 under AMP too
+        if self.training and self.denoising is not None and gt is not None:
             groups = self.denoising(gt.labels, gt.boxes, self.decoder.num_queries)
-        head = self.bbox_head
-        return self.decoder(feats, head.cls_branches, head.reg_branches, head.enc_cls_branch,
-                            head.enc_reg_branch, groups)
+        return self.decoder(feats, self.bbox_head, groups)
 
     def loss(self, batch_inputs: Tensor, batch_data_samples: SampleList) -> Dict[str, Tensor]:
-        outputs = self.forward_transformer(self.extract_feat(batch_inputs), batch_data_samples)
-        return self.bbox_head.loss(outputs, batch_data_samples)
+        gt = self.bbox_head.ground_truth(batch_data_samples, batch_inputs)  # float32 under AMP
+        outputs = self.forward_transformer(self.extract_feat(batch_inputs), gt)
+        return self.bbox_head.loss(outputs, gt)
 
     def predict(self, batch_inputs: Tensor, batch_data_samples: SampleList,
                 rescale: bool = True) -> SampleList:
-        outputs = self.forward_transformer(self.extract_feat(batch_inputs), batch_data_samples)
+        outputs = self.forward_transformer(self.extract_feat(batch_inputs))
         results = self.bbox_head.predict(outputs, batch_data_samples, rescale=rescale)
         return self.add_pred_to_datasample(batch_data_samples, results)
 

@@ -11,22 +11,24 @@ __all__ = [
     'DetrEncoderLayer', 'DetrDecoderLayer', 'DetrTransformerEncoder', 'DetrTransformerDecoder'
 ]
 from .deformable_detr_transformer import (DeformableDetrTransformerDecoder,  # noqa: E402
-                                          DeformableDetrTransformerEncoder, MultiScaleLevels)
+                                          DeformableDetrTransformerEncoder)
 from .encoder_proposals import EncoderProposals  # noqa: E402
+from .multi_scale import LevelAnchors, MultiScaleLevels  # noqa: E402
+from .predictions import DenoisingOutputs, DetectionOutputs, LayerPrediction  # noqa: E402
 
 __all__ += [
     'DeformableDetrTransformerEncoder', 'DeformableDetrTransformerDecoder', 'MultiScaleLevels',
-    'EncoderProposals'
+    'LevelAnchors', 'EncoderProposals', 'DenoisingOutputs', 'DetectionOutputs', 'LayerPrediction'
 ]
 from .csp_rep_layer import ConvNormAct, CSPRepLayer, RepVggBlock  # noqa: E402
 from .denoising import ContrastiveDenoising, DenoisingGroups  # noqa: E402
 from .ema import ForeachExpMomentumEMA  # noqa: E402
 from .frozen_batch_norm import FrozenBatchNorm2d  # noqa: E402
-from .rtdetr_decoder import RTDETRDecoder, RTDETROutputs  # noqa: E402
+from .rtdetr_decoder import RTDETRDecoder  # noqa: E402
 from .sync_batch_norm import SyncBatchNorm2d  # noqa: E402
 
 __all__ += [
     'ConvNormAct', 'CSPRepLayer', 'RepVggBlock', 'ContrastiveDenoising', 'DenoisingGroups',
-    'ForeachExpMomentumEMA', 'FrozenBatchNorm2d', 'RTDETRDecoder', 'RTDETROutputs',
+    'ForeachExpMomentumEMA', 'FrozenBatchNorm2d', 'RTDETRDecoder',
     'SyncBatchNorm2d'
 ]

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from detr_plugin.ops import MultiScaleDeformableAttention
 from .mlp import FFN
+from .multi_scale import MultiScaleLevels
 from .multihead_attention import MultiheadAttention
 
 
@@ -26,19 +27,18 @@ class DeformableEncoderLayer(nn.Module):
         self.dropout1 = nn.Dropout(dropout)
         self.dropout2 = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, pos: Tensor, reference_points: Tensor, spatial_shapes: Tensor,
-                level_start_index: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
+    def forward(self, x: Tensor, pos: Tensor, reference_points: Tensor,
+                levels: MultiScaleLevels) -> Tensor:
         """
         Args:
             x, pos: (bs, N, C) tokens of all levels, N = sum(H_l * W_l).
             reference_points: (bs, N, L, 2) every token's centre, normalized on every level.
-            spatial_shapes: (L, 2) as (H_l, W_l); level_start_index: (L,).
-            padding_mask: (bs, N) True on padding, or None.
+            levels: the layout of the tokens (and their padding mask).
         Returns:
             (bs, N, C)
         """
-        attn = self.self_attn(x + pos, reference_points, x, spatial_shapes, level_start_index,
-                              padding_mask)
+        attn = self.self_attn(x + pos, reference_points, x, levels.spatial_shapes,
+                              levels.level_start_index, levels.padding_mask)
         x = self.norm1(x + self.dropout1(attn))
         return self.norm2(x + self.dropout2(self.ffn(x)))
 
@@ -61,23 +61,20 @@ class DeformableDecoderLayer(nn.Module):
         self.dropout3 = nn.Dropout(dropout)
 
     def forward(self, query: Tensor, query_pos: Tensor, reference_points: Tensor, memory: Tensor,
-                spatial_shapes: Tensor, level_start_index: Tensor,
-                memory_padding_mask: Optional[Tensor] = None,
-                self_attn_mask: Optional[Tensor] = None) -> Tensor:
+                levels: MultiScaleLevels, self_attn_mask: Optional[Tensor] = None) -> Tensor:
         """
         Args:
             query, query_pos: (bs, Q, C).
             reference_points: (bs, Q, L or 1, 2 or 4) normalized points or cxcywh boxes, already
                 scaled to each level's valid region.
-            memory: (bs, N, C) encoder output; spatial_shapes (L, 2); level_start_index (L,).
-            memory_padding_mask: (bs, N) True on padding, or None.
+            memory: (bs, N, C) encoder output; levels: its layout (and padding mask).
             self_attn_mask: (Q, Q) bool, True where a query may not attend (denoising groups).
         Returns:
             (bs, Q, C)
         """
         q = query + query_pos
         query = self.norm1(query + self.dropout1(self.self_attn(q, q, query, attn_mask=self_attn_mask)))
-        attn = self.cross_attn(query + query_pos, reference_points, memory, spatial_shapes,
-                               level_start_index, memory_padding_mask)
+        attn = self.cross_attn(query + query_pos, reference_points, memory, levels.spatial_shapes,
+                               levels.level_start_index, levels.padding_mask)
         query = self.norm2(query + self.dropout2(attn))
         return self.norm3(query + self.dropout3(self.ffn(query)))

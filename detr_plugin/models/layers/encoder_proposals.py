@@ -6,37 +6,12 @@ centred on its pixel, which the encoder's box head refines and its class head sc
 becomes its query.
 """
 import math
-from typing import Sequence, Tuple
+from typing import Tuple
 
 import torch
 from torch import Tensor, nn
 
-from .deformable_detr_transformer import MultiScaleLevels
-
-
-def proposal_boxes(shapes: Sequence[Tuple[int, int]], valid_sizes: Tensor,
-                   base_size: float = 0.05) -> Tensor:
-    """One box per pixel of every level, normalized by the image's valid size on that level.
-
-    Args:
-        shapes: (H_l, W_l) of every level.
-        valid_sizes: (bs, L, 2) as (valid width, valid height) in pixels of each level.
-        base_size: width and height of the boxes of level 0; they double from level to level.
-
-    Returns:
-        (bs, N, 4) cxcywh: pixel (i, j) of level l gives
-        ``((j + 0.5) / valid_w_l, (i + 0.5) / valid_h_l, base_size * 2^l, base_size * 2^l)``.
-        Padding pixels give centres beyond 1.
-    """
-    boxes = []
-    for lvl, (h, w) in enumerate(shapes):
-        ys = torch.arange(h, dtype=torch.float32, device=valid_sizes.device) + 0.5
-        xs = torch.arange(w, dtype=torch.float32, device=valid_sizes.device) + 0.5
-        y, x = torch.meshgrid(ys, xs, indexing='ij')
-        centres = torch.stack((x, y), -1).reshape(1, h * w, 2) / valid_sizes[:, None, lvl]
-        sizes = torch.full_like(centres, base_size * 2.0**lvl)
-        boxes.append(torch.cat((centres, sizes), -1))  # (bs, h*w, 4)
-    return torch.cat(boxes, 1)
+from .multi_scale import MultiScaleLevels, inverse_sigmoid_boxes, level_boxes
 
 
 def box_sine_embedding(boxes: Tensor, num_feats: int, temperature: float = 10000.,
@@ -90,14 +65,11 @@ class EncoderProposals(nn.Module):
             padding, and boxes reaching outside (0.01, 0.99). The features of those are computed
             from a zeroed memory.
         """
-        sizes = levels.spatial_shapes.flip(-1).to(levels.valid_ratios)  # (L, 2) as (W_l, H_l)
-        valid_sizes = (levels.valid_ratios * sizes).round()  # (bs, L, 2) whole pixels
-        boxes = proposal_boxes(levels.shapes, valid_sizes)  # (bs, N, 4)
-        invalid = ~((boxes > 0.01) & (boxes < 0.99)).all(-1)  # (bs, N)
-        if levels.padding_mask is not None:
-            invalid = invalid | levels.padding_mask
-        boxes = torch.log(boxes / (1 - boxes)).masked_fill(invalid[..., None], float('inf'))
-        memory = memory.masked_fill(invalid[..., None], 0.0)
+        valid_sizes = (levels.valid_ratios * levels.level_sizes()).round()  # (bs, L, 2) pixels
+        # centres normalized by the image's valid size: padding pixels give centres beyond 1
+        boxes = level_boxes(levels.shapes, valid_sizes, base_size=0.05)  # (bs, N, 4)
+        boxes = inverse_sigmoid_boxes(boxes, eps=0.01, invalid=levels.padding_mask)
+        memory = memory.masked_fill(boxes[..., :1].isinf(), 0.0)
         return self.memory_norm(self.memory_proj(memory)), boxes
 
     def queries(self, boxes_unact: Tensor) -> Tuple[Tensor, Tensor]:

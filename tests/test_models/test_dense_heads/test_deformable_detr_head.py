@@ -8,7 +8,8 @@ from mmdet.structures import DetDataSample
 from mmengine.structures import InstanceData
 
 from detr_plugin.models.dense_heads import DeformableDETRHead
-from detr_plugin.models.layers.deformable_detr_transformer import refine_boxes
+from detr_plugin.models.dense_heads.deformable_detr_head import refine_boxes
+from detr_plugin.models.layers import DetectionOutputs
 
 
 def make_head(**kwargs):
@@ -48,17 +49,23 @@ def test_branches_and_init(refine, two_stage):
         torch.testing.assert_close(head.cls_branches[0].weight, head.cls_branches[1].weight)
 
 
-def test_forward_adds_offsets_to_each_layers_reference():
-    torch.manual_seed(0)
-    head = make_head(with_box_refine=True)
-    for p in head.parameters():
-        p.data.normal_()
-    hidden = torch.randn(2, 1, 4, 8)
-    refs = [torch.rand(1, 4, 2), torch.rand(1, 4, 4)]
-    logits, boxes = head(hidden, refs)
-    for i in range(2):
-        torch.testing.assert_close(logits[i], head.cls_branches[i](hidden[i]))
-        torch.testing.assert_close(boxes[i], refine_boxes(refs[i], head.reg_branches[i](hidden[i])))
+def logit(p):
+    return math.log(p / (1 - p))
+
+
+def sigmoid(x):
+    return 1 / (1 + math.exp(-x))
+
+
+def test_refine_boxes_by_hand():
+    delta = torch.tensor([[0.3, -0.2, 0.5, -1.0]])
+    box = torch.tensor([[0.4, 0.7, 0.2, 0.1]])
+    expected = [sigmoid(d + logit(b)) for d, b in zip(delta[0].tolist(), box[0].tolist())]
+    torch.testing.assert_close(refine_boxes(box, delta), torch.tensor([expected]))
+    # a point reference: the offset moves the centre, w and h are predicted outright
+    point = box[:, :2]
+    expected = [sigmoid(0.3 + logit(0.4)), sigmoid(-0.2 + logit(0.7)), sigmoid(0.5), sigmoid(-1.0)]
+    torch.testing.assert_close(refine_boxes(point, delta), torch.tensor([expected]))
 
 
 def focal_float64(logits, targets, alpha=0.25, gamma=2.0):
@@ -93,8 +100,10 @@ def test_encoder_loss_is_class_agnostic():
     head = make_head(with_box_refine=True, as_two_stage=True)
     logits = torch.randn(2, 30, 3)
     boxes = torch.rand(2, 30, 4) * 0.5 + 0.25
-    a = head.loss_encoder(logits, boxes, samples_with([[[5, 5, 20, 30]], [[0, 0, 9, 9]]], [[2], [1]]))
-    b = head.loss_encoder(logits, boxes, samples_with([[[5, 5, 20, 30]], [[0, 0, 9, 9]]], [[0], [0]]))
+    gt_a = head.ground_truth(samples_with([[[5, 5, 20, 30]], [[0, 0, 9, 9]]], [[2], [1]]), boxes)
+    gt_b = head.ground_truth(samples_with([[[5, 5, 20, 30]], [[0, 0, 9, 9]]], [[0], [0]]), boxes)
+    a = head.loss_encoder(logits, boxes, gt_a)
+    b = head.loss_encoder(logits, boxes, gt_b)
     assert set(a) == {'enc_loss_cls', 'enc_loss_bbox', 'enc_loss_iou'}
     for key in a:
         torch.testing.assert_close(a[key], b[key])
@@ -111,9 +120,10 @@ def test_encoder_loss_is_class_agnostic():
 def test_loss_with_an_image_without_boxes():
     torch.manual_seed(0)
     head = make_head()
-    hidden = torch.randn(2, 2, 6, 8, requires_grad=True)
-    refs = [torch.rand(2, 6, 2)] * 2
-    losses = head.loss(hidden, refs, samples_with([[], []], [[], []]))
+    hidden = torch.randn(2, 6, 8, requires_grad=True)
+    predictions = [head.predict_layer(i, hidden, torch.rand(2, 6, 2), None) for i in range(2)]
+    gt = head.ground_truth(samples_with([[], []], [[], []]), hidden)
+    losses = head.loss(DetectionOutputs.from_layers(predictions), gt)
     total = sum(losses.values())
     total.backward()
     assert torch.isfinite(total) and losses['loss_bbox'] == 0 and losses['loss_cls'] > 0
@@ -136,14 +146,17 @@ def test_predict_uses_last_layer_branches():
     head = make_head(with_box_refine=True)
     for p in head.parameters():
         p.data.normal_()
-    hidden = torch.randn(2, 1, 4, 8)
-    refs = [torch.rand(1, 4, 2), torch.rand(1, 4, 4)]
+    hidden = torch.randn(1, 4, 8)
+    reference = torch.rand(1, 4, 4)
+    head.eval()
+    outputs = DetectionOutputs.from_layers([head.predict_layer(1, hidden, reference, None)])
     sample = samples_with([[]], [[]], shape=(10, 20))
-    result = head.predict(hidden, refs, sample, rescale=False)[0]
-    logits, boxes = head(hidden, refs)
-    scores, labels, queries = head.scores_and_labels(logits[-1])
+    result = head.predict(outputs, sample, rescale=False)[0]
+    logits = head.cls_branches[1](hidden)
+    boxes = refine_boxes(reference, head.reg_branches[1](hidden))
+    scores, labels, queries = head.scores_and_labels(logits)
     torch.testing.assert_close(result.scores, scores[0])
-    expected = head.to_pixels(boxes[-1, 0, queries[0]], sample[0].metainfo, rescale=False)
+    expected = head.to_pixels(boxes[0, queries[0]], sample[0].metainfo, rescale=False)
     torch.testing.assert_close(result.bboxes, expected)
 
 
@@ -178,7 +191,7 @@ def test_encoder_matching_of_half_precision_logits_in_float32(dtype):
     matches_fp32 = head.match(logits[None], boxes[None], gt)
     assert matches_fp32.pairs[0][0][0].tolist() == [expected]
     # through loss_encoder: the matched query is the positive of the class loss
-    losses = head.loss_encoder(logits.to(dtype), boxes, samples)
+    losses = head.loss_encoder(logits.to(dtype), boxes, head.ground_truth(samples, boxes))
     targets = torch.zeros(1, 2, 3)
     targets[0, expected, 0] = 1.0
     want = 2.0 * focal_float64(logits.to(dtype).float(), targets) / 1.0

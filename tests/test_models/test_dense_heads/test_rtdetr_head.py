@@ -8,7 +8,7 @@ from mmengine.registry import DefaultScope
 from mmengine.structures import InstanceData
 
 from detr_plugin.models.layers.denoising import ContrastiveDenoising
-from detr_plugin.models.layers.rtdetr_decoder import RTDETROutputs
+from detr_plugin.models.layers.predictions import DenoisingOutputs, DetectionOutputs
 from detr_plugin.models.task_modules import Matches
 from detr_plugin.registry import MODELS
 
@@ -68,13 +68,13 @@ def test_loss_names_and_denoising_terms(head):
     gt = head.ground_truth(samples, torch.zeros(1))
     dn = ContrastiveDenoising(K, 8, num_denoising=4)(gt.labels, gt.boxes, num_queries=Q)
     D = dn.query.shape[1]
-    outputs = RTDETROutputs(
+    outputs = DetectionOutputs(
         logits=torch.randn(L, bs, Q, K, requires_grad=True),
         boxes=torch.rand(L, bs, Q, 4).mul(0.5).add(0.2).requires_grad_(),
         enc_logits=torch.randn(bs, Q, K), enc_boxes=torch.rand(bs, Q, 4) * 0.5 + 0.2,
-        dn_logits=torch.randn(L, bs, D, K), dn_boxes=torch.rand(L, bs, D, 4) * 0.5 + 0.2,
-        denoising=dn)
-    losses = head.loss(outputs, samples)
+        denoising=DenoisingOutputs(torch.randn(L, bs, D, K), torch.rand(L, bs, D, 4) * 0.5 + 0.2,
+                                   dn))
+    losses = head.loss(outputs, gt)
     names = {'loss_cls', 'loss_bbox', 'loss_iou'}
     expected = names | {f'd0.{n}' for n in names} | {f'enc_{n}' for n in names} | \
         {f'dn_{n}' for n in names} | {f'd0.dn_{n}' for n in names}
@@ -85,7 +85,7 @@ def test_loss_names_and_denoising_terms(head):
     positives = [0, 2, 4, 6]
     assert matches.pred_index.tolist() == positives + [bs * D + p for p in positives]
     assert matches.gt_index.tolist() == [0] * 8
-    dn_l1 = (outputs.dn_boxes[1, 0, positives] - gt.all_boxes[0]).abs().sum() * 5
+    dn_l1 = (outputs.denoising.boxes[1, 0, positives] - gt.all_boxes[0]).abs().sum() * 5
     torch.testing.assert_close(losses['dn_loss_bbox'], dn_l1 / (1 * dn.num_groups))
 
 
@@ -117,8 +117,9 @@ def test_float16_logits_are_matched_and_scored_in_float32(head):
     logits = torch.full((2, 1, 2, 3), -5.0)
     logits[..., 1] = 10.0
     boxes = torch.tensor([[0.8, 0.8, 0.2, 0.2], [0.4, 0.4, 0.4, 0.4]]).expand(2, 1, 2, 4)
-    outputs = RTDETROutputs(logits.half(), boxes, logits[0].half(), boxes[0])
-    losses = head.loss(outputs, [sample([[20, 20, 60, 60]], [1])])
+    outputs = DetectionOutputs(logits.half(), boxes, enc_logits=logits[0].half(),
+                               enc_boxes=boxes[0])
+    losses = head.loss(outputs, head.ground_truth([sample([[20, 20, 60, 60]], [1])], boxes))
     for name in ('loss_bbox', 'loss_iou', 'd0.loss_bbox', 'enc_loss_bbox', 'enc_loss_iou'):
         assert losses[name].item() == pytest.approx(0, abs=1e-6), name
     assert all(value.dtype == torch.float32 for value in losses.values())

@@ -87,13 +87,16 @@ def test_padding_changes_only_padded_images(model, make_batch):
         big_feats = [f.clone() for f in model.extract_feat(big_inputs)]
         for small, big in zip(feats, big_feats):  # the backbone sees the padding: give it equal maps
             big[0, :, :small.shape[2], :small.shape[3]] = small[0]
-        hidden, refs, enc = model.forward_transformer(feats, samples)
-        big_hidden, big_refs, big_enc = model.forward_transformer(big_feats, big_samples)
+        small_out = model.forward_transformer(feats, samples)
+        big_out = model.forward_transformer(big_feats, big_samples)
     model.train()
+    enc = small_out.enc_logits, small_out.enc_boxes
+    big_enc = big_out.enc_logits, big_out.enc_boxes
     if not model.as_two_stage:
-        torch.testing.assert_close(big_hidden[:, 0], hidden[:, 0], atol=1e-4, rtol=1e-4)
-        for ref, big_ref in zip(refs, big_refs):
-            torch.testing.assert_close(big_ref[0], ref[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(big_out.logits[:, 0], small_out.logits[:, 0], atol=1e-4,
+                                   rtol=1e-4)
+        torch.testing.assert_close(big_out.boxes[:, 0], small_out.boxes[:, 0], atol=1e-5,
+                                   rtol=1e-5)
     else:
         # every valid token's proposal is the same; padding tokens propose nothing (+inf -> 1)
         n = sum(f.shape[2] * f.shape[3] for f in big_feats)
@@ -188,9 +191,8 @@ def test_bfloat16_autocast(make_batch):
     with torch.autocast('cpu', dtype=torch.bfloat16):
         losses = model(**data, mode='loss')
         feats = model.extract_feat(data['inputs'])
-        hidden, refs, _ = model.forward_transformer(feats, data['data_samples'])
-        _, boxes = model.bbox_head(hidden, refs)
+        outputs = model.forward_transformer(feats, data['data_samples'])
     total = sum(losses.values())
     total.backward()
     assert torch.isfinite(total)
-    assert boxes.dtype == torch.float32 and all(ref.dtype == torch.float32 for ref in refs)
+    assert outputs.boxes.dtype == torch.float32

@@ -1,15 +1,11 @@
-"""Deformable DETR's encoder/decoder stacks: valid ratios, reference points and refinement against
-values written out by hand, and what the decoder hands its layers."""
-import math
+"""Deformable DETR's encoder/decoder stacks: what the decoder hands its layers and its head
+(the refinement rule checked against the formula written out), and padding in the encoder."""
 
-import pytest
 import torch
-from torch import nn
 
+from detr_plugin.models.dense_heads import DeformableDETRHead
 from detr_plugin.models.layers import (DeformableDetrTransformerDecoder,
                                        DeformableDetrTransformerEncoder, MultiScaleLevels)
-from detr_plugin.models.layers.deformable_detr_transformer import (encoder_reference_points,
-                                                                   refine_boxes, valid_ratios)
 
 
 def padded_mask(shape, valid):
@@ -20,51 +16,6 @@ def padded_mask(shape, valid):
     return mask
 
 
-def test_valid_ratios_by_hand():
-    mask = padded_mask((5, 4), [(5, 4), (2, 3)])
-    expected = torch.tensor([[1.0, 1.0], [3 / 4, 2 / 5]])  # (w, h)
-    torch.testing.assert_close(valid_ratios(mask, 2, mask.device), expected)
-    torch.testing.assert_close(valid_ratios(None, 3, mask.device), torch.ones(3, 2))
-
-
-def test_encoder_reference_points_by_hand():
-    """Level 0 is 2 x 3 with 1 x 2 valid (ratios w 2/3, h 1/2); level 1 is 1 x 2 with 1 x 1 valid
-    (w 1/2, h 1). A pixel's centre is normalized by its own level's valid size, then scaled to
-    each level by that level's ratio."""
-    shapes = [(2, 3), (1, 2)]
-    ratios = torch.tensor([[[2 / 3, 1 / 2], [1 / 2, 1.0]]])  # (1, L, 2) as (w, h)
-    expected = []
-    for lvl, (h, w, valid_w, valid_h) in enumerate([(2, 3, 2, 1), (1, 2, 1, 1)]):
-        for i in range(h):
-            for j in range(w):
-                x, y = (j + 0.5) / valid_w, (i + 0.5) / valid_h
-                expected.append([[x * 2 / 3, y * 1 / 2], [x * 1 / 2, y * 1.0]])
-    points = encoder_reference_points(shapes, ratios)
-    assert points.shape == (1, 8, 2, 2)
-    torch.testing.assert_close(points[0], torch.tensor(expected))
-    # the valid region's first pixel of level 0 sits at its centre on every level
-    torch.testing.assert_close(points[0, 0, 0], torch.tensor([0.5 / 3, 0.5 / 2]))
-
-
-def logit(p):
-    return math.log(p / (1 - p))
-
-
-def sigmoid(x):
-    return 1 / (1 + math.exp(-x))
-
-
-def test_refine_boxes_by_hand():
-    delta = torch.tensor([[0.3, -0.2, 0.5, -1.0]])
-    box = torch.tensor([[0.4, 0.7, 0.2, 0.1]])
-    expected = [sigmoid(d + logit(b)) for d, b in zip(delta[0].tolist(), box[0].tolist())]
-    torch.testing.assert_close(refine_boxes(box, delta), torch.tensor([expected]))
-    # a point reference: the offset moves the centre, w and h are predicted outright
-    point = box[:, :2]
-    expected = [sigmoid(0.3 + logit(0.4)), sigmoid(-0.2 + logit(0.7)), sigmoid(0.5), sigmoid(-1.0)]
-    torch.testing.assert_close(refine_boxes(point, delta), torch.tensor([expected]))
-
-
 def tiny_levels(bs=2):
     ratios = torch.tensor([[[1.0, 1.0], [1.0, 1.0]], [[0.5, 0.75], [0.5, 1.0]]])[:bs]
     return MultiScaleLevels.from_shapes([(4, 4), (2, 2)], ratios)
@@ -73,40 +24,55 @@ def tiny_levels(bs=2):
 LAYER = dict(embed_dims=16, num_heads=2, num_levels=2, num_points=2, ffn_dims=32, dropout=0.0)
 
 
-def test_decoder_scales_references_and_refines_with_detached_boxes():
+def logit(x):
+    return torch.log(x / (1 - x))
+
+
+def run_decoder(with_box_refine):
+    """A 3-layer decoder with a random head; returns the head, the initial points, what every
+    layer's cross-attention was given, every layer's output query and the predictions."""
     torch.manual_seed(0)
     decoder = DeformableDetrTransformerDecoder(num_layers=3, layer_cfg=LAYER)
-    heads = nn.ModuleList(nn.Linear(16, 4) for _ in range(3))
-    seen = []
-    for layer in decoder.layers:  # what every layer's cross-attention is given
+    head = DeformableDETRHead(num_classes=3, embed_dims=16, num_layers=3,
+                              with_box_refine=with_box_refine)
+    for p in head.parameters():
+        p.data.normal_(0, 0.1)
+    seen, outputs = [], []
+    for layer in decoder.layers:
         layer.cross_attn.register_forward_pre_hook(lambda m, args: seen.append(args[1]))
-    levels = tiny_levels()
-    query, query_pos = torch.randn(2, 5, 16), torch.randn(2, 5, 16)
+        layer.register_forward_hook(lambda m, args, out: outputs.append(out))
     points = torch.rand(2, 5, 2)
-    memory = torch.randn(2, 20, 16)
-    hidden, refs = decoder(query, query_pos, points, memory, levels, box_heads=heads)
+    predictions = decoder(torch.randn(2, 5, 16), torch.randn(2, 5, 16), points,
+                          torch.randn(2, 20, 16), tiny_levels(), head)
+    return head, points, seen, outputs, predictions
 
-    assert hidden.shape == (3, 2, 5, 16) and len(refs) == 3
-    assert refs[0] is points and refs[1].shape == (2, 5, 4)
-    for i in range(1, 3):  # each layer starts from the previous head's refinement, detached
-        expected = refine_boxes(refs[i - 1], heads[i - 1](hidden[i - 1]))
-        torch.testing.assert_close(refs[i], expected)
-        assert not refs[i].requires_grad
+
+def test_decoder_refines_with_detached_boxes_in_inverse_sigmoid_space():
+    head, points, seen, outputs, predictions = run_decoder(with_box_refine=True)
+    assert len(predictions) == 3
+    reference = points
+    for i, pred in enumerate(predictions):
+        delta = head.reg_branches[i](outputs[i])  # written out: offset added in logit space
+        if i == 0:  # a point reference: w and h predicted outright
+            expected = torch.cat([delta[..., :2] + logit(reference), delta[..., 2:]], -1).sigmoid()
+        else:
+            expected = (delta + logit(reference)).sigmoid()
+        torch.testing.assert_close(pred.boxes, expected)
+        torch.testing.assert_close(pred.logits, head.cls_branches[i](outputs[i]))
+        assert pred.boxes.requires_grad and not pred.next_reference.requires_grad
+        torch.testing.assert_close(pred.next_reference, expected)
+        reference = expected.detach()
     # the attention sees the references scaled by every level's valid ratio (w, h, w, h for boxes)
-    ratios = levels.valid_ratios
+    ratios = tiny_levels().valid_ratios
     torch.testing.assert_close(seen[0], points[:, :, None] * ratios[:, None])
-    torch.testing.assert_close(seen[2], refs[2][:, :, None] * ratios.repeat(1, 1, 2)[:, None])
+    torch.testing.assert_close(seen[2], predictions[1].boxes.detach()[:, :, None] *
+                               ratios.repeat(1, 1, 2)[:, None])
 
 
-def test_decoder_without_heads_keeps_references():
-    decoder = DeformableDetrTransformerDecoder(num_layers=2, layer_cfg=LAYER)
-    boxes = torch.rand(1, 3, 4)
-    _, refs = decoder(torch.randn(1, 3, 16), torch.randn(1, 3, 16), boxes, torch.randn(1, 20, 16),
-                      tiny_levels(1))
-    assert all(ref is boxes for ref in refs)
-    with pytest.raises(ValueError, match='box_heads'):
-        decoder(torch.randn(1, 3, 16), torch.randn(1, 3, 16), boxes, torch.randn(1, 20, 16),
-                tiny_levels(1), box_heads=nn.ModuleList([nn.Linear(16, 4)]))
+def test_decoder_without_refinement_keeps_the_reference():
+    _, points, seen, _, predictions = run_decoder(with_box_refine=False)
+    assert all(pred.next_reference is points for pred in predictions)
+    torch.testing.assert_close(seen[2], seen[0])
 
 
 def test_encoder_ignores_padding():

@@ -1,22 +1,11 @@
-"""Two-stage proposals against hand computations: the per-pixel boxes, which ones are masked, the
+"""Two-stage proposals against hand computations: the per-pixel boxes and which ones are masked, the
 box sine embedding, and which half of the query projection is positional."""
 import math
 
 import torch
 
 from detr_plugin.models.layers import EncoderProposals, MultiScaleLevels
-from detr_plugin.models.layers.encoder_proposals import box_sine_embedding, proposal_boxes
-
-
-def test_proposal_boxes_by_hand():
-    shapes = [(2, 3), (1, 2)]
-    valid = torch.tensor([[[2.0, 1.0], [1.0, 1.0]]])  # (1, L, 2) valid (w, h) in pixels
-    expected = []
-    for lvl, (h, w, vw, vh) in enumerate([(2, 3, 2, 1), (1, 2, 1, 1)]):
-        for i in range(h):
-            for j in range(w):
-                expected.append([(j + 0.5) / vw, (i + 0.5) / vh, 0.05 * 2**lvl, 0.05 * 2**lvl])
-    torch.testing.assert_close(proposal_boxes(shapes, valid), torch.tensor([expected]))
+from detr_plugin.models.layers.encoder_proposals import box_sine_embedding
 
 
 def test_invalid_proposals_are_infinite_and_read_zero_memory():

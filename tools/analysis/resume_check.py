@@ -9,7 +9,9 @@ The report lists every iteration's loss in A and in B (before the checkpoint fro
 after it from the resumed one; the iterations the killed run did past its checkpoint are redone
 and shown beside their redo) and compares A's and B's final weights. On CPU with
 ``--deterministic`` both must be bit-identical (``--expect-exact`` turns any difference into exit
-status 1); on GPUs, atomics make them differ within noise.
+status 1), data workers and validations included, as long as the training loader's workers restart
+every epoch (``persistent_workers=False``, our dataset configs; see RNGStateHook); on GPUs,
+atomics make them differ within noise.
 
     python tools/analysis/resume_check.py configs/rtdetr/rtdetr_r18vd_1xb8-demo.py --gpus 2 \\
         --epochs 3 --kill-after 5 --work-dir work_dirs/resume_check

@@ -3,6 +3,7 @@ from .dataset_check_hook import DatasetCheckHook
 from .num_classes_check_hook import NumClassesCheckHook
 from .rng_state_hook import RNGStateHook
 from .safe_checkpoint_hook import SafeCheckpointHook
+from .stop_augmentation_hook import StopAugmentationHook
 
 __all__ = ['CPUAffinityHook', 'DatasetCheckHook', 'NumClassesCheckHook', 'RNGStateHook',
-           'SafeCheckpointHook']
+           'SafeCheckpointHook', 'StopAugmentationHook']

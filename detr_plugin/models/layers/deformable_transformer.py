@@ -3,7 +3,7 @@
 Shared by Deformable DETR (encoder and decoder) and RT-DETR (decoder). Layers are post-norm; the
 positional embedding is added to the attention queries, never to values.
 """
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 from torch import Tensor, nn
 
@@ -44,14 +44,20 @@ class DeformableEncoderLayer(nn.Module):
 
 
 class DeformableDecoderLayer(nn.Module):
-    """Self-attention among queries, deformable cross-attention to the encoder memory, FFN."""
+    """Self-attention among queries, deformable cross-attention to the encoder memory, FFN.
+
+    ``num_points`` may differ per level and ``cross_attn_method`` may be 'discrete' (RT-DETRv2);
+    see :class:`MultiScaleDeformableAttention`.
+    """
 
     def __init__(self, embed_dims: int = 256, num_heads: int = 8, num_levels: int = 4,
-                 num_points: int = 4, ffn_dims: int = 1024, dropout: float = 0.1,
-                 act: str = 'relu') -> None:
+                 num_points: Union[int, Sequence[int]] = 4, ffn_dims: int = 1024,
+                 dropout: float = 0.1, act: str = 'relu',
+                 cross_attn_method: str = 'default') -> None:
         super().__init__()
         self.self_attn = MultiheadAttention(embed_dims, num_heads, dropout)
-        self.cross_attn = MultiScaleDeformableAttention(embed_dims, num_heads, num_levels, num_points)
+        self.cross_attn = MultiScaleDeformableAttention(embed_dims, num_heads, num_levels,
+                                                        num_points, method=cross_attn_method)
         self.ffn = FFN(embed_dims, ffn_dims, dropout, act)
         self.norm1 = nn.LayerNorm(embed_dims)
         self.norm2 = nn.LayerNorm(embed_dims)

@@ -1,0 +1,16 @@
+# RT-DETRv2 R34-vd (rtdetrv2_r34vd_120e_coco.yml): as R18 with 4 decoder layers, batch
+# multi-scale until epoch 117, the backbone at half the learning rate, no weight decay on norms
+# and on the encoder's and decoder's biases.
+# Expected: 49.9 AP on val2017 (the original's README, RT-DETRv2-M*).
+_base_ = './rtdetrv2_r18vd_8xb2-120e_coco.py'
+
+model = dict(
+    backbone=dict(depth=34, init_cfg=dict(checkpoint='presnet://resnet34vd')),
+    decoder=dict(num_layers=4),
+    data_preprocessor=dict(batch_augments=[
+        dict(type='BatchSyncRandomResize', random_size_range=(480, 800), size_divisor=32,
+             interval=1)
+    ]))
+
+optim_wrapper = dict(paramwise_cfg=dict(custom_keys={'backbone': dict(lr_mult=0.5)},
+                                        bias_decay_mult=0.0))

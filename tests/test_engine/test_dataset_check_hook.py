@@ -80,3 +80,15 @@ def test_summary_block_and_warnings(tmp_path):
     zero_id, order = runner.logger.warnings
     assert zero_id.startswith(f'{ann_file}: 1 annotation(s) with id 0')
     assert "label 0 is 'cat' in the json but 'dog' in metainfo" in order
+
+
+def test_forgotten_metainfo_gives_a_short_line(tmp_path):
+    """Without metainfo, CocoDataset takes COCO's 80 class names: the line lists a few of them."""
+    ann_file = write_json(tmp_path / 'widgets.json', ['widget'], [(0, [1, 1, 9, 9])])
+    dataset = CocoDataset(ann_file=ann_file, data_prefix=dict(img=''), pipeline=[])
+    with pytest.raises(ValueError) as error:
+        DatasetCheckHook().before_train(runner_with(dataset))
+    message = str(error.value)
+    assert '\n' not in message and len(message) < 400
+    assert "('person', 'bicycle'" in message and '80 names)' in message
+    assert message.endswith("to its category names ('widget',)")

@@ -64,16 +64,22 @@ def warning_lines(audit: AnnotationAudit, where: str) -> List[str]:
     return found
 
 
+def _names(names, limit: int = 8) -> str:
+    """('a', 'b', ...) with at most ``limit`` names shown."""
+    if len(names) > limit:
+        return f'({", ".join(map(repr, names[:limit]))}, ... {len(names)} names)'
+    return repr(tuple(names))
+
+
 def no_box_error(audit: AnnotationAudit, where: str) -> str:
     option = f'{where}.dataset.metainfo.classes'
     if audit.unmatched and len(audit.unmatched) == len(audit.classes):
-        closest = ', '.join(f'{name!r} -> {close[0]!r}' for name, close in audit.unmatched.items()
-                            if close)
-        return (f'{audit.ann_file}: no box loaded: no name of {option} {audit.classes} is a '
-                f'category of this file (closest: {closest or "none"}); set {option} to its '
-                f'category names, e.g. {tuple(audit.unused_categories[:5])}')
+        closest = [f'{name!r} -> {close[0]!r}' for name, close in audit.unmatched.items() if close]
+        return (f'{audit.ann_file}: no box loaded: no name of {option} {_names(audit.classes)} is '
+                f'a category of this file (closest: {", ".join(closest[:5]) or "none"}); set '
+                f'{option} to its category names {_names(audit.unused_categories)}')
     reasons = _counts(audit.dropped) or 'the file has no annotations'
-    return (f'{audit.ann_file}: no box loaded for {option} {audit.classes} ({reasons}); '
+    return (f'{audit.ann_file}: no box loaded for {option} {_names(audit.classes)} ({reasons}); '
             'fix the boxes or the classes')
 
 

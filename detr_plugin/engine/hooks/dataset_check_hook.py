@@ -1,6 +1,7 @@
 """Reports, before the first iteration, what the datasets loaded from their COCO jsons."""
 from typing import List, Optional
 
+from mmdet.datasets import CocoDataset
 from mmengine.dist import broadcast_object_list, get_world_size, is_main_process
 from mmengine.hooks import Hook
 
@@ -11,7 +12,6 @@ from detr_plugin.registry import HOOKS
 
 def coco_datasets(dataset) -> list:
     """The CocoDatasets inside ``dataset`` (itself, or those of a Concat/Repeat/... wrapper)."""
-    from mmdet.datasets import CocoDataset
     if isinstance(dataset, CocoDataset):
         return [dataset]
     if hasattr(dataset, 'datasets'):

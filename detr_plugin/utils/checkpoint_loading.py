@@ -118,10 +118,8 @@ def weights_of(checkpoint: dict, source: str) -> Weights:
 
 def convert_original(checkpoint: dict, source: str) -> Optional[Dict[str, Tensor]]:
     """Our state dict of an original authors' checkpoint; None when it is no layout we know."""
-    try:
-        from detr_plugin.converters import convert_original_checkpoint
-    except ImportError:  # the converters are optional for checkpoints of ours
-        return None
+    # imported here: detr_plugin.converters itself reads files with this module
+    from detr_plugin.converters import convert_original_checkpoint
     return convert_original_checkpoint(checkpoint, source)
 
 

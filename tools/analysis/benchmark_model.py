@@ -38,6 +38,9 @@ def parse_args():
     p.add_argument('configs', nargs='+', help='config files (mmdet::path for mmdet\'s own configs)')
     p.add_argument('--mode', choices=['train', 'infer', 'deploy'], default='train')
     p.add_argument('--weights', help='checkpoint to load (every config); default: random weights')
+    p.add_argument('--trust-checkpoint', action='store_true',
+                   help='read --weights with full unpickling, which can run code: only for files '
+                   'you trust (by default only weights are read)')
     p.add_argument('--shape', type=int, nargs=2, default=[800, 1216], metavar=('H', 'W'))
     p.add_argument('--batch', type=int, default=2)
     p.add_argument('--boxes', type=int, default=12, help='ground-truth boxes per image')
@@ -69,10 +72,10 @@ def resolve(config: str) -> str:
     return os.path.join(root, '.mim', 'configs', relative)
 
 
-def build_model(config: str, device: str, weights: Optional[str] = None):
+def build_model(config: str, device: str, weights: Optional[str] = None, trust: bool = False):
     """(config, model) of ``load_detector``; without ``weights`` random (``init_weights``)."""
     from detr_plugin.utils import load_detector
-    model = load_detector(resolve(config), weights, device)
+    model = load_detector(resolve(config), weights, device, trust=trust)
     return model.cfg, model
 
 
@@ -154,7 +157,7 @@ def deploy_fn(model, args) -> Callable[[], object]:
 
 
 def benchmark(config: str, args) -> dict:
-    cfg, model = build_model(config, args.device, args.weights)
+    cfg, model = build_model(config, args.device, args.weights, args.trust_checkpoint)
     num_classes = cfg.model.bbox_head.num_classes
     data = random_batch(args, num_classes, args.device)
     dtype = DTYPES[args.dtype]

@@ -1,7 +1,7 @@
 """Draws where multi-scale deformable attention samples: for decoder queries and encoder pixels.
 
     python tools/analysis/visualize_sampling_points.py CONFIG CKPT IMG [--query Q ...] [--top 3]
-        [--layer L] [--encoder-pixel X Y] [--out-dir DIR] [--device cpu]
+        [--layer L] [--encoder-pixel X Y] [--out-dir DIR] [--device cpu] [--trust-checkpoint]
 
 For each chosen decoder query (default: the ``--top`` queries of highest class score, the
 sources of the top detections) one PNG shows, on the original image, the query's reference point

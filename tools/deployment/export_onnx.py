@@ -2,7 +2,7 @@
 
     python tools/deployment/export_onnx.py CONFIG CHECKPOINT --out model.onnx
                                            [--shape H W] [--dynamic-batch] [--opset 17]
-                                           [--atol 1e-4]
+                                           [--atol 1e-4] [--trust-checkpoint]
 
 The graph is ``detr_plugin.deploy.End2EndDetector`` (DETR, Deformable DETR, RT-DETR):
 

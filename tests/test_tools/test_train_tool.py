@@ -115,14 +115,24 @@ def test_resume_sets_resume_and_load_from(train, config, tmp_path):
 
 
 def test_resume_with_nothing_to_resume_starts_over_and_says_so(train, tmp_path, repo_root):
+    """... from the config's load_from, if any, which fine-tunes: CheckpointCheckHook(partial)."""
+    from detr_plugin.engine.hooks.checkpoint_check_hook import CheckpointCheckHook
+    config = str(repo_root / 'configs/detr/detr_r18_1xb8-demo.py')
     work_dir = tmp_path / 'empty_work_dir'
-    args = train.parse_args([str(repo_root / 'configs/detr/detr_r18_1xb8-demo.py'), '--resume',
-                             '--work-dir', str(work_dir)])
+    args = train.parse_args([config, '--resume', '--work-dir', str(work_dir)])
     assert train.setup_cfg(args).get('resume', False) is False
     runner = train.runner_from_args(args)
     log = pathlib.Path(runner.log_dir, f'{runner.timestamp}.log').read_text()
     assert (f'--resume: no checkpoint to resume from in {work_dir} (it has no last_checkpoint '
             'file): training from scratch') in log
+    assert not any(isinstance(hook, CheckpointCheckHook) for hook in runner.hooks)
+
+    fine_tune = train.runner_from_args(train.parse_args(
+        [config, '--resume', '--work-dir', str(work_dir), '--cfg-options', 'load_from=coco.pth']))
+    log = pathlib.Path(fine_tune.log_dir, f'{fine_tune.timestamp}.log').read_text()
+    assert "training from scratch" not in log and "starting from load_from 'coco.pth'" in log
+    [check] = [hook for hook in fine_tune.hooks if isinstance(hook, CheckpointCheckHook)]
+    assert check.partial
 
 
 def test_launcher_reaches_the_config(train, config):

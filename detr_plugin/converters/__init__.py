@@ -1,7 +1,8 @@
 """The original authors' checkpoints -> detr_plugin state dicts.
 
 :func:`convert_original_checkpoint` recognises a checkpoint of facebookresearch/detr,
-fundamentalvision/Deformable-DETR or lyuwenyu/RT-DETR (rtdetr_pytorch, v1) by its keys and
+fundamentalvision/Deformable-DETR or lyuwenyu/RT-DETR (rtdetr_pytorch and rtdetrv2_pytorch) by its
+keys and
 renames its weights to ours; the scripts in tools/model_converters/ are command lines around it.
 """
 from collections import OrderedDict
@@ -16,13 +17,14 @@ from .deformable_detr import (VARIANT_CONFIGS, convert_deformable_detr, deformab
 from .detr import convert_detr, is_detr
 from .presnet import PRESNET_URLS, load_from_presnet
 from .reading import original_weights, weights_entry
-from .rtdetr import convert_rtdetr, is_presnet, is_rtdetr, is_rtdetr_v2
+from .rtdetr import convert_rtdetr, is_presnet, is_rtdetr, is_rtdetr_v2, v2_num_points
 
 __all__ = [
     'CheckpointError', 'PRESNET_URLS', 'VARIANT_CONFIGS', 'check_family', 'convert_deformable_detr',
     'convert_detr', 'convert_original_checkpoint', 'convert_rtdetr', 'deformable_detr_variant',
+    'is_rtdetr_v2',
     'load_original', 'load_from_presnet', 'original_family', 'original_weights',
-    'save_converted'
+    'save_converted', 'v2_num_points'
 ]
 
 
@@ -43,11 +45,7 @@ def original_family(state_dict: Dict[str, Tensor]) -> Optional[str]:
 def check_family(state_dict: Dict[str, Tensor], expected: str, source: str) -> None:
     """CheckpointError (one line) unless ``state_dict`` is of the family ``expected``."""
     family = original_family(state_dict)
-    if family == 'RT-DETRv2':
-        raise CheckpointError(f'checkpoint {source!r} looks like RT-DETRv2 (rtdetrv2_pytorch: '
-                              'its attention stores num_points_scale), which is not supported '
-                              'yet; this converter reads RT-DETR v1 (rtdetr_pytorch)')
-    accepted = {'RT-DETR': ('RT-DETR', 'PResNet')}.get(expected, (expected, ))
+    accepted = {'RT-DETR': ('RT-DETR', 'RT-DETRv2', 'PResNet')}.get(expected, (expected, ))
     if family not in accepted:
         looks = f'looks like {family}' if family else 'is of no family we know'
         raise CheckpointError(f'checkpoint {source!r} {looks}, not {expected} '
@@ -76,7 +74,7 @@ def convert_original_checkpoint(checkpoint: dict, source: str) -> Optional[dict]
     RT-DETR training checkpoints give their EMA weights (what the released ones are evaluated
     with). Class heads keep the original size (DETR 92, Deformable DETR 91, RT-DETR 80 outputs).
     ``source`` names the checkpoint in messages. Raises CheckpointError (one line) when the layout
-    is recognised but unusable: the weights' entry is missing, or it is an RT-DETRv2 checkpoint.
+    is recognised but unusable (the weights' entry is missing).
     """
     weights = original_weights(checkpoint, source)
     if weights is None:
@@ -86,7 +84,8 @@ def convert_original_checkpoint(checkpoint: dict, source: str) -> Optional[dict]
         return None
     check_family(weights, 'RT-DETR' if family.startswith('RT-DETR') else family, source)
     convert = {'DETR': convert_detr, 'Deformable DETR': convert_deformable_detr,
-               'RT-DETR': convert_rtdetr, 'PResNet': convert_rtdetr}[family]
+               'RT-DETR': convert_rtdetr, 'RT-DETRv2': convert_rtdetr,
+               'PResNet': convert_rtdetr}[family]
     try:
         return convert(weights)
     except KeyError as error:  # a key no rule knows: a variant of the family we do not support

@@ -1,5 +1,9 @@
-"""lyuwenyu/RT-DETR's rtdetr_pytorch (RT-DETR v1) and its PResNet backbones -> detr_plugin
-``RTDETR`` / ``ResNetVd``.
+"""lyuwenyu/RT-DETR's rtdetr_pytorch (RT-DETR v1), rtdetrv2_pytorch (RT-DETRv2) and their PResNet
+backbones -> detr_plugin ``RTDETR`` / ``ResNetVd``.
+
+RT-DETRv2 has v1's names plus a ``num_points_scale`` buffer in every decoder cross-attention
+(1 / P_l for each of level l's P_l points), which ours computes from ``num_points``: it is dropped
+after :func:`v2_num_points` has read the point counts from it.
 
 Key map (original -> ours):
     backbone.conv1.conv1_{1,2,3}.{conv,norm}        backbone.stem.{0,1 | 3,4 | 6,7}
@@ -15,7 +19,7 @@ Frozen BatchNorms have no ``num_batches_tracked``; a zero one is added for mmdet
 """
 import re
 from collections import OrderedDict
-from typing import Dict
+from typing import Dict, List
 
 from torch import Tensor
 
@@ -47,6 +51,7 @@ RULES = (
     (r'^encoder\.', 'neck.'),
     # decoder
     (r'^decoder\.(anchors|valid_mask)$', None),  # recomputed from the image size
+    (r'^decoder\.decoder\.layers\.\d+\.cross_attn\.num_points_scale$', None),  # RT-DETRv2
     (r'^decoder\.decoder\.layers\.(\d+)\.(linear[12])\.',
      lambda m: f'decoder.layers.{m[1]}.ffn.{m[2]}.'),
     (r'^decoder\.decoder\.layers\.', 'decoder.layers.'),
@@ -69,6 +74,18 @@ def is_rtdetr_v2(state_dict: Dict[str, Tensor]) -> bool:
     return any(k.endswith('.cross_attn.num_points_scale') for k in state_dict)
 
 
+def v2_num_points(state_dict: Dict[str, Tensor]) -> List[int]:
+    """RT-DETRv2's sampling points per level, [P_0, ..., P_{L-1}], read from the first decoder
+    layer's ``num_points_scale`` (P_l copies of 1 / P_l, level after level)."""
+    scale = state_dict['decoder.decoder.layers.0.cross_attn.num_points_scale'].tolist()
+    points, i = [], 0
+    while i < len(scale):
+        count = round(1 / scale[i])
+        points.append(count)
+        i += count
+    return points
+
+
 def is_presnet(state_dict: Dict[str, Tensor]) -> bool:
     """A bare PResNet (ImageNet backbone) state dict: ``conv1.conv1_1.*`` and ``res_layers.*``."""
     return (any(k.startswith('conv1.conv1_1.') for k in state_dict)
@@ -76,7 +93,7 @@ def is_presnet(state_dict: Dict[str, Tensor]) -> bool:
 
 
 def convert_rtdetr(state_dict: Dict[str, Tensor]) -> 'OrderedDict[str, Tensor]':
-    """RT-DETR v1 weights, or a bare PResNet's (converted under ``backbone.``) -> ours."""
+    """RT-DETR v1 or v2 weights, or a bare PResNet's (converted under ``backbone.``) -> ours."""
     if is_presnet(state_dict):
         state_dict = {f'backbone.{k}': v for k, v in state_dict.items()}
     converted = rename(state_dict, RULES)

@@ -1,10 +1,10 @@
 """detr_plugin.converters.rtdetr and tools/model_converters/rtdetr_to_plugin.py: key rules,
-checkpoint layouts (EMA), RT-DETRv2 refusal."""
+checkpoint layouts (EMA), RT-DETRv2 (its point-scale buffers dropped, the point counts read)."""
 import pytest
 import torch
 
 from detr_plugin.converters import (CheckpointError, convert_original_checkpoint, convert_rtdetr,
-                                    original_weights)
+                                    original_weights, v2_num_points)
 
 # original rtdetr_pytorch key -> ours, one or more per rule
 KEYS = {
@@ -84,18 +84,22 @@ def test_checkpoint_layouts():
 def rtdetr_state(v2=False):
     state = {'decoder.dec_score_head.0.bias': torch.arange(3.),
              'decoder.decoder.layers.0.cross_attn.sampling_offsets.bias': torch.zeros(4)}
-    if v2:
-        state['decoder.decoder.layers.0.cross_attn.num_points_scale'] = torch.ones(4)
+    if v2:  # points [3, 6, 3]: 1 / P_l for each point of level l
+        state['decoder.decoder.layers.0.cross_attn.num_points_scale'] = torch.tensor(
+            [1 / 3] * 3 + [1 / 6] * 6 + [1 / 3] * 3)
     return state
 
 
-def test_loader_entry_point_takes_ema_and_refuses_v2():
+def test_loader_entry_point_takes_ema_and_converts_v2():
     ema = rtdetr_state()
     model = {k: v + 1 for k, v in ema.items()}
     out = convert_original_checkpoint({'model': model, 'ema': {'module': ema}}, 'x.pth')
     torch.testing.assert_close(out['bbox_head.cls_branches.0.bias'], torch.arange(3.))
-    with pytest.raises(CheckpointError, match=r"'v2.pth' looks like RT-DETRv2 .*not supported"):
-        convert_original_checkpoint({'ema': {'module': rtdetr_state(v2=True)}}, 'v2.pth')
+    v2 = rtdetr_state(v2=True)
+    assert v2_num_points(v2) == [3, 6, 3]
+    out = convert_original_checkpoint({'ema': {'module': v2}}, 'v2.pth')
+    assert sorted(out) == ['bbox_head.cls_branches.0.bias',
+                           'decoder.layers.0.cross_attn.sampling_offsets.bias']
 
 
 def run_cli(cli, monkeypatch, *argv) -> str:
@@ -119,6 +123,5 @@ def test_cli(cli, tmp_path, monkeypatch):
 
     v2 = tmp_path / 'rtdetrv2_r18vd.pth'
     torch.save({'ema': {'module': rtdetr_state(v2=True)}}, v2)
-    message = run_cli(cli, monkeypatch, v2, dst)
-    assert 'rtdetrv2_r18vd.pth' in message and 'looks like RT-DETRv2' in message
-    assert '\n' not in message
+    assert run_cli(cli, monkeypatch, v2, dst) == ''
+    assert 'num_points_scale' not in str(list(torch.load(dst, weights_only=True)['state_dict']))

@@ -19,3 +19,10 @@ def test_config_keeps_default_hooks(path):
 def test_config_checks_its_datasets(path):
     cfg = Config.fromfile(path)
     assert cfg.default_hooks.get('dataset_check', {}).get('type') == 'DatasetCheckHook', path
+
+
+@pytest.mark.parametrize('path', CONFIGS)
+def test_training_workers_restart_every_epoch(path):
+    """RNGStateHook seeds the workers per epoch; persistent ones would keep their generators from
+    one epoch to the next, where no checkpoint holds them, and --resume would not be exact."""
+    assert not Config.fromfile(path).train_dataloader.get('persistent_workers', False), path

@@ -92,3 +92,13 @@ def test_forgotten_metainfo_gives_a_short_line(tmp_path):
     assert '\n' not in message and len(message) < 400
     assert "('person', 'bicycle'" in message and '80 names)' in message
     assert message.endswith("to its category names ('widget',)")
+
+
+def test_class_matching_no_category_is_warned(tmp_path):
+    boxes = [(0, [1, 1, 9, 9]), (1, [1, 1, 9, 9])]
+    ann_file = write_json(tmp_path / 'pets.json', ['cat', 'dog'], boxes)
+    runner = runner_with(coco_dataset(ann_file, ('cat', 'Dog')))
+    DatasetCheckHook().before_train(runner)
+    assert runner.logger.warnings == [
+        f"{ann_file}: train_dataloader.dataset.metainfo.classes that match no json category, so no "
+        "box is loaded for them: 'Dog' (closest: 'dog')"]

@@ -50,6 +50,11 @@ def summary(audit: AnnotationAudit, where: str) -> str:
 
 def warning_lines(audit: AnnotationAudit, where: str) -> List[str]:
     found = []
+    if audit.unmatched and len(audit.unmatched) < len(audit.classes):   # all: no_box_error
+        names = ', '.join(f'{name!r} (closest: {", ".join(map(repr, close)) or "none"})'
+                          for name, close in audit.unmatched.items())
+        found.append(f'{audit.ann_file}: {where}.dataset.metainfo.classes that match no json '
+                     f'category, so no box is loaded for them: {names}')
     if audit.zero_ids:
         found.append(f'{audit.ann_file}: {audit.zero_ids} annotation(s) with id 0: pycocotools\' '
                      'COCOeval (CocoMetric with this ann_file) takes id 0 for "no match", so a '

@@ -85,9 +85,14 @@ def epoch_draws(loader, epoch, hook, runner):
     return [item for batch in loader for item in zip(*[t.tolist() for t in batch])]
 
 
-def worker_runner(persistent=False):
+def worker_runner(persistent=False, worker_init_fn=None):
+    """A runner stand-in whose loader is built as mmengine's Runner builds one (with mmengine's
+    worker_init_fn unless another is given)."""
+    worker_init_fn = worker_init_fn or partial(mmengine_worker_init_fn, num_workers=2, rank=0,
+                                               seed=7)
     loader = torch.utils.data.DataLoader(DrawDataset(), batch_size=2, num_workers=2,
-                                         persistent_workers=persistent)
+                                         persistent_workers=persistent,
+                                         worker_init_fn=worker_init_fn)
     warnings = []
     logger = type('Logger', (), {'warning': lambda self, m: warnings.append(m)})()
     return SimpleNamespace(train_dataloader=loader, seed=7, epoch=0, logger=logger), warnings
@@ -107,9 +112,7 @@ def test_workers_draw_per_epoch_numbers_that_a_resumed_run_repeats():
     resumed_hook.before_train(resumed)
     assert epoch_draws(resumed.train_dataloader, 2, resumed_hook, resumed) == uninterrupted[2]
 
-    mmengine_seeded, _ = worker_runner()
-    mmengine_seeded.train_dataloader.worker_init_fn = partial(
-        mmengine_worker_init_fn, num_workers=2, rank=0, seed=7)
+    mmengine_seeded, _ = worker_runner()   # without the hook
     draws = [[item for batch in mmengine_seeded.train_dataloader
               for item in zip(*[t.tolist() for t in batch])] for _ in range(2)]
     assert draws[0] == draws[1]
@@ -119,6 +122,16 @@ def test_persistent_workers_are_reported():
     hook, (runner, warnings) = RNGStateHook(), worker_runner(persistent=True)
     hook.before_train(runner)
     assert len(warnings) == 1 and 'persistent_workers=True' in warnings[0]
+
+
+def test_a_configured_worker_init_fn_is_kept():
+    def own_init(worker_id):
+        np.random.seed(worker_id)
+
+    hook, (runner, warnings) = RNGStateHook(), worker_runner(worker_init_fn=own_init)
+    hook.before_train(runner)
+    assert runner.train_dataloader.worker_init_fn is own_init
+    assert len(warnings) == 1 and 'its own worker_init_fn' in warnings[0]
 
 
 def test_validation_leaves_the_training_streams_where_they_were():

@@ -3,6 +3,7 @@ import random
 
 import numpy as np
 import torch
+from mmengine.dataset import worker_init_fn as mmengine_worker_init_fn
 from mmengine.dist import get_rank
 from mmengine.hooks import Hook
 
@@ -68,11 +69,12 @@ class RNGStateHook(Hook):
       torch's generator), after the epoch's checkpoint is written and before the next epoch,
       which a resumed run does not repeat; the states are put back after each validation.
     - The data workers (the training augmentations): they are separate processes whose
-      generators no checkpoint holds. The training loader's ``worker_init_fn`` becomes
-      ``EpochSeededWorkers``, which seeds them from (seed, epoch, rank, worker id); so with
-      workers that restart every epoch (``persistent_workers=False``, our base configs) the
-      resumed epoch draws what the uninterrupted one drew. Persistent workers carry their
-      generators from one epoch into the next and cannot be restored: a warning says so.
+      generators no checkpoint holds. The training loader's ``worker_init_fn`` (mmengine's, unless
+      the config names another) becomes ``EpochSeededWorkers``, which seeds them from (seed,
+      epoch, rank, worker id); so with workers that restart every epoch (``persistent_workers=
+      False``, our base configs) the resumed epoch draws what the uninterrupted one drew.
+      Persistent workers carry their generators from one epoch into the next and cannot be
+      restored: a warning says so.
 
     Only the saving process's states are stored (rank 0, and of CUDA only its own device's): every
     rank gets them on resume, into its own device, which matches mmengine's default of one seed for
@@ -97,6 +99,12 @@ class RNGStateHook(Hook):
                 'random generators running from one epoch into the next, where no checkpoint '
                 'holds them: --resume will not repeat the augmentations of an uninterrupted run '
                 '(set persistent_workers=False for that)')
+        current = loader.worker_init_fn
+        if current is not None and getattr(current, 'func', None) is not mmengine_worker_init_fn:
+            runner.logger.warning('RNGStateHook: train_dataloader has its own worker_init_fn, '
+                                  'left as it is: --resume repeats the workers\' draws only if it '
+                                  'seeds them per epoch')
+            return
         self._workers = EpochSeededWorkers(runner.seed, get_rank())
         loader.worker_init_fn = self._workers
 

@@ -360,3 +360,18 @@ def test_uniform_counts_accept_both_layouts():
                        attention_weights=inputs['attention_weights'].flatten(3, 4)),
                 num_points=(3, 3))
     assert torch.equal(per_level, flat) and torch.equal(per_level, msda(**inputs))
+
+
+@pytest.mark.filterwarnings('ignore::torch.jit.TracerWarning', 'ignore::DeprecationWarning')
+def test_traced_discrete_graph_gathers_and_matches_the_loop(msda_ref):
+    """The export route of discrete sampling: a gather (no grid_sample), same values."""
+    shapes, num_points = [(3, 4), (2, 2)], (2, 3)
+    value, spatial_shapes, start, loc, weight = msda_ref.random_inputs(
+        1, 3, 2, 3, shapes, num_points, dtype=torch.float32, margin=0.3)
+    traced = torch.jit.trace(
+        lambda v, l, w: msda(v, spatial_shapes, start, l, w, num_points=num_points,
+                             method='discrete'), (value, loc, weight), check_trace=False)
+    graph = str(traced.graph)
+    assert 'gather' in graph and 'grid_sampler' not in graph
+    torch.testing.assert_close(traced(value, loc, weight).double(),
+                               msda_ref.naive_discrete_msda(value, shapes, loc, weight, num_points))

@@ -154,8 +154,7 @@ class DeformableDETRHead(DETRHead):
         In float32, also under mixed precision (as ``loss_by_outputs``): a half-precision sigmoid
         rounds to 1 for confident logits and turns their focal matching cost into -inf."""
         cls_logits, boxes = cls_logits[None].float(), boxes[None].float()  # one "layer"
-        gt = GroundTruth([torch.zeros_like(l) for l in gt.labels], gt.boxes,
-                         torch.zeros_like(gt.all_labels), gt.all_boxes)
+        gt = gt.class_agnostic()
         matches = self.match(cls_logits, boxes, gt)
         num_boxes = self.num_boxes_across_ranks(gt, like=boxes)
         loss_cls = self.loss_cls_per_layer(cls_logits, boxes, gt, matches, num_boxes)

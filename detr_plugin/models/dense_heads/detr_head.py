@@ -22,6 +22,11 @@ class GroundTruth(NamedTuple):
     all_labels: Tensor        # (G,) concatenated over the batch
     all_boxes: Tensor         # (G, 4)
 
+    def class_agnostic(self) -> 'GroundTruth':
+        """The same boxes, every label 0 ("object"), for one-class encoder heads."""
+        return GroundTruth([torch.zeros_like(l) for l in self.labels], self.boxes,
+                           torch.zeros_like(self.all_labels), self.all_boxes)
+
 
 @MODELS.register_module()
 class DETRHead(BaseModule):

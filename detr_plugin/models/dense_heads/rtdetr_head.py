@@ -36,6 +36,11 @@ class RTDETRHead(DETRHead):
         num_pred_layers: decoder layers (set by the detector from its decoder).
         eval_idx: the layer whose output is the prediction at inference (negative counts from
             the end); the layers after it are not run then.
+        query_select_method: 'default' (the encoder scores every class; a token's score is its
+            best class's) or 'agnostic' (RT-DETRv2: the encoder scores "object" with one logit,
+            trained and matched against every gt relabelled as one class; the original matched
+            the one-logit scores against the gts' own labels, which indexes out of range for
+            any label but 0).
         loss_cls / loss_bbox / loss_iou: loss configs (``RTDETRVarifocalLoss``, L1, GIoU).
         train_cfg: ``dict(assigner=...)``; default: focal class cost 2, L1 5, GIoU 2.
         test_cfg: ``dict(max_per_img=300)``.
@@ -50,6 +55,7 @@ class RTDETRHead(DETRHead):
                  embed_dims: int = 256,
                  num_pred_layers: int = 6,
                  eval_idx: int = -1,
+                 query_select_method: str = 'default',
                  loss_cls: dict = dict(type='RTDETRVarifocalLoss', alpha=0.75, gamma=2.0,
                                        loss_weight=1.0),
                  loss_bbox: dict = dict(type='L1Loss', loss_weight=5.0),
@@ -59,8 +65,12 @@ class RTDETRHead(DETRHead):
                  init_cfg: Optional[dict] = None) -> None:
         if not -num_pred_layers <= eval_idx < num_pred_layers:
             raise ValueError(f'eval_idx={eval_idx} is out of range for {num_pred_layers} layers')
+        if query_select_method not in ('default', 'agnostic'):
+            raise ValueError(f"query_select_method must be 'default' or 'agnostic', got "
+                             f'{query_select_method!r}')
         self.num_pred_layers = num_pred_layers
         self.eval_idx = eval_idx % num_pred_layers
+        self.class_agnostic_encoder = query_select_method == 'agnostic'
         train_cfg = train_cfg or dict(assigner=dict(type='HungarianAssigner', match_costs=[
             dict(type='FocalLossCost', weight=2.0, alpha=0.25, gamma=2.0),
             dict(type='BBoxL1Cost', weight=5.0),
@@ -73,7 +83,7 @@ class RTDETRHead(DETRHead):
         c, k = self.embed_dims, self.num_classes
         self.cls_branches = nn.ModuleList(nn.Linear(c, k) for _ in range(self.num_pred_layers))
         self.reg_branches = nn.ModuleList(MLP(c, c, 4, 3) for _ in range(self.num_pred_layers))
-        self.enc_cls_branch = nn.Linear(c, k)
+        self.enc_cls_branch = nn.Linear(c, 1 if self.class_agnostic_encoder else k)
         self.enc_reg_branch = MLP(c, c, 4, 3)
         prior_bias = -math.log((1 - 0.01) / 0.01)  # every class starts at probability 0.01
         for cls in (*self.cls_branches, self.enc_cls_branch):
@@ -122,12 +132,18 @@ class RTDETRHead(DETRHead):
         """Losses of every decoder layer, the encoder top-k and the denoising queries.
 
         Matching and losses are computed in float32, also under mixed precision."""
-        # the encoder's top-k is matched with the decoder layers, as one more layer
-        logits = torch.cat([outputs.logits, outputs.enc_logits[None]]).float()  # (L + 1, bs, Q, K)
-        boxes = torch.cat([outputs.boxes, outputs.enc_boxes[None]]).float()
-        matches = self.match(logits, boxes, gt)
-        num_boxes = self.num_boxes_across_ranks(gt, like=boxes)
-        per_layer = self.losses_per_layer(logits, boxes, gt, matches, num_boxes)
+        num_boxes = self.num_boxes_across_ranks(gt, like=outputs.boxes.float())
+        enc_logits, enc_boxes = outputs.enc_logits[None].float(), outputs.enc_boxes[None].float()
+        if self.class_agnostic_encoder:  # one "object" logit: matched against one class
+            agnostic = gt.class_agnostic()
+            per_layer = self.losses_with_matching(outputs.logits.float(), outputs.boxes.float(),
+                                                  gt, num_boxes)
+            enc = self.losses_with_matching(enc_logits, enc_boxes, agnostic, num_boxes)
+            per_layer = {name: torch.cat([per_layer[name], enc[name]]) for name in per_layer}
+        else:  # the encoder's top-k is matched with the decoder layers, as one more layer
+            per_layer = self.losses_with_matching(
+                torch.cat([outputs.logits.float(), enc_logits]),  # (L + 1, bs, Q, K)
+                torch.cat([outputs.boxes.float(), enc_boxes]), gt, num_boxes)
         losses = self.name_losses(**{name: value[:-1] for name, value in per_layer.items()})
         losses.update({f'enc_{name}': value[-1] for name, value in per_layer.items()})
         if outputs.denoising is not None:
@@ -137,6 +153,12 @@ class RTDETRHead(DETRHead):
                                               num_boxes * dn.groups.num_groups)
             losses.update(self.name_losses(**{f'dn_{n}': v for n, v in per_layer.items()}))
         return losses
+
+    def losses_with_matching(self, logits: Tensor, boxes: Tensor, gt: GroundTruth,
+                             num_boxes: Tensor) -> Dict[str, Tensor]:
+        """:meth:`losses_per_layer` of (L, bs, Q, K) logits and (L, bs, Q, 4) boxes, each layer
+        Hungarian-matched to ``gt``."""
+        return self.losses_per_layer(logits, boxes, gt, self.match(logits, boxes, gt), num_boxes)
 
     def losses_per_layer(self, logits: Tensor, boxes: Tensor, gt: GroundTruth, matches: Matches,
                          num_boxes: Tensor) -> Dict[str, Tensor]:
@@ -159,6 +181,15 @@ class RTDETRHead(DETRHead):
         loss = self.loss_cls(cls_logits.flatten(0, 2), labels.flatten(), ious,
                              reduction_override='none')  # (L * bs * Q, K)
         return loss.view(num_layers, -1).sum(1) / num_boxes
+
+    def classification_targets(self, cls_logits: Tensor, gt: GroundTruth,
+                               matches: Matches) -> Tensor:
+        """(L, bs, Q) class index of every query: its matched gt's label, else the number of
+        logits K (no object; K = 1 for a class-agnostic encoder head)."""
+        labels = torch.full(cls_logits.shape[:3], cls_logits.shape[-1], dtype=torch.long,
+                            device=cls_logits.device)
+        labels.view(-1)[matches.pred_index] = gt.all_labels[matches.gt_index]
+        return labels
 
     @staticmethod
     def denoising_matches(dn: DenoisingGroups, num_layers: int) -> Matches:

@@ -123,3 +123,26 @@ def test_float16_logits_are_matched_and_scored_in_float32(head):
     for name in ('loss_bbox', 'loss_iou', 'd0.loss_bbox', 'enc_loss_bbox', 'enc_loss_iou'):
         assert losses[name].item() == pytest.approx(0, abs=1e-6), name
     assert all(value.dtype == torch.float32 for value in losses.values())
+
+
+def test_class_agnostic_encoder_scores_object_with_one_logit():
+    """query_select_method='agnostic' (RT-DETRv2): the encoder's top-k has one logit, matched and
+    trained against the gts as one class. Encoder query 1 sits on the gt (class 2 of 3), query 0
+    far away: the varifocal loss written out for one logit per query."""
+    with DefaultScope.overwrite_default_scope('detr_plugin'):
+        head = MODELS.build(dict(type='RTDETRHead', num_classes=3, embed_dims=8,
+                                 num_pred_layers=1, query_select_method='agnostic'))
+    assert head.enc_cls_branch.out_features == 1 and head.cls_branches[0].out_features == 3
+    gt_box = [0.4, 0.4, 0.4, 0.4]  # cxcywh of xyxy (20, 20, 60, 60) in 100 x 100
+    enc_boxes = torch.tensor([[[0.9, 0.9, 0.1, 0.1], gt_box]])
+    enc_logits = torch.tensor([[[1.5], [-0.5]]])
+    outputs = DetectionOutputs(torch.randn(1, 1, 2, 3), torch.rand(1, 1, 2, 4) * 0.5 + 0.2,
+                               enc_logits=enc_logits, enc_boxes=enc_boxes)
+    losses = head.loss(outputs, head.ground_truth([sample([[20, 20, 60, 60]], [2])], enc_boxes))
+    p0, p1 = (1 / (1 + math.exp(-v)) for v in (1.5, -0.5))
+    expected = -math.log(p1) + 0.75 * p0 ** 2 * -math.log(1 - p0)  # IoU target 1; a negative
+    assert losses['enc_loss_cls'].item() == pytest.approx(expected, rel=1e-5)
+    assert losses['enc_loss_bbox'].item() == pytest.approx(0, abs=1e-6)
+    assert losses['enc_loss_iou'].item() == pytest.approx(0, abs=1e-6)
+    with pytest.raises(ValueError, match='query_select_method'):
+        MODELS.build(dict(type='RTDETRHead', num_classes=3, query_select_method='one2many'))

@@ -57,10 +57,11 @@ def test_config_settings_are_the_originals(name):
     assert ('dsp' in name) == (cfg.get('load_from') is not None)
 
 
-def tiny_v2(**layer_cfg):
+def tiny_v2(query_select_method='default', **layer_cfg):
     cfg = Config.fromfile(ROOT / 'configs/rtdetr/rtdetr_r18vd_1xb8-demo.py').model
     cfg.decoder.update(num_queries=6, num_layers=2)
     cfg.decoder.layer_cfg.update(layer_cfg)
+    cfg.bbox_head.query_select_method = query_select_method
     cfg.denoising.num_denoising = 4
     torch.manual_seed(0)
     with DefaultScope.overwrite_default_scope('detr_plugin'):
@@ -82,7 +83,8 @@ def batch(size=64):
 
 
 @pytest.mark.parametrize('layer_cfg', [dict(num_points=[3, 6, 3]), dict(num_points=[1, 1, 1]),
-                                       dict(cross_attn_method='discrete')])
+                                       dict(cross_attn_method='discrete'),
+                                       dict(query_select_method='agnostic')])
 def test_v2_decoders_train_and_predict(layer_cfg):
     model = tiny_v2(**layer_cfg)
     attn = model.decoder.layers[0].cross_attn

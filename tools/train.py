@@ -24,7 +24,7 @@ from mmengine.device import get_device
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner, find_latest_checkpoint
 
-from detr_plugin.engine.hooks.checkpoint_check_hook import CheckpointCheckHook
+from detr_plugin.engine.hooks import CheckpointCheckHook
 from detr_plugin.utils import (TRUST_OPTION, CheckpointError, register_all_modules,
                                set_default_model_wrapper, setup_cpu_distributed)
 from detr_plugin.utils.checkpoint_loading import is_unsafe_pickle_error, unsafe_checkpoint_error

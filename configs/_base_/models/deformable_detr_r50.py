@@ -1,6 +1,7 @@
 # Deformable DETR with a ResNet-50 backbone (Zhu et al. 2021): C3-C5 + a stride-64 level from C5,
 # 6+6 deformable layers (8 heads, 4 levels, 4 points), width 256, 300 queries, focal loss.
 model = dict(
+    _scope_='detr_plugin',  # our registries, also from mmdet's tools (DetInferencer)
     type='DeformableDETR',
     num_queries=300,
     num_feature_levels=4,

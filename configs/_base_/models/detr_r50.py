@@ -1,5 +1,6 @@
 # DETR with a ResNet-50 backbone (Carion et al. 2020): 6+6 layers, width 256, 100 queries.
 model = dict(
+    _scope_='detr_plugin',  # our registries, also from mmdet's tools (DetInferencer)
     type='DETR',
     num_queries=100,
     data_preprocessor=dict(

@@ -1,6 +1,7 @@
 # RT-DETR with a ResNet-50-vd backbone (Zhao et al. 2024; rtdetr_pytorch's rtdetr_r50vd.yml).
 # Inputs are RGB in [0, 1] without mean/std normalization, as in the original.
 model = dict(
+    _scope_='detr_plugin',  # our registries, also from mmdet's tools (DetInferencer)
     type='RTDETR',
     data_preprocessor=dict(
         type='DetDataPreprocessor',

@@ -1,3 +1,4 @@
+from .checkpoint_check_hook import CheckpointCheckHook
 from .cpu_affinity_hook import CPUAffinityHook
 from .dataset_check_hook import DatasetCheckHook
 from .num_classes_check_hook import NumClassesCheckHook
@@ -5,5 +6,5 @@ from .rng_state_hook import RNGStateHook
 from .safe_checkpoint_hook import SafeCheckpointHook
 from .stop_augmentation_hook import StopAugmentationHook
 
-__all__ = ['CPUAffinityHook', 'DatasetCheckHook', 'NumClassesCheckHook', 'RNGStateHook',
-           'SafeCheckpointHook', 'StopAugmentationHook']
+__all__ = ['CheckpointCheckHook', 'CPUAffinityHook', 'DatasetCheckHook', 'NumClassesCheckHook',
+           'RNGStateHook', 'SafeCheckpointHook', 'StopAugmentationHook']

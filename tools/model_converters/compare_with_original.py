@@ -1,7 +1,7 @@
 """Checks a converted checkpoint against the outputs its original model gave (docs/parity.md).
 
     python tools/model_converters/compare_with_original.py CONFIG CONVERTED.pth REFERENCE.pth \\
-        [--cfg-options model.bbox_head.num_classes=91] [--atol 1e-4]
+        [--cfg-options model.bbox_head.num_classes=91] [--atol 1e-4] [--json DIFFS.json]
 
 REFERENCE.pth holds what the original model (eval mode) produced on a batch, saved by the
 procedure of docs/parity.md: ``images`` (list of (3, h_i, w_i) normalized float images; the batch
@@ -10,8 +10,9 @@ preprocessor do), ``pred_logits`` (bs, Q, K) and ``pred_boxes`` (bs, Q, 4) of th
 layer, optionally ``aux_logits`` / ``aux_boxes`` (L - 1, bs, Q, .) of the earlier layers, and for
 two-stage Deformable DETR ``enc_logits`` (bs, N, K) / ``enc_boxes`` (bs, N, 4). The converted
 checkpoint is loaded strictly into the model of CONFIG (built with random weights first), the same
-batch goes through it, and the max absolute difference of every output is printed. Exits 1 when
-one exceeds --atol.
+batch goes through it, and the max absolute difference of every output is printed (and, with
+--json, written as ``{"diffs": {name: diff}}`` for run_parity_checks.py). Exits 1 when one
+exceeds --atol.
 
 Two-stage queries are the top-k encoder proposals in score order; where two scores differ by less
 than float error the two implementations may order them differently, which only permutes decoder
@@ -19,6 +20,7 @@ rows. When both select the same proposals, our decoder rows are put in the origi
 comparing, and the number of rows that moved is printed.
 """
 import argparse
+import json
 import sys
 
 import torch
@@ -34,6 +36,7 @@ def parse_args():
     p.add_argument('reference', help="the original model's inputs and outputs")
     p.add_argument('--atol', type=float, default=1e-4)
     p.add_argument('--cfg-options', nargs='+', action=DictAction, default={})
+    p.add_argument('--json', help='also write the differences to this file')
     return p.parse_args()
 
 
@@ -56,15 +59,14 @@ def run_model(model, batch, samples) -> dict:
     """Our outputs under the reference file's names."""
     feats = model.extract_feat(batch)
     outputs = model.forward_transformer(feats, samples)
-    if isinstance(outputs, tuple):  # Deformable DETR: hidden states, references, encoder outputs
-        hidden, references, enc_outputs = outputs
-        logits, boxes = model.bbox_head(hidden, references)
-    else:  # DETR: hidden states
-        (logits, boxes), enc_outputs = model.bbox_head(outputs), None
+    if isinstance(outputs, torch.Tensor):  # DETR: hidden states
+        (logits, boxes), enc = model.bbox_head(outputs), None
+    else:  # Deformable DETR: every layer's predictions, the encoder proposals' (two-stage)
+        logits, boxes, enc = outputs.logits, outputs.boxes, outputs.enc_logits
     ours = dict(pred_logits=logits[-1], pred_boxes=boxes[-1], aux_logits=logits[:-1],
                 aux_boxes=boxes[:-1])
-    if enc_outputs is not None:
-        ours.update(enc_logits=enc_outputs[0], enc_boxes=enc_outputs[1])
+    if enc is not None:
+        ours.update(enc_logits=outputs.enc_logits, enc_boxes=outputs.enc_boxes)
     return ours
 
 
@@ -104,17 +106,20 @@ def main():
         ours = run_model(model, batch, samples)
     if 'enc_logits' in reference:
         align_two_stage_queries(ours, reference, cfg.model.num_queries)
-    worst = 0.0
+    diffs = {}
     for name, expected in reference.items():
         if name == 'images':
             continue
         if ours[name].shape != expected.shape:
             print(f'{name}: shape {tuple(ours[name].shape)} vs original {tuple(expected.shape)}')
-            worst = float('inf')
+            diffs[name] = float('inf')
             continue
-        diff = (ours[name] - expected).abs().max().item()
-        worst = max(worst, diff)
-        print(f'{name:12s} {str(tuple(expected.shape)):18s} max abs diff {diff:.3g}')
+        diffs[name] = (ours[name] - expected).abs().max().item()
+        print(f'{name:12s} {str(tuple(expected.shape)):18s} max abs diff {diffs[name]:.3g}')
+    worst = max(diffs.values())
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(diffs=diffs), f, indent=1)
     print(f'worst {worst:.3g} (atol {args.atol:g}): {"PASS" if worst <= args.atol else "FAIL"}')
     sys.exit(0 if worst <= args.atol else 1)
 

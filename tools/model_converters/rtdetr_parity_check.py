@@ -3,7 +3,7 @@
 Second half of the parity check of docs/parity.md, run in detr_plugin's environment::
 
     python tools/model_converters/rtdetr_parity_check.py r18.pth \
-        configs/rtdetr/rtdetr_r18vd_8xb2-72e_coco.py [--tol 1e-4]
+        configs/rtdetr/rtdetr_r18vd_8xb2-72e_coco.py [--tol 1e-4] [--json DIFFS.json]
 
 Converts the saved original weights with rtdetr_to_plugin.py, loads them strictly, runs the same
 input and prints the largest absolute difference of every compared output:
@@ -18,9 +18,11 @@ input and prints the largest absolute difference of every compared output:
 Selected queries and detections are compared as sets (see ``matched_max_diff``); the table says
 whether they also came in the same order.
 
-Exits with status 1 if any difference exceeds --tol.
+With --json the differences are also written as ``{"diffs": {name: diff}, "orders": {name:
+order}}`` (read by run_parity_checks.py). Exits with status 1 if any difference exceeds --tol.
 """
 import argparse
+import json
 import os
 import sys
 from typing import Dict, List, Tuple
@@ -33,7 +35,7 @@ from mmengine.structures import InstanceData
 from scipy.optimize import linear_sum_assignment
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from rtdetr_to_plugin import convert_state_dict  # noqa: E402
+from detr_plugin.converters import convert_rtdetr as convert_state_dict  # noqa: E402
 
 from detr_plugin.registry import MODELS  # noqa: E402
 from detr_plugin.utils import register_all_modules  # noqa: E402
@@ -126,7 +128,8 @@ def compare(reference: dict, config: str) -> Dict[str, Tuple[float, str]]:
 
     model.train()
     torch.manual_seed(reference['seed'])
-    out = model.forward_transformer(model.extract_feat(inputs), samples)
+    gt = model.bbox_head.ground_truth(samples, inputs)
+    out = model.forward_transformer(model.extract_feat(inputs), gt)
     ref = reference['train']
     num_layers = out.logits.shape[0]
     layers = ref['aux_outputs'][:num_layers - 1] + [ref]
@@ -136,13 +139,13 @@ def compare(reference: dict, config: str) -> Dict[str, Tuple[float, str]]:
     enc = ref['aux_outputs'][num_layers - 1]
     record_set('train/enc top-k (logits, boxes)', torch.cat([out.enc_logits, out.enc_boxes], -1),
                torch.cat([enc['pred_logits'], enc['pred_boxes']], -1))
-    if out.denoising.num_groups != ref['dn_meta']['dn_num_group']:
-        raise AssertionError(f"{out.denoising.num_groups} denoising groups, the original "
+    if out.denoising.groups.num_groups != ref['dn_meta']['dn_num_group']:
+        raise AssertionError(f"{out.denoising.groups.num_groups} denoising groups, the original "
                              f"{ref['dn_meta']['dn_num_group']}")
     for i, layer in enumerate(ref['dn_aux_outputs']):
-        record(f'train/dn layer{i} logits', out.dn_logits[i], layer['pred_logits'])
-        record(f'train/dn layer{i} boxes', out.dn_boxes[i], layer['pred_boxes'])
-    losses = model.bbox_head.loss(out, samples)
+        record(f'train/dn layer{i} logits', out.denoising.logits[i], layer['pred_logits'])
+        record(f'train/dn layer{i} boxes', out.denoising.boxes[i], layer['pred_boxes'])
+    losses = model.bbox_head.loss(out, gt)
     for name, value in ref['losses'].items():
         ours = loss_name(name, num_layers)
         record(f'loss/{ours}', losses[ours].detach(), torch.tensor(value))
@@ -156,6 +159,7 @@ def main() -> None:
     parser.add_argument('reference', help='file written by rtdetr_parity_reference.py')
     parser.add_argument('config', help='detr_plugin config of the same model')
     parser.add_argument('--tol', type=float, default=1e-4)
+    parser.add_argument('--json', help='also write the differences to this file')
     args = parser.parse_args()
     register_all_modules()
     reference = torch.load(args.reference, map_location='cpu', weights_only=False)
@@ -166,6 +170,10 @@ def main() -> None:
     for name, (diff, order) in diffs.items():
         print(f'| {name} | {diff:.2e}{"  FAIL" if diff > args.tol else ""} | {order} |')
     worst = max(diff for diff, _ in diffs.values())
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(diffs={k: d for k, (d, _) in diffs.items()},
+                           orders={k: o for k, (_, o) in diffs.items() if o}), f, indent=1)
     verdict = 'PASS' if worst <= args.tol else 'FAIL'
     print(f'worst: {worst:.2e} (tolerance {args.tol:g}) -> {verdict}')
     sys.exit(0 if worst <= args.tol else 1)

@@ -6,10 +6,10 @@ dependencies (torch, torchvision, scipy, pyyaml), never in detr_plugin's::
     python tools/model_converters/rtdetr_parity_reference.py \
         --rtdetr-root /work/ref/rtdetr_pytorch --config rtdetr_r18vd_6x_coco.yml --out r18.pth
 
-The model is built from the original's own YAML config (no pretrained download, no multi-scale),
-every parameter is perturbed with seeded noise (so that zero-initialized heads and offsets are
-exercised), the BatchNorm statistics are calibrated on the input and then perturbed too, and the
-file written holds:
+The model is built from the original's own YAML config (no pretrained download, no multi-scale)
+after ``torch.manual_seed(seed)``, every parameter is perturbed with seeded noise (so that
+zero-initialized heads and offsets are exercised), the BatchNorm statistics are calibrated on the
+input and then perturbed too, and the file written holds:
 ``state_dict`` (before any training-mode forward), ``inputs`` (bs, 3, 640, 640) in [0, 1],
 ``targets`` (cxcywh normalized, one image without boxes), ``eval`` (pred_logits, pred_boxes and
 the post-processed top-300) and ``train`` (every output of a training-mode forward with
@@ -20,6 +20,7 @@ import argparse
 import os
 import sys
 import types
+from typing import Tuple
 
 import torch
 
@@ -40,15 +41,18 @@ def import_original(root: str):
 
 
 @torch.no_grad()
-def perturb(model: torch.nn.Module, generator: torch.Generator, stats: bool) -> None:
+def perturb(model: torch.nn.Module, generator: torch.Generator, stats: bool,
+            constants: Tuple[str, ...] = ()) -> None:
     """Seeded noise, in place, on the float tensors of the state dict: the BatchNorm statistics
-    (``stats=True``, relative to their own scale) or everything else (``stats=False``).
+    (``stats=True``, relative to their own scale) or everything else (``stats=False``) except
+    the buffers whose names end with one of ``constants`` (fixed tables, not weights).
 
     Non-persistent buffers (the encoder's cached position embedding) are left alone: the
     checkpoint does not carry them."""
     for name, tensor in model.state_dict().items():
         is_stat = name.endswith(('running_mean', 'running_var'))
-        if not tensor.dtype.is_floating_point or is_stat != stats:
+        if (not tensor.dtype.is_floating_point or is_stat != stats
+                or name.endswith(constants)):
             continue
         noise = torch.randn(tensor.shape, generator=generator)
         if name.endswith('running_var'):
@@ -117,6 +121,7 @@ def main() -> None:
     cfg = YAMLConfig(os.path.join(args.rtdetr_root, 'configs', 'rtdetr', args.config))
     cfg.yaml_cfg['PResNet']['pretrained'] = False
     cfg.yaml_cfg['RTDETR']['multi_scale'] = None
+    torch.manual_seed(args.seed)  # the initial weights, so that a rerun makes the same file
     model, criterion, postprocessor = cfg.model, cfg.criterion, cfg.postprocessor
     postprocessor.remap_mscoco_category = False  # contiguous labels 0..79, as mmdet's
     generator = torch.Generator().manual_seed(args.seed)

@@ -1,0 +1,120 @@
+"""tools/analysis/trajectory_parity.py: the optimizer settings and weight average it builds from
+the R18 config, against the original rtdetr_pytorch's rules written out by hand (its
+rtdetr_r18vd_6x_coco.yml AdamW regex groups and its ModelEMA formula)."""
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.optim import build_optim_wrapper
+from torch import nn
+
+from mmengine.registry import DefaultScope
+
+from detr_plugin.registry import MODELS
+
+CONFIG = 'configs/rtdetr/rtdetr_r18vd_8xb2-72e_coco.py'
+
+# rtdetr_r18vd_6x_coco.yml: lr 1e-4, weight decay 1e-4, and the groups
+#   '^(?=.*backbone)(?=.*norm).*$'                      lr 1e-5, weight decay 0
+#   '^(?=.*backbone)(?!.*norm).*$'                      lr 1e-5
+#   '^(?=.*(?:encoder|decoder))(?=.*(?:norm|bias)).*$'  weight decay 0
+# applied to the original's names (in the comments), by hand: (our name, lr, weight decay)
+AGREE = [
+    ('backbone.layer1.0.conv1.weight', 1e-5, 1e-4),  # backbone.res_layers.0.blocks.0.branch2a.conv
+    ('neck.encoder.0.layers.0.self_attn.in_proj_weight', 1e-4, 1e-4),
+    ('neck.encoder.0.layers.0.norm1.weight', 1e-4, 0.0),
+    ('neck.input_proj.0.1.bias', 1e-4, 0.0),  # encoder.input_proj.0.1.bias: 'bias'
+    ('decoder.input_proj.0.norm.weight', 1e-4, 0.0),
+    ('decoder.query_pos_head.layers.0.bias', 1e-4, 0.0),
+    ('decoder.layers.0.cross_attn.sampling_offsets.bias', 1e-4, 0.0),
+    ('bbox_head.cls_branches.0.weight', 1e-4, 1e-4),  # decoder.dec_score_head.0.weight
+    ('denoising.label_embed.weight', 1e-4, 1e-4),  # decoder.denoising_class_embed.weight
+]
+# where mmengine's paramwise_cfg (custom key 'backbone' switches its norm / bias rules off; they
+# go by module type and the exact name 'bias', the original's regexes by substrings) gives another
+# weight decay than the original: docs/parity.md, "Training trajectory"
+DIFFER = [
+    ('backbone.layer1.0.bn1.weight', 1e-5, 0.0),  # ...branch2a.norm.weight: backbone + norm
+    ('backbone.stem.1.bias', 1e-5, 0.0),  # backbone.conv1.conv1_1.norm.bias
+    ('neck.encoder.0.layers.0.self_attn.in_proj_bias', 1e-4, 0.0),  # 'bias' in the name
+    ('decoder.layers.0.self_attn.in_proj_bias', 1e-4, 0.0),
+    ('neck.input_proj.0.1.weight', 1e-4, 1e-4),  # BatchNorm named '1': neither norm nor bias
+    ('decoder.enc_output.1.weight', 1e-4, 1e-4),  # LayerNorm named '1'
+]
+
+
+@pytest.fixture(scope='module')
+def tool(load_tool):
+    return load_tool('tools/analysis/trajectory_parity.py')
+
+
+@pytest.fixture(scope='module')
+def settings(tool, repo_root):
+    cfg = Config.fromfile(str(repo_root / CONFIG))
+    cfg.model.backbone.init_cfg = None
+    with DefaultScope.overwrite_default_scope('detr_plugin'):  # built before the autouse scope
+        model = MODELS.build(cfg.model)
+        return tool.group_settings(model, build_optim_wrapper(model, cfg.optim_wrapper))
+
+
+@pytest.mark.parametrize('name,lr,weight_decay', AGREE + [
+    pytest.param(*row, marks=pytest.mark.xfail(strict=True, raises=AssertionError,
+                                               reason='weight decay differs'))
+    for row in DIFFER])
+def test_optimizer_settings_follow_original_groups(settings, name, lr, weight_decay):
+    assert settings[name]['lr'] == pytest.approx(lr, rel=1e-12)
+    assert settings[name]['weight_decay'] == pytest.approx(weight_decay, rel=1e-12, abs=0)
+    assert settings[name]['betas'] == (0.9, 0.999) and settings[name]['eps'] == 1e-8
+
+
+def test_group_differences_names_the_setting(tool):
+    theirs = {'decoder.dec_score_head.0.weight': dict(lr=1e-4, weight_decay=1e-4,
+                                                      betas=(0.9, 0.999), eps=1e-8),
+              'decoder.dec_score_head.0.bias': dict(lr=1e-4, weight_decay=0.0,
+                                                    betas=(0.9, 0.999), eps=1e-8)}
+    ours = {'bbox_head.cls_branches.0.weight': dict(lr=1e-4, weight_decay=0.0,
+                                                    betas=(0.9, 0.999), eps=1e-8),
+            'bbox_head.cls_branches.0.bias': dict(theirs['decoder.dec_score_head.0.bias']),
+            'bbox_head.extra': dict(lr=1e-4, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8)}
+    assert tool.group_differences(theirs, ours) == [
+        ('decoder.dec_score_head.0.weight', 'bbox_head.cls_branches.0.weight', 'weight_decay',
+         '0.0001', '0.0'),
+        ('-', 'bbox_head.extra', 'trained', 'False', 'True')]
+
+
+def original_decay(update: int) -> float:
+    """ModelEMA(decay=0.9999, warmups=2000): the weight the average keeps at update k (1-based)."""
+    return 0.9999 * (1 - math.exp(-update / 2000))
+
+
+def test_ema_follows_original_formula(tool, repo_root):
+    """The config's EMAHook average against ModelEMA's recursion a_k = d_k a_{k-1} + (1 - d_k) w_k,
+    from the second update on; the first differs by d_1 (a_0 - w_1): ours starts as a copy of the
+    model after its first step, the original's as a copy before it (d_1 = 5.0e-4)."""
+    cfg = Config.fromfile(str(repo_root / CONFIG))
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2)).double()
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    hook = tool.build_ema_hook(cfg, model)
+    generator = torch.Generator().manual_seed(0)
+    ours_expected = original = None
+    for k in range(1, 6):
+        with torch.no_grad():
+            for value in model.state_dict().values():
+                if value.dtype.is_floating_point:
+                    value.copy_(torch.randn(value.shape, generator=generator, dtype=value.dtype))
+        weights = model.state_dict()
+        hook.after_train_iter(SimpleNamespace(model=model, iter=k - 1, epoch=0), k - 1)
+        d = original_decay(k)
+        original = {n: d * (initial if k == 1 else original)[n] + (1 - d) * w
+                    for n, w in weights.items() if w.dtype.is_floating_point}
+        ours_expected = ({n: weights[n].clone() for n in original} if k == 1 else
+                         {n: d * ours_expected[n] + (1 - d) * weights[n] for n in original})
+        averaged = hook.ema_model.module.state_dict()
+        for name in original:
+            torch.testing.assert_close(averaged[name], ours_expected[name], rtol=1e-12, atol=0)
+            if k == 1:
+                torch.testing.assert_close(original[name] - averaged[name],
+                                           d * (initial[name] - weights[name]), rtol=1e-9, atol=0)
+        assert tool.ema_decay(hook, k) == (0.0 if k == 1 else pytest.approx(d, rel=1e-12))

@@ -1,0 +1,235 @@
+"""Training-trajectory parity: detr_plugin's RT-DETR trained step by step against the original's
+trajectory saved by tools/model_converters/rtdetr_trajectory_reference.py (docs/parity.md).
+
+    python tools/analysis/trajectory_parity.py /work/ref/trajectory/r18vd_fp32.pth \\
+        configs/rtdetr/rtdetr_r18vd_8xb2-72e_coco.py [--tol-loss 1e-3] [--tol-ema 1e-4] \\
+        [--json out.json]
+
+Ours starts from the original's initial weights (converted, loaded strictly) and sees the same
+batches (the file the reference names), in the reference's dtype. Its optimizer is built by
+mmengine's ``build_optim_wrapper`` from the config's ``optim_wrapper`` (AdamW, parameter groups,
+gradient clipping), its weight average by the config's ``EMAHook`` (``before_run``, then
+``after_train_iter`` after every step, as the runner calls them). A step is ``train_step`` without
+the data preprocessor (the batch is already in [0, 1], as the original's; the preprocessor would
+cast float64 inputs to float32): ``torch.manual_seed(step)`` as the reference did, so that the
+denoising noise is the same, ``model.loss``, ``parse_losses`` (the sum of every term),
+``optim_wrapper.update_params``.
+
+Printed and written (``--json``): every trainable parameter whose learning rate or weight decay
+differs from the original's regex groups, the EMA decay of every update next to the original's, per
+step the total loss of both and every term's largest difference, and the largest difference of the
+final EMA weights (floating-point entries; BatchNorm statistics included). Exits 1 when a step's
+total loss differs by more than --tol-loss or an EMA weight by more than --tol-ema.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+from types import SimpleNamespace
+from typing import Dict, List, Tuple
+
+import torch
+from mmengine.config import Config, DictAction
+from mmengine.logging import MessageHub, MMLogger
+from mmengine.optim import OptimWrapper, build_optim_wrapper
+from torch import nn
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..',
+                                'model_converters'))
+from rtdetr_parity_check import data_samples, loss_name  # noqa: E402
+
+from detr_plugin.converters import convert_rtdetr  # noqa: E402
+from detr_plugin.registry import HOOKS, MODELS  # noqa: E402
+from detr_plugin.utils import register_all_modules  # noqa: E402
+
+REPORT_STEPS = (1, 10, 50, 100, 200)
+
+
+def build_model(cfg: Config, state_dict: Dict[str, torch.Tensor], dtype: torch.dtype) -> nn.Module:
+    """The config's model (80 classes, no pretrained backbone) with the original's weights."""
+    cfg.model.backbone.init_cfg = None
+    cfg.model.bbox_head.num_classes = 80
+    model = MODELS.build(cfg.model)
+    model.load_state_dict(convert_rtdetr(state_dict), strict=True)
+    return model.to(dtype)
+
+
+def our_name(original: str) -> str:
+    """The name ``convert_rtdetr`` gives an original parameter."""
+    return next(iter(convert_rtdetr({original: torch.zeros(1)})))
+
+
+def group_settings(model: nn.Module, optim_wrapper: OptimWrapper) -> Dict[str, dict]:
+    """lr, weight decay, betas and eps of every parameter the optimizer updates, by our name."""
+    group_of = {id(p): g for g in optim_wrapper.optimizer.param_groups for p in g['params']}
+    return {name: dict(lr=group_of[id(p)]['lr'], weight_decay=group_of[id(p)]['weight_decay'],
+                       betas=tuple(group_of[id(p)]['betas']), eps=group_of[id(p)]['eps'])
+            for name, p in model.named_parameters() if id(p) in group_of}
+
+
+def group_differences(theirs: Dict[str, dict], ours: Dict[str, dict]) -> List[Tuple[str, ...]]:
+    """(original name, our name, setting, original's value, ours) for every setting that differs,
+    and for parameters only one side trains."""
+    rows = []
+    mapped = {our_name(name): name for name in theirs}
+    for ours_name in sorted(set(mapped) | set(ours)):
+        original = mapped.get(ours_name, '-')
+        if ours_name not in ours or original == '-':
+            rows.append((original, ours_name, 'trained', str(original != '-'),
+                         str(ours_name in ours)))
+            continue
+        for key, value in theirs[original].items():
+            if not math.isclose(float(value if key != 'betas' else sum(value)),
+                                float(ours[ours_name][key] if key != 'betas'
+                                      else sum(ours[ours_name][key])), rel_tol=1e-12):
+                rows.append((original, ours_name, key, str(value), str(ours[ours_name][key])))
+    return rows
+
+
+def build_ema_hook(cfg: Config, model: nn.Module):
+    """The config's ``EMAHook``, set up as the runner does before training."""
+    hooks = [h for h in cfg.get('custom_hooks', []) if h['type'] == 'EMAHook']
+    if len(hooks) != 1:
+        raise ValueError(f'{cfg.filename}: custom_hooks has {len(hooks)} EMAHook entries, not 1')
+    hook = HOOKS.build({k: v for k, v in hooks[0].items() if k != 'priority'})
+    hook.before_run(SimpleNamespace(model=model))
+    return hook
+
+
+def ema_decay(hook, update: int) -> float:
+    """The weight our average keeps at its ``update``-th update (1-based): 0 at the first (the
+    average starts as a copy of the model), then 1 - momentum_t."""
+    ema = hook.ema_model
+    if update == 1:
+        return 0.0
+    momentum = (1 - ema.momentum) * math.exp(-float(update) / ema.gamma) + ema.momentum
+    return 1 - momentum
+
+
+def train(model: nn.Module, optim_wrapper: OptimWrapper, hook, batches: dict, steps: int,
+          dtype: torch.dtype) -> Tuple[List[Dict[str, float]], List[float]]:
+    """``steps`` training steps; every step's loss terms (and 'total') and gradient norm."""
+    model.train()
+    runner = SimpleNamespace(model=model, iter=0, epoch=0)
+    hub = MessageHub.get_current_instance()
+    losses, grad_norms = [], []
+    for step in range(steps):
+        index = batches['schedule'][step]
+        inputs = batches['images'][index].to(dtype)
+        samples = data_samples(inputs, [batches['targets'][int(i)] for i in index])
+        torch.manual_seed(step)
+        with optim_wrapper.optim_context(model):
+            terms = model.loss(inputs, samples)
+        total, log_vars = model.parse_losses(terms)
+        optim_wrapper.update_params(total)
+        runner.iter = step
+        hook.after_train_iter(runner, step)
+        grad_norms.append(hub.get_scalar('train/grad_norm').current())
+        losses.append(dict({k: float(v) for k, v in log_vars.items() if k != 'loss'},
+                           total=float(total.detach())))
+        if step % 20 == 0 or step == steps - 1:
+            print(f'step {step:4d} loss {losses[-1]["total"]:.6f} grad norm {grad_norms[-1]:.4f}',
+                  flush=True)
+    return losses, grad_norms
+
+
+def loss_differences(theirs: List[Dict[str, float]], ours: List[Dict[str, float]],
+                     num_layers: int) -> List[dict]:
+    """Per step: both totals, their difference and the largest difference of any term."""
+    rows = []
+    for original, mine in zip(theirs, ours):
+        terms = {loss_name(k, num_layers): v for k, v in original.items() if k != 'total'}
+        unpaired = set(terms) ^ (set(mine) - {'total'})
+        if unpaired:
+            raise AssertionError(f'loss terms of one side only: {sorted(unpaired)}')
+        worst = max(terms, key=lambda k: abs(terms[k] - mine[k]))
+        rows.append(dict(theirs=original['total'], ours=mine['total'],
+                         diff=abs(original['total'] - mine['total']),
+                         term_diff=abs(terms[worst] - mine[worst]), worst_term=worst))
+    return rows
+
+
+def state_difference(theirs: Dict[str, torch.Tensor], ours: Dict[str, torch.Tensor]
+                     ) -> Tuple[float, str]:
+    """Largest absolute difference of the floating-point entries of two state dicts (ours named
+    as the converted original's) and where it is."""
+    converted = convert_rtdetr(theirs)
+    worst, where = 0.0, ''
+    for name, value in converted.items():
+        if not value.dtype.is_floating_point:
+            continue
+        diff = (value.double() - ours[name].double()).abs().max().item()
+        if diff > worst:
+            worst, where = diff, name
+    return worst, where
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('reference', help='file written by rtdetr_trajectory_reference.py')
+    parser.add_argument('config', help='detr_plugin config of the same model')
+    parser.add_argument('--batches', help='batches file (default: the one the reference names)')
+    parser.add_argument('--steps', type=int, help='default: all the reference has')
+    parser.add_argument('--tol-loss', type=float, default=1e-3)
+    parser.add_argument('--tol-ema', type=float, default=1e-4)
+    parser.add_argument('--json', help='also write the comparison to this file')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, as tools/train.py')
+    args = parser.parse_args()
+    register_all_modules()
+    MMLogger.get_instance('mmengine', log_level='WARNING')  # not every parameter's options
+    reference = torch.load(args.reference, map_location='cpu', weights_only=False)
+    batches = torch.load(args.batches or reference['batches'], weights_only=False)
+    steps = args.steps or reference['steps']
+    dtype = torch.float64 if reference['dtype'] == 'torch.float64' else torch.float32
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+
+    model = build_model(cfg, reference['state_dict'], dtype)
+    optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    groups = group_differences(reference['param_groups'], group_settings(model, optim_wrapper))
+    print(f'optimizer settings: {len(groups)} differences from the original\'s groups')
+    for row in groups:
+        print('  ' + ' | '.join(row))
+    hook = build_ema_hook(cfg, model)
+    decays = [ema_decay(hook, k + 1) for k in range(steps)]
+    decay_diff = [abs(a - b) for a, b in zip(decays, reference['ema_decays'])]
+    print(f'EMA decay: update 1 ours {decays[0]:g}, the original {reference["ema_decays"][0]:g}; '
+          f'updates 2-{steps} max abs diff {max(decay_diff[1:]):.1e}')
+
+    losses, grad_norms = train(model, optim_wrapper, hook, batches, steps, dtype)
+    rows = loss_differences(reference['losses'][:steps], losses, model.decoder.num_layers)
+    ema_diff, ema_where = state_difference(reference['ema_state_dict'],
+                                           hook.ema_model.module.state_dict())
+    model_diff, model_where = state_difference(reference['final_state_dict'], model.state_dict())
+
+    print(f'\n| step | original loss | ours | abs diff | max term diff (term) | grad norm diff |')
+    print('|---|---|---|---|---|---|')
+    for step in sorted(set(REPORT_STEPS) & set(range(1, steps + 1)) | {steps}):
+        row = rows[step - 1]
+        print(f'| {step} | {row["theirs"]:.6f} | {row["ours"]:.6f} | {row["diff"]:.1e} | '
+              f'{row["term_diff"]:.1e} ({row["worst_term"]}) | '
+              f'{abs(grad_norms[step - 1] - reference["grad_norms"][step - 1]):.1e} |')
+    worst = max(range(steps), key=lambda i: rows[i]['diff'])
+    print(f'worst total-loss diff: {rows[worst]["diff"]:.2e} at step {worst + 1}')
+    print(f'final EMA weights: max abs diff {ema_diff:.2e} ({ema_where}); '
+          f'final model weights: {model_diff:.2e} ({model_where})')
+    passed = rows[worst]['diff'] <= args.tol_loss and ema_diff <= args.tol_ema
+    print(f'{reference["dtype"]}, {steps} steps, tolerance {args.tol_loss:g} (loss) / '
+          f'{args.tol_ema:g} (EMA) -> {"PASS" if passed else "FAIL"}')
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(reference=args.reference, config=args.config, dtype=reference['dtype'],
+                           steps=rows, grad_norms=dict(ours=grad_norms,
+                                                       theirs=reference['grad_norms'][:steps]),
+                           group_differences=groups, ema_decays=dict(
+                               ours=decays, theirs=reference['ema_decays'][:steps]),
+                           ema_diff=ema_diff, ema_where=ema_where, model_diff=model_diff,
+                           passed=passed), f, indent=1)
+    sys.exit(0 if passed else 1)
+
+
+if __name__ == '__main__':
+    main()

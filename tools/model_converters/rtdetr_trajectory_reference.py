@@ -1,0 +1,170 @@
+"""Trains the ORIGINAL RT-DETR (rtdetr_pytorch) for a few hundred steps on fixed batches and saves
+the trajectory: first half of the training-trajectory parity check of docs/parity.md.
+
+Run it in the original's environment (torch, torchvision, scipy, pyyaml), never in detr_plugin's::
+
+    python tools/model_converters/rtdetr_trajectory_reference.py \
+        --rtdetr-root /work/ref/rtdetr_pytorch --config rtdetr_r18vd_6x_coco.yml \
+        --batches /work/ref/trajectory/batches.pth --out /work/ref/trajectory/r18vd_fp32.pth
+
+The batches file (synthetic images and boxes, see :func:`make_batches`) is written on the first
+run and read afterwards, so every run, of the original and of ours, sees the same data. The model,
+criterion, optimizer (the YAML's AdamW parameter-group regexes) and ``ModelEMA`` are the
+original's, built from its YAML config (``PResNet.pretrained=False``, ``RTDETR.multi_scale=None``);
+the weights are perturbed and the BatchNorm statistics calibrated as in
+rtdetr_parity_reference.py. Each step is the original's ``train_one_epoch`` body without AMP:
+``torch.manual_seed(step)`` (so that the denoising noise can be drawn identically elsewhere),
+forward with targets, criterion, ``sum`` of the terms, backward, ``clip_grad_norm_(0.1)``,
+``optimizer.step()``, ``ema.update(model)``.
+
+The output holds ``state_dict`` (initial weights), ``param_groups`` (lr, weight decay, betas, eps
+of every trainable parameter, by name), ``losses`` (per step: every term and the total as
+floats), ``grad_norms`` (the norm before clipping), ``ema_decays`` (the decay of each update),
+``ema_state_dict`` and ``final_state_dict``.
+
+``--float64`` runs the model in double precision, after ``torch.set_default_dtype(torch.float64)``
+so that the original's denoising box noise (``rand_like`` of a default-dtype tensor) is drawn in
+float64 as ours is (in the ground truth's dtype, the inputs'); its label flips stay float32
+(explicitly, as ours: default dtype of our process), its anchors and position embedding float32
+(explicitly, as ours); the targets stay float32 as its data pipeline gives them. The second half is
+tools/analysis/trajectory_parity.py.
+"""
+import argparse
+import math
+import os
+import sys
+import time
+from typing import Dict, List
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from rtdetr_parity_reference import calibrate_batchnorm, import_original, perturb  # noqa: E402
+
+
+def make_batches(num_images: int, size: int, steps: int, batch_size: int, seed: int) -> dict:
+    """Synthetic detection data: ``num_images`` noise images (3, size, size) in [0, 1], each with
+    0-4 boxes painted in a colour of their label (labels 0-9); every fourth image has no box.
+    Box corners lie on whole pixels, so with a power-of-two ``size`` the cxcywh normalized boxes
+    and their xyxy pixel form convert into each other exactly in any precision. ``schedule``
+    (steps, batch_size) lists the images of each step; it never puts only empty images in one
+    batch (the original skips denoising for such a batch, ours pads it, see docs/parity.md)."""
+    generator = torch.Generator().manual_seed(seed)
+    colours = torch.rand(10, 3, generator=generator)
+    images, targets = [], []
+    for i in range(num_images):
+        image = 0.3 * torch.rand(3, size, size, generator=generator)
+        count = 0 if i % 4 == 3 else int(torch.randint(1, 5, (1, ), generator=generator))
+        wh = torch.randint(size // 10, size // 2, (count, 2), generator=generator)
+        corner = (torch.rand(count, 2, generator=generator) * (size - wh)).long()
+        labels = torch.randint(0, 10, (count, ), generator=generator)
+        for (x0, y0), (w, h), label in zip(corner.tolist(), wh.tolist(), labels.tolist()):
+            image[:, y0:y0 + h, x0:x0 + w] = colours[label][:, None, None] + 0.1 * torch.rand(
+                3, h, w, generator=generator)
+        images.append(image.clamp(0, 1))
+        boxes = torch.cat([corner + wh / 2, wh.float()], 1) / size  # cxcywh normalized
+        targets.append(dict(labels=labels, boxes=boxes))
+    order = torch.arange(steps * batch_size) % num_images
+    return dict(images=torch.stack(images), targets=targets,
+                schedule=order.reshape(steps, batch_size), seed=seed)
+
+
+def load_or_make_batches(path: str, args: argparse.Namespace) -> dict:
+    if os.path.exists(path):
+        return torch.load(path, weights_only=False)
+    batches = make_batches(args.num_images, args.size, args.steps, args.batch_size, args.seed)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    torch.save(batches, path)
+    return batches
+
+
+def param_groups(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Dict[str, dict]:
+    """Settings of every trainable parameter, by name."""
+    group_of = {id(p): g for g in optimizer.param_groups for p in g['params']}
+    return {name: dict(lr=group_of[id(p)]['lr'], weight_decay=group_of[id(p)]['weight_decay'],
+                       betas=tuple(group_of[id(p)]['betas']), eps=group_of[id(p)]['eps'])
+            for name, p in model.named_parameters() if p.requires_grad}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--rtdetr-root', required=True, help='path of rtdetr_pytorch/')
+    parser.add_argument('--config', default='rtdetr_r18vd_6x_coco.yml',
+                        help='file name under configs/rtdetr/')
+    parser.add_argument('--batches', required=True, help='batches file (written if missing)')
+    parser.add_argument('--out', required=True)
+    parser.add_argument('--steps', type=int, default=200)
+    parser.add_argument('--num-images', type=int, default=16)
+    parser.add_argument('--size', type=int, default=256)
+    parser.add_argument('--batch-size', type=int, default=2)
+    parser.add_argument('--seed', type=int, default=0, help='data and weight seed')
+    parser.add_argument('--float64', action='store_true')
+    args = parser.parse_args()
+
+    YAMLConfig = import_original(args.rtdetr_root)
+    import src.optim  # noqa: F401  (registers AdamW and ModelEMA)
+    cfg = YAMLConfig(os.path.join(args.rtdetr_root, 'configs', 'rtdetr', args.config))
+    cfg.yaml_cfg['PResNet']['pretrained'] = False
+    cfg.yaml_cfg['RTDETR']['multi_scale'] = None
+    batches = load_or_make_batches(args.batches, args)
+    size = list(batches['images'].shape[-2:])  # eval-mode tables (BatchNorm calibration)
+    cfg.yaml_cfg['HybridEncoder']['eval_spatial_size'] = size
+    cfg.yaml_cfg['RTDETRTransformer']['eval_spatial_size'] = size
+    torch.manual_seed(args.seed)  # the initial weights are the same in every run
+    model, criterion = cfg.model, cfg.criterion
+    images, targets, schedule = batches['images'], batches['targets'], batches['schedule']
+    if len(schedule) < args.steps:
+        raise SystemExit(f'{args.batches} holds {len(schedule)} steps, fewer than --steps')
+
+    generator = torch.Generator().manual_seed(args.seed)
+    perturb(model, generator, stats=False)
+    calibrate_batchnorm(model, images[schedule[0]])
+    perturb(model, generator, stats=True)
+    dtype = torch.float64 if args.float64 else torch.float32
+    model.to(dtype)
+    if args.float64:  # the denoising box noise in float64, as ours draws it (see the docstring)
+        torch.set_default_dtype(torch.float64)
+    state_dict = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = cfg.optimizer  # the YAML's regex parameter groups, from the model above
+    ema = cfg.ema
+    max_norm = cfg.clip_max_norm
+
+    losses: List[Dict[str, float]] = []
+    grad_norms, ema_decays = [], []
+    model.train()
+    criterion.train()
+    start = time.time()
+    for step in range(args.steps):
+        samples = images[schedule[step]].to(dtype)
+        batch_targets = [targets[int(i)] for i in schedule[step]]
+        torch.manual_seed(step)
+        outputs = model(samples, batch_targets)
+        loss_dict = criterion(outputs, batch_targets)
+        loss = sum(loss_dict.values())
+        optimizer.zero_grad()
+        loss.backward()
+        grad_norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)))
+        optimizer.step()
+        ema.update(model)
+        ema_decays.append(ema.decay_fn(ema.updates))
+        losses.append(dict({k: float(v.detach()) for k, v in loss_dict.items()},
+                           total=float(loss.detach())))
+        if not math.isfinite(float(loss)):
+            raise SystemExit(f'step {step}: loss {float(loss)}')
+        if step % 20 == 0 or step == args.steps - 1:
+            print(f'step {step:4d} loss {float(loss):.6f} grad norm {grad_norms[-1]:.4f} '
+                  f'({time.time() - start:.0f} s)', flush=True)
+
+    torch.save(dict(config=args.config, batches=os.path.abspath(args.batches), seed=args.seed,
+                    dtype=str(dtype), steps=args.steps, torch_version=torch.__version__,
+                    state_dict=state_dict, param_groups=param_groups(model, optimizer),
+                    clip_max_norm=max_norm, ema_decay=ema.decay, ema_warmups=ema.warmups,
+                    losses=losses, grad_norms=grad_norms, ema_decays=ema_decays,
+                    ema_state_dict=ema.module.state_dict(), final_state_dict=model.state_dict()),
+               args.out)
+    print(f'{args.config}: {args.steps} steps ({dtype}), final loss {losses[-1]["total"]:.6f} '
+          f'-> {args.out}')
+
+
+if __name__ == '__main__':
+    main()

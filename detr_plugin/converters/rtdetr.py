@@ -1,7 +1,8 @@
 """lyuwenyu/RT-DETR's rtdetr_pytorch (RT-DETR v1), rtdetrv2_pytorch (RT-DETRv2) and their PResNet
 backbones -> detr_plugin ``RTDETR`` / ``ResNetVd``.
 
-RT-DETRv2 has v1's names plus a ``num_points_scale`` buffer in every decoder cross-attention
+RT-DETRv2 has v1's names (its encoder input projections and encoder output layer named rather
+than numbered) plus a ``num_points_scale`` buffer in every decoder cross-attention
 (1 / P_l for each of level l's P_l points), which ours computes from ``num_points``: it is dropped
 after :func:`v2_num_points` has read the point counts from it.
 
@@ -10,6 +11,8 @@ Key map (original -> ours):
     backbone.res_layers.S.blocks.B.branch2{a,b,c}    backbone.layer{S+1}.B.{conv,bn}{1,2,3}
     ...short.{conv,norm} | short.conv.{conv,norm}    ...downsample.{1,2}  (0: the pool)
     encoder.*                                        neck.*  (linear1/2 -> ffn.linear1/2)
+    encoder.input_proj.i.{conv,norm}  (v2)           neck.input_proj.i.{0,1}
+    decoder.enc_output.{proj,norm}  (v2)             decoder.enc_output.{0,1}
     decoder.decoder.layers.*                         decoder.layers.*  (linear1/2 -> ffn.*)
     decoder.{input_proj,enc_output,query_pos_head}   unchanged under decoder.
     decoder.dec_score_head.i / dec_bbox_head.i       bbox_head.cls_branches.i / reg_branches.i
@@ -48,6 +51,8 @@ RULES = (
     (r'^encoder\.encoder\.(\d+)\.layers\.(\d+)\.(linear[12])\.',
      lambda m: f'neck.encoder.{m[1]}.layers.{m[2]}.ffn.{m[3]}.'),
     (r'^encoder\.pos_embed\d+$', None),  # recomputed from the image size
+    (r'^encoder\.input_proj\.(\d+)\.conv\.', r'neck.input_proj.\1.0.'),  # RT-DETRv2's names
+    (r'^encoder\.input_proj\.(\d+)\.norm\.', r'neck.input_proj.\1.1.'),
     (r'^encoder\.', 'neck.'),
     # decoder
     (r'^decoder\.(anchors|valid_mask)$', None),  # recomputed from the image size
@@ -60,6 +65,8 @@ RULES = (
     (r'^decoder\.enc_score_head\.', 'bbox_head.enc_cls_branch.'),
     (r'^decoder\.enc_bbox_head\.', 'bbox_head.enc_reg_branch.'),
     (r'^decoder\.denoising_class_embed\.', 'denoising.label_embed.'),
+    (r'^decoder\.enc_output\.proj\.', 'decoder.enc_output.0.'),  # RT-DETRv2's names
+    (r'^decoder\.enc_output\.norm\.', 'decoder.enc_output.1.'),
     (r'^decoder\.(input_proj|enc_output|query_pos_head)\.', r'decoder.\1.'),
 )
 

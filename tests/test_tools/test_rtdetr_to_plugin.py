@@ -35,6 +35,11 @@ KEYS = {
     'decoder.denoising_class_embed.weight': 'denoising.label_embed.weight',
     'decoder.query_pos_head.layers.1.bias': 'decoder.query_pos_head.layers.1.bias',
     'decoder.enc_output.1.weight': 'decoder.enc_output.1.weight',
+    # RT-DETRv2's names (rtdetrv2_pytorch at 068dfde)
+    'encoder.input_proj.2.conv.weight': 'neck.input_proj.2.0.weight',
+    'encoder.input_proj.0.norm.running_mean': 'neck.input_proj.0.1.running_mean',
+    'decoder.enc_output.proj.bias': 'decoder.enc_output.0.bias',
+    'decoder.enc_output.norm.weight': 'decoder.enc_output.1.weight',
     'decoder.enc_score_head.bias': 'bbox_head.enc_cls_branch.bias',
     'decoder.enc_bbox_head.layers.2.weight': 'bbox_head.enc_reg_branch.layers.2.weight',
     'decoder.dec_score_head.4.weight': 'bbox_head.cls_branches.4.weight',

@@ -121,3 +121,22 @@ def test_step_breakdown_sync_recorder_names_the_call_site(load_tool):
     (site, count), = recorder.sites.items()
     assert count == 3 and site.startswith('tests/test_tools/test_benchmark_tools.py:')
     assert 'wait_for_the_gpu <- ' in site
+
+
+def test_benchmark_rtdetr_models_per_version(load_tool, repo_root, monkeypatch, capsys):
+    tool = load_tool('tools/analysis/benchmark_rtdetr.py')
+    prefixes = dict(v1='configs/rtdetr/rtdetr_r', v2='configs/rtdetrv2/rtdetrv2_r')
+    for version, prefix in prefixes.items():
+        for ours, theirs in tool.MODELS[version].values():
+            assert ours.startswith(prefix) and (repo_root / ours).is_file(), ours
+            assert theirs.startswith(prefix.split('/')[-1]) and theirs.endswith('_coco.yml')
+    root = ['--rtdetr-root', '/nowhere']
+    monkeypatch.setattr(sys, 'argv', ['benchmark_rtdetr.py', '--version', 'v2', *root])
+    assert tool.parse_args().models == ['r18', 'r50']
+    # RT-DETRv2-M exists in v2 only: refused in one line for v1
+    monkeypatch.setattr(sys, 'argv', ['benchmark_rtdetr.py', *root, '--models', 'r18', 'r50m'])
+    with pytest.raises(SystemExit) as exit_info:
+        tool.parse_args()
+    assert exit_info.value.code == 2
+    assert ('--models r50m: not a v1 model (choose from r18 r34 r50 r101)'
+            in capsys.readouterr().err)

@@ -1,8 +1,9 @@
-"""RT-DETR latency and training step: ours next to the original rtdetr_pytorch, in one run.
+"""RT-DETR / RT-DETRv2 latency and training step: ours next to the original, in one run.
 
 Both models hold the same weights (the original's random initialisation with seeded noise and
-calibrated BatchNorm statistics, converted to ours by tools/model_converters/rtdetr_to_plugin.py),
-so the run also checks on the GPU that the two give the same detections.
+calibrated BatchNorm statistics, converted to ours by
+:func:`detr_plugin.converters.convert_rtdetr`), so the run also checks on the GPU that the two
+give the same detections.
 
 Inference (``--mode infer``): 640x640 images in, top-300 (boxes, scores, labels) out.
 - original: its deploy form (``model.deploy()`` + ``postprocessor.deploy()``, as its
@@ -14,10 +15,13 @@ gradient clipping 0.1, AdamW) on random boxes: ours ``model.train_step`` with th
 optimizer wrapper, the original's model + criterion + the same optimizer settings.
 
 The original's code is not part of this project: pass the path of a checkout of
-lyuwenyu/RT-DETR's ``rtdetr_pytorch`` (its dependencies: torchvision, pyyaml, scipy)::
+lyuwenyu/RT-DETR's ``rtdetr_pytorch`` (``--version v1``) or ``rtdetrv2_pytorch``
+(``--version v2``); their dependencies: torchvision, pyyaml, scipy (v2: tensorboard too)::
 
     python tools/analysis/benchmark_rtdetr.py --rtdetr-root /path/to/rtdetr_pytorch \\
         --models r18 r50 --batch 1 8 --dtype fp32 bf16
+    python tools/analysis/benchmark_rtdetr.py --version v2 \\
+        --rtdetr-root /path/to/rtdetrv2_pytorch --models r18 r50 --batch 1 8 --dtype fp32 bf16
 """
 import argparse
 import contextlib
@@ -32,18 +36,36 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, '..', 'model_converters'))
 from benchmark_model import DTYPES, call_ms, cuda_graph  # noqa: E402
 
-MODELS = {  # name: (our config, the original's config)
-    'r18': ('configs/rtdetr/rtdetr_r18vd_8xb2-72e_coco.py', 'rtdetr_r18vd_6x_coco.yml'),
-    'r34': ('configs/rtdetr/rtdetr_r34vd_8xb2-72e_coco.py', 'rtdetr_r34vd_6x_coco.yml'),
-    'r50': ('configs/rtdetr/rtdetr_r50vd_8xb2-72e_coco.py', 'rtdetr_r50vd_6x_coco.yml'),
-    'r101': ('configs/rtdetr/rtdetr_r101vd_8xb2-72e_coco.py', 'rtdetr_r101vd_6x_coco.yml'),
+MODELS = {  # version: {name: (our config, the original's config under configs/<version dir>/)}
+    'v1': {
+        'r18': ('configs/rtdetr/rtdetr_r18vd_8xb2-72e_coco.py', 'rtdetr_r18vd_6x_coco.yml'),
+        'r34': ('configs/rtdetr/rtdetr_r34vd_8xb2-72e_coco.py', 'rtdetr_r34vd_6x_coco.yml'),
+        'r50': ('configs/rtdetr/rtdetr_r50vd_8xb2-72e_coco.py', 'rtdetr_r50vd_6x_coco.yml'),
+        'r101': ('configs/rtdetr/rtdetr_r101vd_8xb2-72e_coco.py', 'rtdetr_r101vd_6x_coco.yml'),
+    },
+    'v2': {
+        'r18': ('configs/rtdetrv2/rtdetrv2_r18vd_8xb2-120e_coco.py',
+                'rtdetrv2_r18vd_120e_coco.yml'),
+        'r34': ('configs/rtdetrv2/rtdetrv2_r34vd_8xb2-120e_coco.py',
+                'rtdetrv2_r34vd_120e_coco.yml'),
+        'r50m': ('configs/rtdetrv2/rtdetrv2_r50vd-m_8xb2-84e_coco.py',
+                 'rtdetrv2_r50vd_m_7x_coco.yml'),
+        'r50': ('configs/rtdetrv2/rtdetrv2_r50vd_8xb2-72e_coco.py', 'rtdetrv2_r50vd_6x_coco.yml'),
+        'r101': ('configs/rtdetrv2/rtdetrv2_r101vd_8xb2-72e_coco.py',
+                 'rtdetrv2_r101vd_6x_coco.yml'),
+    },
 }
+ORIGINAL_CONFIG_DIR = {'v1': 'rtdetr', 'v2': 'rtdetrv2'}
 
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--rtdetr-root', required=True, help='checkout of rtdetr_pytorch')
-    p.add_argument('--models', nargs='+', choices=list(MODELS), default=['r18', 'r50'])
+    p.add_argument('--version', choices=list(MODELS), default='v1',
+                   help='v1: RT-DETR (rtdetr_pytorch), v2: RT-DETRv2 (rtdetrv2_pytorch)')
+    p.add_argument('--rtdetr-root', required=True,
+                   help='checkout of rtdetr_pytorch (v1) or rtdetrv2_pytorch (v2)')
+    p.add_argument('--models', nargs='+', default=['r18', 'r50'],
+                   help=', '.join(f'{v}: {" ".join(m)}' for v, m in MODELS.items()))
     p.add_argument('--mode', choices=['infer', 'train'], default='infer')
     p.add_argument('--batch', type=int, nargs='+', default=[1, 8])
     p.add_argument('--dtype', nargs='+', choices=['fp32', 'bf16', 'fp16'], default=['fp32', 'bf16'])
@@ -54,7 +76,12 @@ def parse_args():
                    help='turns: each implementation runs iters / rounds calls per turn '
                         '(1: one after the other)')
     p.add_argument('--device', default='cuda', help="'cpu' only to check the script itself")
-    return p.parse_args()
+    args = p.parse_args()
+    unknown = [m for m in args.models if m not in MODELS[args.version]]
+    if unknown:
+        p.error(f'--models {" ".join(unknown)}: not a {args.version} model '
+                f'(choose from {" ".join(MODELS[args.version])})')
+    return args
 
 
 def interleaved_ms(fns: dict, warmup: int, iters: int, device: str, rounds: int = 5) -> dict:
@@ -70,30 +97,40 @@ def interleaved_ms(fns: dict, warmup: int, iters: int, device: str, rounds: int 
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def build_pair(name: str, rtdetr_root: str):
-    """(original model, its postprocessor, our model), same weights, on the CPU, train mode."""
-    from mmengine.config import Config
-    from rtdetr_parity_reference import calibrate_batchnorm, import_original, perturb
-    from rtdetr_to_plugin import convert_state_dict
-
-    from detr_plugin.registry import MODELS as REGISTRY
-    ours_cfg, theirs_cfg = MODELS[name]
-    YAMLConfig = import_original(rtdetr_root)
-    cfg = YAMLConfig(os.path.join(rtdetr_root, 'configs', 'rtdetr', theirs_cfg))
+def original_model(version: str, name: str, root: str):
+    """The original's (model, criterion, postprocessor) from its YAML config, random weights:
+    seeded noise on every parameter except fixed tables (RT-DETRv2's point scales and encoder
+    anchors), BatchNorm statistics calibrated on random images, then perturbed."""
+    import rtdetr_parity_reference as v1
+    import rtdetrv2_parity_reference as v2
+    YAMLConfig = (v1 if version == 'v1' else v2).import_original(root)
+    cfg = YAMLConfig(os.path.join(root, 'configs', ORIGINAL_CONFIG_DIR[version],
+                                  MODELS[version][name][1]))
     cfg.yaml_cfg['PResNet']['pretrained'] = False
-    cfg.yaml_cfg['RTDETR']['multi_scale'] = None
-    theirs, criterion, post = cfg.model, cfg.criterion, cfg.postprocessor
+    if version == 'v1':  # v2 draws its training sizes in the data loader, not the model
+        cfg.yaml_cfg['RTDETR']['multi_scale'] = None
+    model, criterion, post = cfg.model, cfg.criterion, cfg.postprocessor
     generator = torch.Generator().manual_seed(0)
-    perturb(theirs, generator, stats=False)
-    calibrate_batchnorm(theirs, torch.rand(2, 3, 640, 640, generator=generator))
-    perturb(theirs, generator, stats=True)
-    theirs.train()
-    mm_cfg = Config.fromfile(ours_cfg)
+    v1.perturb(model, generator, stats=False, constants=v2.CONSTANT_BUFFERS)
+    v1.calibrate_batchnorm(model, torch.rand(2, 3, 640, 640, generator=generator))
+    v1.perturb(model, generator, stats=True)
+    return model.train(), criterion, post
+
+
+def build_pair(version: str, name: str, rtdetr_root: str):
+    """(original model, its criterion, its postprocessor, our model, our config), same weights,
+    on the CPU, train mode."""
+    from mmengine.config import Config
+
+    from detr_plugin.converters import convert_rtdetr
+    from detr_plugin.registry import MODELS as REGISTRY
+    theirs, criterion, post = original_model(version, name, rtdetr_root)
+    mm_cfg = Config.fromfile(MODELS[version][name][0])
     mm_cfg.model.backbone.init_cfg = None
     mm_cfg.model.bbox_head.num_classes = 80
     mm_cfg.model.data_preprocessor.pop('batch_augments', None)  # fixed 640x640, as the original's
     ours = REGISTRY.build(mm_cfg.model)
-    ours.load_state_dict(convert_state_dict(theirs.state_dict()), strict=True)
+    ours.load_state_dict(convert_rtdetr(theirs.state_dict()), strict=True)
     return theirs, criterion, post, ours, mm_cfg
 
 
@@ -115,7 +152,7 @@ def full_fp32():
 
 def infer_rows(name: str, args) -> list:
     from detr_plugin.deploy import End2EndDetector, fuse_for_inference
-    theirs, _, post, ours, _ = build_pair(name, args.rtdetr_root)
+    theirs, _, post, ours, _ = build_pair(args.version, name, args.rtdetr_root)
     dev = args.device
     theirs = theirs.deploy().to(dev)
     post = post.deploy()
@@ -172,7 +209,7 @@ def train_rows(name: str, args) -> list:
     from mmdet.structures.bbox import bbox_cxcywh_to_xyxy
     from mmengine.optim import build_optim_wrapper
     from mmengine.structures import InstanceData
-    theirs, criterion, _, ours, cfg = build_pair(name, args.rtdetr_root)
+    theirs, criterion, _, ours, cfg = build_pair(args.version, name, args.rtdetr_root)
     dev = args.device
     theirs, criterion, ours = theirs.to(dev).train(), criterion.to(dev).train(), ours.to(dev).train()
     rows = []
@@ -224,7 +261,7 @@ def main():
     for name in args.models:
         rows += (infer_rows if args.mode == 'infer' else train_rows)(name, args)
     device = torch.cuda.get_device_name() if args.device != 'cpu' else 'cpu'
-    print(f'\n{args.mode}, 640x640, {device}, torch {torch.__version__}, '
+    print(f'\nRT-DETR {args.version} {args.mode}, 640x640, {device}, torch {torch.__version__}, '
           f'median of {args.iters} after {args.warmup} warm-up, ms')
     if args.mode == 'infer':
         print('| model | batch | dtype | original eager | original graph | ours eager | ours graph '

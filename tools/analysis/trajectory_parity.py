@@ -151,18 +151,43 @@ def loss_differences(theirs: List[Dict[str, float]], ours: List[Dict[str, float]
 
 
 def state_difference(theirs: Dict[str, torch.Tensor], ours: Dict[str, torch.Tensor]
-                     ) -> Tuple[float, str]:
+                     ) -> Dict[str, Tuple[float, str]]:
     """Largest absolute difference of the floating-point entries of two state dicts (ours named
-    as the converted original's) and where it is."""
-    converted = convert_rtdetr(theirs)
-    worst, where = 0.0, ''
-    for name, value in converted.items():
+    as the converted original's) and where it is: over the weights, and over the BatchNorm
+    running statistics relative to their magnitude (``|a - b| / max(1, |b|)``; variances of a
+    random network reach 1e3)."""
+    worst = {'weights': (0.0, ''), 'statistics': (0.0, '')}
+    for name, value in convert_rtdetr(theirs).items():
         if not value.dtype.is_floating_point:
             continue
-        diff = (value.double() - ours[name].double()).abs().max().item()
-        if diff > worst:
-            worst, where = diff, name
-    return worst, where
+        diff = (value.double() - ours[name].double()).abs()
+        key = 'statistics' if name.endswith(('running_mean', 'running_var')) else 'weights'
+        if key == 'statistics':
+            diff = diff / value.double().abs().clamp(min=1)
+        if diff.max().item() > worst[key][0]:
+            worst[key] = (diff.max().item(), name)
+    return worst
+
+
+def digest(state_dict: Dict[str, torch.Tensor]) -> Dict[str, float]:
+    """Sum of every floating-point entry, by name: identifies the initial weights."""
+    return {k: float(v.double().sum()) for k, v in state_dict.items()
+            if v.dtype.is_floating_point}
+
+
+def run_ours(cfg: Config, reference: dict, batches: dict, steps: int, dtype: torch.dtype) -> dict:
+    """Ours trained from the reference's initial weights: optimizer-setting differences, EMA
+    decays, per-step losses and gradient norms, final EMA and model weights."""
+    model = build_model(cfg, reference['state_dict'], dtype)
+    optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    groups = group_differences(reference['param_groups'], group_settings(model, optim_wrapper))
+    hook = build_ema_hook(cfg, model)
+    losses, grad_norms = train(model, optim_wrapper, hook, batches, steps, dtype)
+    return dict(initial=digest(reference['state_dict']), group_differences=groups,
+                ema_decays=[ema_decay(hook, k + 1) for k in range(steps)], losses=losses,
+                grad_norms=grad_norms, num_layers=model.decoder.num_layers,
+                ema_state_dict=hook.ema_model.module.state_dict(),
+                final_state_dict=model.state_dict())
 
 
 def main() -> None:
@@ -173,7 +198,13 @@ def main() -> None:
     parser.add_argument('--steps', type=int, help='default: all the reference has')
     parser.add_argument('--tol-loss', type=float, default=1e-3)
     parser.add_argument('--tol-ema', type=float, default=1e-4)
+    parser.add_argument('--noise-reference',
+                        help='another run of the original (e.g. --float64): its per-step '
+                        'difference from the reference is printed beside ours, as the yardstick '
+                        'of float rounding')
     parser.add_argument('--json', help='also write the comparison to this file')
+    parser.add_argument('--save-ours', help='also save our trajectory to this file')
+    parser.add_argument('--ours', help='compare this saved trajectory instead of training')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, as tools/train.py')
     args = parser.parse_args()
@@ -187,35 +218,53 @@ def main() -> None:
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
 
-    model = build_model(cfg, reference['state_dict'], dtype)
-    optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
-    groups = group_differences(reference['param_groups'], group_settings(model, optim_wrapper))
+    if args.ours:
+        ours = torch.load(args.ours, map_location='cpu', weights_only=False)
+        if ours['initial'] != digest(reference['state_dict']):
+            raise SystemExit(f'{args.ours} was trained from other initial weights than '
+                             f'{args.reference} holds')
+    else:
+        ours = run_ours(cfg, reference, batches, steps, dtype)
+        if args.save_ours:
+            torch.save(ours, args.save_ours)
+    if len(reference['losses']) < steps:
+        print(f'{args.reference} has no trajectory of {steps} steps: ours trained only')
+        return
+    groups = ours['group_differences']
     print(f'optimizer settings: {len(groups)} differences from the original\'s groups')
     for row in groups:
         print('  ' + ' | '.join(row))
-    hook = build_ema_hook(cfg, model)
-    decays = [ema_decay(hook, k + 1) for k in range(steps)]
+    decays, grad_norms = ours['ema_decays'][:steps], ours['grad_norms'][:steps]
     decay_diff = [abs(a - b) for a, b in zip(decays, reference['ema_decays'])]
     print(f'EMA decay: update 1 ours {decays[0]:g}, the original {reference["ema_decays"][0]:g}; '
-          f'updates 2-{steps} max abs diff {max(decay_diff[1:]):.1e}')
+          f'updates 2-{steps} max abs diff {max(decay_diff[1:], default=0.0):.1e}')
+    rows = loss_differences(reference['losses'][:steps], ours['losses'][:steps],
+                            ours['num_layers'])
+    if steps != len(reference['losses']):  # the saved weights are those after the last step
+        raise SystemExit(f'--steps {steps}: the reference ran {len(reference["losses"])}')
+    ema = state_difference(reference['ema_state_dict'], ours['ema_state_dict'])
+    final = state_difference(reference['final_state_dict'], ours['final_state_dict'])
+    ema_diff = max(diff for diff, _ in ema.values())
 
-    losses, grad_norms = train(model, optim_wrapper, hook, batches, steps, dtype)
-    rows = loss_differences(reference['losses'][:steps], losses, model.decoder.num_layers)
-    ema_diff, ema_where = state_difference(reference['ema_state_dict'],
-                                           hook.ema_model.module.state_dict())
-    model_diff, model_where = state_difference(reference['final_state_dict'], model.state_dict())
-
-    print(f'\n| step | original loss | ours | abs diff | max term diff (term) | grad norm diff |')
-    print('|---|---|---|---|---|---|')
+    noise = None
+    if args.noise_reference:
+        other = torch.load(args.noise_reference, map_location='cpu', weights_only=False)
+        noise = [abs(a['total'] - b['total']) for a, b in zip(reference['losses'], other['losses'])]
+    print(f'\n| step | original loss | ours | abs diff | max term diff (term) | grad norm diff |'
+          + (' original vs noise reference |' if noise else ''))
+    print('|---|---|---|---|---|---|' + ('---|' if noise else ''))
     for step in sorted(set(REPORT_STEPS) & set(range(1, steps + 1)) | {steps}):
         row = rows[step - 1]
         print(f'| {step} | {row["theirs"]:.6f} | {row["ours"]:.6f} | {row["diff"]:.1e} | '
               f'{row["term_diff"]:.1e} ({row["worst_term"]}) | '
-              f'{abs(grad_norms[step - 1] - reference["grad_norms"][step - 1]):.1e} |')
+              f'{abs(grad_norms[step - 1] - reference["grad_norms"][step - 1]):.1e} |'
+              + (f' {noise[step - 1]:.1e} |' if noise else ''))
     worst = max(range(steps), key=lambda i: rows[i]['diff'])
     print(f'worst total-loss diff: {rows[worst]["diff"]:.2e} at step {worst + 1}')
-    print(f'final EMA weights: max abs diff {ema_diff:.2e} ({ema_where}); '
-          f'final model weights: {model_diff:.2e} ({model_where})')
+    for name, diffs in (('final EMA', ema), ('final model', final)):
+        print(f'{name}: weights max abs diff {diffs["weights"][0]:.2e} ({diffs["weights"][1]}), '
+              f'BatchNorm statistics max rel diff {diffs["statistics"][0]:.2e} '
+              f'({diffs["statistics"][1]})')
     passed = rows[worst]['diff'] <= args.tol_loss and ema_diff <= args.tol_ema
     print(f'{reference["dtype"]}, {steps} steps, tolerance {args.tol_loss:g} (loss) / '
           f'{args.tol_ema:g} (EMA) -> {"PASS" if passed else "FAIL"}')
@@ -226,8 +275,8 @@ def main() -> None:
                                                        theirs=reference['grad_norms'][:steps]),
                            group_differences=groups, ema_decays=dict(
                                ours=decays, theirs=reference['ema_decays'][:steps]),
-                           ema_diff=ema_diff, ema_where=ema_where, model_diff=model_diff,
-                           passed=passed), f, indent=1)
+                           ema_diff=ema, model_diff=final,
+                           noise=noise, passed=passed), f, indent=1)
     sys.exit(0 if passed else 1)
 
 

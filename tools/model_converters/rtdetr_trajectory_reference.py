@@ -22,11 +22,10 @@ of every trainable parameter, by name), ``losses`` (per step: every term and the
 floats), ``grad_norms`` (the norm before clipping), ``ema_decays`` (the decay of each update),
 ``ema_state_dict`` and ``final_state_dict``.
 
-``--float64`` runs the model in double precision, after ``torch.set_default_dtype(torch.float64)``
-so that the original's denoising box noise (``rand_like`` of a default-dtype tensor) is drawn in
-float64 as ours is (in the ground truth's dtype, the inputs'); its label flips stay float32
-(explicitly, as ours: default dtype of our process), its anchors and position embedding float32
-(explicitly, as ours); the targets stay float32 as its data pipeline gives them. The second half is
+``--float64`` runs the model, the images and the target boxes (exact: their corners lie on whole
+pixels) in double precision; the default dtype stays float32, so the denoising noise (drawn into
+default-dtype tensors, by the original and by ours) is the float32 run's, and the float64 run
+differs from the float32 one by rounding alone. The second half is
 tools/analysis/trajectory_parity.py.
 """
 import argparse
@@ -122,8 +121,6 @@ def main() -> None:
     perturb(model, generator, stats=True)
     dtype = torch.float64 if args.float64 else torch.float32
     model.to(dtype)
-    if args.float64:  # the denoising box noise in float64, as ours draws it (see the docstring)
-        torch.set_default_dtype(torch.float64)
     state_dict = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = cfg.optimizer  # the YAML's regex parameter groups, from the model above
     ema = cfg.ema
@@ -136,7 +133,8 @@ def main() -> None:
     start = time.time()
     for step in range(args.steps):
         samples = images[schedule[step]].to(dtype)
-        batch_targets = [targets[int(i)] for i in schedule[step]]
+        batch_targets = [dict(labels=targets[int(i)]['labels'],
+                              boxes=targets[int(i)]['boxes'].to(dtype)) for i in schedule[step]]
         torch.manual_seed(step)
         outputs = model(samples, batch_targets)
         loss_dict = criterion(outputs, batch_targets)
@@ -162,8 +160,8 @@ def main() -> None:
                     losses=losses, grad_norms=grad_norms, ema_decays=ema_decays,
                     ema_state_dict=ema.module.state_dict(), final_state_dict=model.state_dict()),
                args.out)
-    print(f'{args.config}: {args.steps} steps ({dtype}), final loss {losses[-1]["total"]:.6f} '
-          f'-> {args.out}')
+    final = f', final loss {losses[-1]["total"]:.6f}' if losses else ''
+    print(f'{args.config}: {args.steps} steps ({dtype}){final} -> {args.out}')
 
 
 if __name__ == '__main__':

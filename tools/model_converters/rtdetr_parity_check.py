@@ -56,7 +56,8 @@ def data_samples(inputs: torch.Tensor, targets: List[dict]) -> List[DetDataSampl
 
 
 def loss_name(original: str, num_layers: int) -> str:
-    """'loss_vfl_aux_0' -> 'd0.loss_cls'; the last aux is the encoder's, '_dn_{i}' denoising."""
+    """'loss_vfl_aux_0' -> 'd0.loss_cls'; the last aux is the encoder's (v1; v2 names it
+    '_enc_0'), '_dn_{i}' denoising."""
     base = {'loss_vfl': 'loss_cls', 'loss_bbox': 'loss_bbox', 'loss_giou': 'loss_iou'}
     for key, ours in base.items():
         if original == key:
@@ -67,6 +68,8 @@ def loss_name(original: str, num_layers: int) -> str:
         if original.startswith(key + '_dn_'):
             i = int(original.rsplit('_', 1)[1])
             return f'dn_{ours}' if i == num_layers - 1 else f'd{i}.dn_{ours}'
+        if original == key + '_enc_0':  # RT-DETRv2: the encoder's top-k apart from the layers
+            return f'enc_{ours}'
     raise KeyError(original)
 
 
@@ -92,6 +95,9 @@ def compare(reference: dict, config: str) -> Dict[str, Tuple[float, str]]:
     model = MODELS.build(cfg)
     model.load_state_dict(convert_state_dict(reference['state_dict']), strict=True)
     inputs, targets = reference['inputs'], reference['targets']
+    if reference.get('dtype') == 'torch.float64':  # a float64 reference: both sides in float64
+        model.double()
+        inputs = inputs.double()
     samples = data_samples(inputs, targets)
     diffs, orders = {}, {}
 
@@ -125,6 +131,18 @@ def compare(reference: dict, config: str) -> Dict[str, Tuple[float, str]]:
             rows.append(torch.cat([scores[:, None], 1e3 * labels[:, None], boxes / scale], -1))
     record_set('eval/top300 (score, label, box)', torch.stack(detections[0]),
                torch.stack(detections[1]))
+    if 'layers' in ref:  # RT-DETRv2's reference: every layer's eval output and the top-k
+        record_set('eval/enc top-k (logits, boxes)', torch.cat([out.enc_logits, out.enc_boxes], -1),
+                   torch.cat([ref['enc_topk']['logits'], ref['enc_topk']['boxes']], -1))
+        eval_idx = model.bbox_head.eval_idx
+        for i, layer in enumerate(ref['layers']):  # layer i is the output with eval_idx = i
+            model.bbox_head.eval_idx = i
+            with torch.no_grad():
+                out = model.forward_transformer(model.extract_feat(inputs))
+            record_set(f'eval/layer{i} (logits, boxes)',
+                       torch.cat([out.logits[-1], out.boxes[-1]], -1),
+                       torch.cat([layer['pred_logits'], layer['pred_boxes']], -1))
+        model.bbox_head.eval_idx = eval_idx
 
     model.train()
     torch.manual_seed(reference['seed'])
@@ -136,7 +154,8 @@ def compare(reference: dict, config: str) -> Dict[str, Tuple[float, str]]:
     for i, layer in enumerate(layers):
         record_set(f'train/layer{i} (logits, boxes)', torch.cat([out.logits[i], out.boxes[i]], -1),
                    torch.cat([layer['pred_logits'], layer['pred_boxes']], -1))
-    enc = ref['aux_outputs'][num_layers - 1]
+    # v1 appends the encoder's top-k to the decoder layers' outputs; v2 keeps it apart
+    enc = ref['enc_aux_outputs'][0] if 'enc_aux_outputs' in ref else ref['aux_outputs'][-1]
     record_set('train/enc top-k (logits, boxes)', torch.cat([out.enc_logits, out.enc_boxes], -1),
                torch.cat([enc['pred_logits'], enc['pred_boxes']], -1))
     if out.denoising.groups.num_groups != ref['dn_meta']['dn_num_group']:

@@ -13,7 +13,7 @@ from detr_plugin.registry import MODELS
 from ..layers import MLP
 from ..layers.predictions import DetectionOutputs, LayerPrediction
 from ..task_modules import Matches
-from .detr_head import DETRHead, GroundTruth
+from .detr_head import DETRHead, GroundTruth, at_least_float32
 
 
 def refine_boxes(reference: Tensor, delta: Tensor) -> Tensor:
@@ -25,10 +25,10 @@ def refine_boxes(reference: Tensor, delta: Tensor) -> Tensor:
             predicted outright.
 
     Returns:
-        (..., 4) boxes cxcywh in [0, 1], float32 (under autocast too: boxes refined layer after
+        (..., 4) boxes cxcywh in [0, 1], at least float32 (under autocast too: boxes refined layer after
         layer in bfloat16 would drift by its 3 significant digits).
     """
-    delta, reference = delta.float(), reference.float()
+    delta, reference = at_least_float32(delta), at_least_float32(reference)
     if reference.shape[-1] == 4:
         return (delta + inverse_sigmoid(reference)).sigmoid()
     return torch.cat((delta[..., :2] + inverse_sigmoid(reference), delta[..., 2:]), -1).sigmoid()
@@ -153,7 +153,8 @@ class DeformableDETRHead(DETRHead):
 
         In float32, also under mixed precision (as ``loss_by_outputs``): a half-precision sigmoid
         rounds to 1 for confident logits and turns their focal matching cost into -inf."""
-        cls_logits, boxes = cls_logits[None].float(), boxes[None].float()  # one "layer"
+        cls_logits = at_least_float32(cls_logits[None])  # one "layer"
+        boxes = at_least_float32(boxes[None])
         gt = gt.class_agnostic()
         matches = self.match(cls_logits, boxes, gt)
         num_boxes = self.num_boxes_across_ranks(gt, like=boxes)
@@ -168,7 +169,7 @@ class DeformableDETRHead(DETRHead):
         labels = self.classification_targets(cls_logits, gt, matches)  # num_classes: background
         num_layers = cls_logits.shape[0]
         # in float32: half-precision logits lose the small probabilities the focal term weighs
-        loss = self.loss_cls(cls_logits.flatten(0, 2).float(), labels.flatten(),
+        loss = self.loss_cls(at_least_float32(cls_logits.flatten(0, 2)), labels.flatten(),
                              reduction_override='none')
         return loss.reshape(num_layers, -1).sum(1) / num_boxes
 

@@ -14,6 +14,12 @@ from ..layers import MLP
 from ..task_modules import Matches
 
 
+def at_least_float32(x: Tensor) -> Tensor:
+    """``x`` in float32 when it is in a 16-bit type (losses and boxes under mixed precision),
+    else unchanged (float64 stays float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 class GroundTruth(NamedTuple):
     """Ground truth of a batch, in the normalized frame the heads predict in."""
     labels: List[Tensor]      # bs x (G_i,) long
@@ -86,7 +92,7 @@ class DETRHead(BaseModule):
     def loss(self, hidden_states: Tensor, batch_data_samples: SampleList) -> Dict[str, Tensor]:
         cls_logits, boxes = self(hidden_states)
         return self.loss_by_outputs(cls_logits, boxes,
-                                    self.ground_truth(batch_data_samples, boxes.float()))
+                                    self.ground_truth(batch_data_samples, boxes))
 
     def predict(self, hidden_states: Tensor, batch_data_samples: SampleList,
                 rescale: bool = True) -> InstanceList:
@@ -98,8 +104,9 @@ class DETRHead(BaseModule):
                         gt: GroundTruth) -> Dict[str, Tensor]:
         """cls_logits: (L, bs, Q, K'); boxes: (L, bs, Q, 4) cxcywh normalized. Losses of all L layers.
 
-        Losses are computed in float32, also under mixed precision."""
-        cls_logits, boxes = cls_logits.float(), boxes.float()
+        Losses are computed in float32 (float64 for a float64 model), also under mixed
+        precision."""
+        cls_logits, boxes = at_least_float32(cls_logits), at_least_float32(boxes)
         matches = self.match(cls_logits, boxes, gt)
         num_boxes = self.num_boxes_across_ranks(gt, like=boxes)
         loss_cls = self.loss_cls_per_layer(cls_logits, boxes, gt, matches, num_boxes)

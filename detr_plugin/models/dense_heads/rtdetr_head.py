@@ -14,7 +14,7 @@ from ..layers import MLP
 from ..layers.denoising import DenoisingGroups
 from ..layers.predictions import DetectionOutputs, LayerPrediction
 from ..task_modules import Matches
-from .detr_head import DETRHead, GroundTruth
+from .detr_head import DETRHead, GroundTruth, at_least_float32
 
 
 @MODELS.register_module()
@@ -131,25 +131,28 @@ class RTDETRHead(DETRHead):
     def loss(self, outputs: DetectionOutputs, gt: GroundTruth) -> Dict[str, Tensor]:
         """Losses of every decoder layer, the encoder top-k and the denoising queries.
 
-        Matching and losses are computed in float32, also under mixed precision."""
-        num_boxes = self.num_boxes_across_ranks(gt, like=outputs.boxes.float())
-        enc_logits, enc_boxes = outputs.enc_logits[None].float(), outputs.enc_boxes[None].float()
+        Matching and losses are computed in float32 (float64 for a float64 model), also under
+        mixed precision."""
+        logits, boxes = at_least_float32(outputs.logits), at_least_float32(outputs.boxes)
+        num_boxes = self.num_boxes_across_ranks(gt, like=boxes)
+        enc_logits = at_least_float32(outputs.enc_logits[None])
+        enc_boxes = at_least_float32(outputs.enc_boxes[None])
         if self.class_agnostic_encoder:  # one "object" logit: matched against one class
             agnostic = gt.class_agnostic()
-            per_layer = self.losses_with_matching(outputs.logits.float(), outputs.boxes.float(),
-                                                  gt, num_boxes)
+            per_layer = self.losses_with_matching(logits, boxes, gt, num_boxes)
             enc = self.losses_with_matching(enc_logits, enc_boxes, agnostic, num_boxes)
             per_layer = {name: torch.cat([per_layer[name], enc[name]]) for name in per_layer}
         else:  # the encoder's top-k is matched with the decoder layers, as one more layer
             per_layer = self.losses_with_matching(
-                torch.cat([outputs.logits.float(), enc_logits]),  # (L + 1, bs, Q, K)
-                torch.cat([outputs.boxes.float(), enc_boxes]), gt, num_boxes)
+                torch.cat([logits, enc_logits]),  # (L + 1, bs, Q, K)
+                torch.cat([boxes, enc_boxes]), gt, num_boxes)
         losses = self.name_losses(**{name: value[:-1] for name, value in per_layer.items()})
         losses.update({f'enc_{name}': value[-1] for name, value in per_layer.items()})
         if outputs.denoising is not None:
             dn = outputs.denoising
             dn_matches = self.denoising_matches(dn.groups, dn.logits.shape[0])
-            per_layer = self.losses_per_layer(dn.logits.float(), dn.boxes.float(), gt, dn_matches,
+            per_layer = self.losses_per_layer(at_least_float32(dn.logits),
+                                              at_least_float32(dn.boxes), gt, dn_matches,
                                               num_boxes * dn.groups.num_groups)
             losses.update(self.name_losses(**{f'dn_{n}': v for n, v in per_layer.items()}))
         return losses

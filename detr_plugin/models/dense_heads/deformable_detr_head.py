@@ -25,8 +25,8 @@ def refine_boxes(reference: Tensor, delta: Tensor) -> Tensor:
             predicted outright.
 
     Returns:
-        (..., 4) boxes cxcywh in [0, 1], at least float32 (under autocast too: boxes refined layer after
-        layer in bfloat16 would drift by its 3 significant digits).
+        (..., 4) boxes cxcywh in [0, 1], at least float32 (under autocast too: boxes refined
+        layer after layer in bfloat16 would drift by its 3 significant digits).
     """
     delta, reference = at_least_float32(delta), at_least_float32(reference)
     if reference.shape[-1] == 4:

@@ -24,10 +24,10 @@ class RTDETRHead(DETRHead):
     After every decoder layer (:meth:`predict_layer`, called by :class:`RTDETRDecoder`) the box
     head predicts a delta added to the layer's reference box in inverse-sigmoid space; the refined
     box, detached, is the next layer's reference. The class heads predict ``num_classes`` sigmoid
-    logits. The loss (varifocal + L1 + GIoU) supervises every decoder layer, the encoder's top-k queries
-    (matched on their own) and every layer's denoising queries (matched by construction). Names:
-    ``loss_*`` for the last layer, ``d{i}.loss_*`` for the others, ``enc_loss_*`` for the encoder,
-    ``dn_loss_*`` and ``d{i}.dn_loss_*`` for the denoising queries. Inference keeps the
+    logits. The loss (varifocal + L1 + GIoU) supervises every decoder layer, the encoder's top-k
+    queries (matched on their own) and every layer's denoising queries (matched by construction).
+    Names: ``loss_*`` for the last layer, ``d{i}.loss_*`` for the others, ``enc_loss_*`` for the
+    encoder, ``dn_loss_*`` and ``d{i}.dn_loss_*`` for the denoising queries. Inference keeps the
     ``max_per_img`` best (query, class) pairs of the sigmoid scores.
 
     Args:
@@ -138,9 +138,8 @@ class RTDETRHead(DETRHead):
         enc_logits = at_least_float32(outputs.enc_logits[None])
         enc_boxes = at_least_float32(outputs.enc_boxes[None])
         if self.class_agnostic_encoder:  # one "object" logit: matched against one class
-            agnostic = gt.class_agnostic()
             per_layer = self.losses_with_matching(logits, boxes, gt, num_boxes)
-            enc = self.losses_with_matching(enc_logits, enc_boxes, agnostic, num_boxes)
+            enc = self.losses_with_matching(enc_logits, enc_boxes, gt.class_agnostic(), num_boxes)
             per_layer = {name: torch.cat([per_layer[name], enc[name]]) for name in per_layer}
         else:  # the encoder's top-k is matched with the decoder layers, as one more layer
             per_layer = self.losses_with_matching(

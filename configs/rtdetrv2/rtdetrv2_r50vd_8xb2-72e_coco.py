@@ -5,13 +5,18 @@
 # here [4, 4, 4]) and optionally discrete sampling (cross_attn_method='discrete', the *-dsp
 # configs). Recipe: from epoch 71 (0-based) training runs without the photometric distortion,
 # zoom-out and IoU crop and without batch multi-scale (StopAugmentationHook, the original's
-# stop_epoch policy); AdamW without weight decay on norms (biases decay, unlike v1).
+# stop_epoch policy); AdamW without weight decay on norms (biases decay, unlike v1); a linear
+# learning-rate warm-up over the first 2000 iterations (the original's LinearWarmup).
 _base_ = '../rtdetr/rtdetr_r50vd_8xb2-72e_coco.py'
 
 model = dict(
     decoder=dict(layer_cfg=dict(num_points=[4, 4, 4], cross_attn_method='default')))
 
 optim_wrapper = dict(paramwise_cfg=dict(bias_decay_mult=None))
+# iteration k (0-based) at min(1, (k + 1) / 2000) of the learning rate, as LinearWarmup
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1 / 2000, by_epoch=False, begin=0, end=2000)
+]
 
 # a named default hook, so that variants change only its stop_epoch
 default_hooks = dict(stop_augmentation=dict(type='StopAugmentationHook', stop_epoch=71))

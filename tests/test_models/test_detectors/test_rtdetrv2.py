@@ -57,6 +57,24 @@ def test_config_settings_are_the_originals(name):
     assert ('dsp' in name) == (cfg.get('load_from') is not None)
 
 
+@pytest.mark.parametrize('name', ['rtdetrv2_r18vd_8xb2-120e_coco', 'rtdetrv2_r50vd_8xb2-72e_coco'])
+def test_learning_rate_warm_up_is_the_originals(name):
+    """The original's LinearWarmup(warmup_duration=2000): iteration k (0-based) trains at
+    min(1, (k + 1) / 2000) of the learning rate."""
+    from mmengine.registry import PARAM_SCHEDULERS
+    cfg = Config.fromfile(ROOT / 'configs/rtdetrv2' / f'{name}.py')
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=1e-4)
+    schedulers = [PARAM_SCHEDULERS.build(dict(s, optimizer=optimizer))
+                  for s in cfg.param_scheduler]
+    for k in range(2050):
+        expected = 1e-4 * min(1.0, (k + 1) / 2000)
+        assert optimizer.param_groups[0]['lr'] == pytest.approx(expected, rel=1e-9), k
+        optimizer.step()
+        for scheduler in schedulers:
+            scheduler.step()
+
+
 def tiny_v2(query_select_method='default', **layer_cfg):
     cfg = Config.fromfile(ROOT / 'configs/rtdetr/rtdetr_r18vd_1xb8-demo.py').model
     cfg.decoder.update(num_queries=6, num_layers=2)

@@ -127,8 +127,11 @@ def test_resume_with_nothing_to_resume_starts_over_and_says_so(train, tmp_path, 
             'file): training from scratch') in log
     assert not any(isinstance(hook, CheckpointCheckHook) for hook in runner.hooks)
 
+    # another empty work dir: two runners made within one second would share a log file
+    other_work_dir = tmp_path / 'other_empty_work_dir'
     fine_tune = train.runner_from_args(train.parse_args(
-        [config, '--resume', '--work-dir', str(work_dir), '--cfg-options', 'load_from=coco.pth']))
+        [config, '--resume', '--work-dir', str(other_work_dir), '--cfg-options',
+         'load_from=coco.pth']))
     log = pathlib.Path(fine_tune.log_dir, f'{fine_tune.timestamp}.log').read_text()
     assert "training from scratch" not in log and "starting from load_from 'coco.pth'" in log
     [check] = [hook for hook in fine_tune.hooks if isinstance(hook, CheckpointCheckHook)]

@@ -2,7 +2,7 @@
 trajectory saved by tools/model_converters/rtdetr_trajectory_reference.py (docs/parity.md).
 
     python tools/analysis/trajectory_parity.py /work/ref/trajectory/r18vd_fp64.pth \\
-        configs/rtdetr/rtdetr_r18vd_8xb2-72e_coco.py [--tol-loss 1e-9] [--tol-ema 1e-9] \\
+        configs/rtdetr/rtdetr_r18vd_8xb2-72e_coco.py [--tol-loss 1e-6] [--tol-ema 1e-6] \\
         [--noise-reference OTHER_RUN_OF_THE_ORIGINAL.pth] [--json out.json]
 
 Ours starts from the original's initial weights (converted, loaded strictly) and sees the same
@@ -21,7 +21,7 @@ step the total loss of both and every term's largest difference, and the largest
 final EMA weights (weights absolute, BatchNorm statistics relative). Exits 1 when a step's total
 loss differs by more than --tol-loss or an EMA entry by more than --tol-ema. The default
 tolerances are for float64 runs, where the original differs from itself (another torch version)
-by about 1e-12 per step; float32 trajectories are chaotic (a rounding difference flips a Hungarian
+by 1e-12 per step over the first 50 steps and up to 3e-8 by step 200; float32 trajectories are chaotic (a rounding difference flips a Hungarian
 match within a few steps) and are compared with another run of the original, --noise-reference,
 rather than judged (docs/parity.md, "Training trajectory").
 """
@@ -200,8 +200,8 @@ def main() -> None:
     parser.add_argument('config', help='detr_plugin config of the same model')
     parser.add_argument('--batches', help='batches file (default: the one the reference names)')
     parser.add_argument('--steps', type=int, help='default: all the reference has')
-    parser.add_argument('--tol-loss', type=float, default=1e-9)
-    parser.add_argument('--tol-ema', type=float, default=1e-9)
+    parser.add_argument('--tol-loss', type=float, default=1e-6)
+    parser.add_argument('--tol-ema', type=float, default=1e-6)
     parser.add_argument('--noise-reference',
                         help='another run of the original (e.g. --float64): its per-step '
                         'difference from the reference is printed beside ours, as the yardstick '

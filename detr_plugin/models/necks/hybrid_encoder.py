@@ -33,7 +33,8 @@ def sincos_position_embedding(h: int, w: int, embed_dims: int, temperature: floa
     k = torch.arange(h * w, device=device)
     u = (k // h).to(torch.float32)[:, None]  # (h * w, 1)
     v = (k % h).to(torch.float32)[:, None]
-    omega = temperature ** -(torch.arange(quarter, dtype=torch.float32, device=device) / quarter)
+    # 1 / t ** x as the original computes it: t ** -x rounds 20 of 64 frequencies differently
+    omega = 1. / temperature ** (torch.arange(quarter, dtype=torch.float32, device=device) / quarter)
     angles_u, angles_v = u * omega, v * omega  # (h * w, quarter)
     return torch.cat([angles_u.sin(), angles_u.cos(), angles_v.sin(), angles_v.cos()], 1)[None]
 

@@ -25,6 +25,17 @@ def test_sincos_embedding_by_hand():
         sincos_position_embedding(2, 2, 6)
 
 
+def test_sincos_frequencies_round_as_the_originals():
+    """The original computes 1. / temperature ** (i / quarter) in float32; temperature ** -(...)
+    rounds 20 of RT-DETR's 64 frequencies one unit differently (a 1.5e-9 loss difference in
+    float64 training, docs/parity.md 'Training trajectory'). Token 1 (u = 1, v = 0) holds
+    sin(w_i) in its first quarter."""
+    quarter = 64
+    omega = 1. / 10000. ** (torch.arange(quarter, dtype=torch.float32) / quarter)  # the original's
+    pos = sincos_position_embedding(1, 2, 4 * quarter, 10000.)  # token 1: u = 1, v = 0
+    assert torch.equal(pos[0, 1, :quarter], (1.0 * omega).sin())
+
+
 def bn_eval(x, bn):
     return (x - bn.running_mean[:, None, None]) / torch.sqrt(bn.running_var[:, None, None] +
                                                              bn.eps) * \

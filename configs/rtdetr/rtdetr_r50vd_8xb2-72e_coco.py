@@ -63,7 +63,19 @@ optim_wrapper = dict(
     optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4),
     clip_grad=dict(max_norm=0.1, norm_type=2),
     paramwise_cfg=dict(
-        custom_keys={'backbone': dict(lr_mult=0.1)}, norm_decay_mult=0.0, bias_decay_mult=0.0))
+        # the original's regex groups match 'norm' and 'bias' anywhere in its names, so also
+        # the attention's in_proj_bias (no decay) but not the BatchNorm and LayerNorm it names
+        # by number (decayed); mmengine's rules go by module type and the exact name 'bias'
+        custom_keys={
+            'backbone': dict(lr_mult=0.1),
+            'in_proj_bias': dict(decay_mult=0.0),
+            'neck.input_proj.0.1.weight': dict(decay_mult=1.0),
+            'neck.input_proj.1.1.weight': dict(decay_mult=1.0),
+            'neck.input_proj.2.1.weight': dict(decay_mult=1.0),
+            'decoder.enc_output.1.weight': dict(decay_mult=1.0)
+        },
+        norm_decay_mult=0.0,
+        bias_decay_mult=0.0))
 
 max_epochs = 72
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=1)

@@ -15,7 +15,15 @@ model = dict(
     decoder=dict(num_layers=3),
     data_preprocessor=dict(batch_augments=None))
 
-optim_wrapper = dict(paramwise_cfg=dict(custom_keys={'backbone': dict(lr_mult=1.0)}))
+# one learning rate for all; no decay on any norm (backbone BatchNorms too: keys longer than
+# 'backbone' win, see configs/rtdetr/rtdetr_r18vd_8xb2-72e_coco.py)
+backbone_norm = dict(lr_mult=1.0, decay_mult=0.0)
+optim_wrapper = dict(paramwise_cfg=dict(custom_keys={
+    'backbone': dict(lr_mult=1.0),
+    'backbone.stem.1.': backbone_norm, 'backbone.stem.4.': backbone_norm,
+    'backbone.stem.7.': backbone_norm, '.downsample.2.': backbone_norm,
+    '.bn1.weight': backbone_norm, '.bn1.bias': backbone_norm,
+    '.bn2.weight': backbone_norm, '.bn2.bias': backbone_norm}))
 max_epochs = 120
 train_cfg = dict(max_epochs=max_epochs)
 default_hooks = dict(stop_augmentation=dict(stop_epoch=117))

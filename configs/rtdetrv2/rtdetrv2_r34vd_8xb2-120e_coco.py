@@ -12,5 +12,11 @@ model = dict(
              interval=1)
     ]))
 
-optim_wrapper = dict(paramwise_cfg=dict(custom_keys={'backbone': dict(lr_mult=0.5)},
-                                        bias_decay_mult=0.0))
+backbone_norm = dict(lr_mult=0.5, decay_mult=0.0)
+optim_wrapper = dict(paramwise_cfg=dict(custom_keys={
+    'backbone': dict(lr_mult=0.5),
+    'backbone.stem.1.': backbone_norm, 'backbone.stem.4.': backbone_norm,
+    'backbone.stem.7.': backbone_norm, '.downsample.2.': backbone_norm,
+    '.bn1.weight': backbone_norm, '.bn1.bias': backbone_norm,
+    '.bn2.weight': backbone_norm, '.bn2.bias': backbone_norm,
+    'in_proj_bias': dict(decay_mult=0.0)}, bias_decay_mult=0.0))

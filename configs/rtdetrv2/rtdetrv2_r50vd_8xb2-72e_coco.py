@@ -12,7 +12,9 @@ _base_ = '../rtdetr/rtdetr_r50vd_8xb2-72e_coco.py'
 model = dict(
     decoder=dict(layer_cfg=dict(num_points=[4, 4, 4], cross_attn_method='default')))
 
-optim_wrapper = dict(paramwise_cfg=dict(bias_decay_mult=None))
+# v2's regex groups: no decay on what is named norm or bn (v2 names every norm layer so)
+optim_wrapper = dict(paramwise_cfg=dict(
+    custom_keys=dict(_delete_=True, backbone=dict(lr_mult=0.1)), bias_decay_mult=None))
 # iteration k (0-based) at min(1, (k + 1) / 2000) of the learning rate, as LinearWarmup
 param_scheduler = [
     dict(type='LinearLR', start_factor=1 / 2000, by_epoch=False, begin=0, end=2000)

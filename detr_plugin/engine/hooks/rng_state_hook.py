@@ -26,7 +26,7 @@ def set_states(states: dict) -> None:
     np.random.set_state(states['numpy'])
     torch.set_rng_state(states['torch'].cpu())
     cuda = states.get('cuda')
-    if isinstance(cuda, (list, tuple)):  # written by the first version: one per device
+    if isinstance(cuda, (list, tuple)):  # older checkpoints hold one state per device
         cuda = cuda[0] if cuda else None
     if cuda is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(cuda.cpu())

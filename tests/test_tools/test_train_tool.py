@@ -127,11 +127,12 @@ def test_resume_with_nothing_to_resume_starts_over_and_says_so(train, tmp_path, 
             'file): training from scratch') in log
     assert not any(isinstance(hook, CheckpointCheckHook) for hook in runner.hooks)
 
-    # another empty work dir: two runners made within one second would share a log file
-    other_work_dir = tmp_path / 'other_empty_work_dir'
+    # another work dir and experiment name: runners made within one second share the log
+    # folder (named after the timestamp) and mmengine's logger (named after config and
+    # timestamp), so the second would log into the first one's file
     fine_tune = train.runner_from_args(train.parse_args(
-        [config, '--resume', '--work-dir', str(other_work_dir), '--cfg-options',
-         'load_from=coco.pth']))
+        [config, '--resume', '--work-dir', str(tmp_path / 'other_empty_work_dir'),
+         '--cfg-options', 'load_from=coco.pth', 'experiment_name=fine_tune']))
     log = pathlib.Path(fine_tune.log_dir, f'{fine_tune.timestamp}.log').read_text()
     assert "training from scratch" not in log and "starting from load_from 'coco.pth'" in log
     [check] = [hook for hook in fine_tune.hooks if isinstance(hook, CheckpointCheckHook)]

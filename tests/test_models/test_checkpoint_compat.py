@@ -3,7 +3,9 @@
 The fixtures (tests/data/checkpoint_compat/*.pth) were written by make_fixtures.py with the code
 of commit dbbcff5, before the heads took over per-layer prediction: each holds the state-dict
 layout of a small model and its eval outputs with weights drawn from that layout alone. Today's
-model must accept that layout strictly and reproduce the outputs.
+model must accept that layout strictly and reproduce the outputs. The RT-DETR one was written with
+dbbcff5 plus the one deliberate numerical change since (814951e: the hybrid encoder's sin-cos
+frequencies rounded as the original's; with random weights it moves the outputs by up to 0.12).
 """
 import pathlib
 

@@ -32,3 +32,10 @@ __all__ += [
     'ForeachExpMomentumEMA', 'FrozenBatchNorm2d', 'RTDETRDecoder',
     'SyncBatchNorm2d'
 ]
+from .box_distribution import (BinTargets, boxes_to_bins, distances_to_boxes,  # noqa: E402
+                               distribution_to_distances, weighting_function)
+
+__all__ += [
+    'BinTargets', 'boxes_to_bins', 'distances_to_boxes', 'distribution_to_distances',
+    'weighting_function'
+]

@@ -26,6 +26,7 @@ DEMO_CONFIGS = {
     'deformable': 'configs/deformable_detr/deformable-detr_r18_1xb8-demo.py',
     'deformable-refine-twostage': 'configs/deformable_detr/deformable-detr_r18_1xb8-demo.py',
     'rtdetr': 'configs/rtdetr/rtdetr_r18vd_1xb8-demo.py',
+    'rtdetr-uneven-points': 'configs/rtdetr/rtdetr_r18vd_1xb8-demo.py',
 }
 SMALLER = {  # 10 queries; every (query, class) pair kept, so each query's best score is listed
     'deformable': "model = dict(num_queries=10, test_cfg=dict(max_per_img=30),\n"
@@ -35,8 +36,13 @@ SMALLER = {  # 10 queries; every (query, class) pair kept, so each query's best 
         "             as_two_stage=True, data_preprocessor=dict(pad_size_divisor=32))\n",
     'rtdetr': "model = dict(decoder=dict(num_queries=10), denoising=dict(num_denoising=5),\n"
               "             test_cfg=dict(max_per_img=30))\n",
+    'rtdetr-uneven-points':  # RT-DETRv2's point count per level
+        "model = dict(decoder=dict(num_queries=10, layer_cfg=dict(num_points=[3, 6, 3])),\n"
+        "             denoising=dict(num_denoising=5), test_cfg=dict(max_per_img=30))\n",
 }
-ENCODER_LAYERS = {'deformable': 3, 'deformable-refine-twostage': 3, 'rtdetr': 0}  # calls before
+LEVEL_POINTS = {'rtdetr-uneven-points': (3, 6, 3)}  # the others: 4 points on every level
+ENCODER_LAYERS = {'deformable': 3, 'deformable-refine-twostage': 3, 'rtdetr': 0,  # calls before
+                  'rtdetr-uneven-points': 0}
 DECODER_LAYERS = 3                                                                 # the decoder's
 
 
@@ -101,30 +107,48 @@ def pixels_by_hand(locations):
     return locations.double().numpy() * np.array([PAD_W / SCALE_W, PAD_H / SCALE_H])
 
 
-def check_picture(pic, figure, op_call, query):
+def op_points_by_level(op_call, query, level_points=None):
+    """The op's locations (heads, P_l, 2) and weights (heads, P_l) of ``query`` on every level:
+    its arguments are (bs, Q, heads, L, P, 2 |) or, with ``level_points`` (P_0, ..., P_{L-1}),
+    (bs, Q, heads, sum(P_l), 2 |), level 0's points first."""
+    locations, weights = op_call[3][0, query], op_call[4][0, query]
+    if level_points is None:
+        return ([locations[:, level] for level in range(locations.shape[1])],
+                [weights[:, level] for level in range(weights.shape[1])])
+    assert locations.shape[1] == sum(level_points)
+    starts = [sum(level_points[:level]) for level in range(len(level_points))]
+    return ([locations[:, s:s + n] for s, n in zip(starts, level_points)],
+            [weights[:, s:s + n] for s, n in zip(starts, level_points)])
+
+
+def check_picture(pic, figure, op_call, query, level_points=None):
     """The picture's numbers are the op's own locations and weights of ``query``, in pixels; its
     figure draws them (one scatter per level, area proportional to the weight); PNG and JSON."""
-    locations, weights = op_call[3][0, query], op_call[4][0, query]  # (heads, L, P, 2|)
-    expected = pixels_by_hand(locations)
-    np.testing.assert_allclose(pic.points, expected, rtol=1e-12)
-    np.testing.assert_array_equal(pic.weights, weights.double().numpy())
+    locations, weights = op_points_by_level(op_call, query, level_points)
+    expected = [pixels_by_hand(level) for level in locations]
+    assert len(pic.points) == len(pic.weights) == len(expected)
+    for got, want in zip(pic.points, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+    for got, want in zip(pic.weights, weights):
+        np.testing.assert_array_equal(got, want.double().numpy())
 
     axis, = figure.axes
-    for level in range(locations.shape[1]):
+    for level, (points, level_weights) in enumerate(zip(expected, weights)):
         drawn, = [c for c in axis.collections if c.get_label().startswith(f'level {level} ')]
-        np.testing.assert_allclose(drawn.get_offsets(), expected[:, level].reshape(-1, 2),
-                                   rtol=1e-12)
-        area_per_weight = drawn.get_sizes() / weights[:, level].double().numpy().ravel()
+        np.testing.assert_allclose(drawn.get_offsets(), points.reshape(-1, 2), rtol=1e-12)
+        area_per_weight = drawn.get_sizes() / level_weights.double().numpy().ravel()
         np.testing.assert_allclose(area_per_weight, area_per_weight[0], rtol=1e-6)
-    assert len(axis.collections) == locations.shape[1] + 1  # the levels and the reference point
+    assert len(axis.collections) == len(expected) + 1  # the levels and the reference point
 
     with Image.open(pic.out_file) as png:
         pixels = np.asarray(png.convert('RGB')).reshape(-1, 3)
     assert pixels.std() > 20 and len(np.unique(pixels, axis=0)) > 200, 'the PNG looks blank'
     with open(pic.out_file[:-len('.png')] + '.json') as file:
         saved = json.load(file)
-    np.testing.assert_allclose(saved['points'], expected, rtol=1e-12)
-    np.testing.assert_allclose(saved['weights'], weights.double().numpy(), rtol=1e-12)
+    for got, want in zip(saved['points'], expected):
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+    for got, want in zip(saved['weights'], weights):
+        np.testing.assert_allclose(got, want.double().numpy(), rtol=1e-12)
 
 
 def top_detections(config, weights, image):
@@ -134,7 +158,8 @@ def top_detections(config, weights, image):
     return list(zip(result.scores.tolist(), result.bboxes.tolist()))
 
 
-@pytest.mark.parametrize('name', ['deformable', 'deformable-refine-twostage', 'rtdetr'])
+@pytest.mark.parametrize('name', ['deformable', 'deformable-refine-twostage', 'rtdetr',
+                                  'rtdetr-uneven-points'])
 def test_decoder_points_are_the_ops_top_queries_locations(tool, workspace, tmp_path, name):
     _, files, image = workspace
     config, weights = files[name]
@@ -144,7 +169,7 @@ def test_decoder_points_are_the_ops_top_queries_locations(tool, workspace, tmp_p
     assert len(pictures) == len(figures) == 3
     last_layer = op_calls[-1]
     for pic, figure in zip(pictures, figures):
-        check_picture(pic, figure, last_layer, pic.query)
+        check_picture(pic, figure, last_layer, pic.query, LEVEL_POINTS.get(name))
         assert pic.out_file == str(tmp_path / f'image_decoder-layer2_query{pic.query}.png')
     # the three best queries: each one's best detection is in mmdet's results, the first on top
     detections = top_detections(config, weights, image)

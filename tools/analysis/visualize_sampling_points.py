@@ -12,7 +12,8 @@ level's share), and the query's detection (its box and best class score, from th
 output layer). ``--encoder-pixel X Y``
 adds the same picture for the encoder token of the finest level whose cell holds pixel (X, Y)
 (Deformable DETR only: RT-DETR's encoder has no deformable attention). A JSON file beside each PNG
-holds the plotted numbers. Works for Deformable DETR (plain, refine, two-stage) and RT-DETR.
+holds the plotted numbers. Works for Deformable DETR (plain, refine, two-stage), RT-DETR and
+RT-DETRv2 (also with a different point count per level, e.g. ``num_points=[3, 6, 3]``).
 
 The locations are the ones the model uses: a forward hook on each attention module's
 ``sampling_points`` records what the op receives. They are normalized to [0, 1] of each level's
@@ -66,17 +67,20 @@ class VisualizeError(Exception):
 class Sampling(NamedTuple):
     """What one attention module's ``sampling_points`` saw and gave, for one forward."""
     reference_points: Tensor  # (bs, Q, L or 1, 2 | 4) normalized to the padded level maps
-    locations: Tensor         # (bs, Q, heads, L, P, 2) as (x, y), same frame
-    weights: Tensor           # (bs, Q, heads, L, P)
+    locations: Tensor         # (bs, Q, heads, L, P, 2) as (x, y), same frame; with a point
+                              # count per level (P_0, ..., P_{L-1}): (bs, Q, heads, sum(P_l), 2)
+    weights: Tensor           # locations without the last dimension
     spatial_shapes: Tensor    # (L, 2) as (H_l, W_l)
+    level_points: Tuple[int, ...]  # (P_0, ..., P_{L-1})
 
 
 class SamplingPicture(NamedTuple):
     """The numbers of one picture, in continuous pixels (x, y) of the original image."""
     title: str
     query: int                             # index of the query (decoder) or token (encoder)
-    points: np.ndarray                     # (heads, L, P, 2) sampling locations
-    weights: np.ndarray                    # (heads, L, P) attention weights, each head sums to 1
+    points: List[np.ndarray]               # per level l: (heads, P_l, 2) sampling locations
+    weights: List[np.ndarray]              # per level l: (heads, P_l) attention weights; each
+                                           # head's sum over all levels is 1
     reference: np.ndarray                  # (2,) reference point
     reference_box: Optional[np.ndarray]    # (4,) xyxy when the reference is a box, else None
     box: Optional[np.ndarray]              # (4,) xyxy predicted box (decoder queries), else None
@@ -139,7 +143,8 @@ def record_sampling(layers: List[MultiScaleDeformableAttention]) -> Iterator[Dic
         def save(module, args, output):
             reference_points, _, _, spatial_shapes = args
             records[index] = Sampling(reference_points.detach().cpu(), output[0].detach().cpu(),
-                                      output[1].detach().cpu(), spatial_shapes.cpu())
+                                      output[1].detach().cpu(), spatial_shapes.cpu(),
+                                      module.level_points)
         return save
 
     handles = [attn.sampling_points.register_forward_hook(hook(i)) for i, attn in enumerate(layers)]
@@ -234,12 +239,22 @@ def picture(sampling: Sampling, query: int, metainfo: dict, title: str, box: Opt
             score: Optional[float], name: str) -> SamplingPicture:
     """The numbers of query (or token) ``query`` of the recorded sampling, in image pixels."""
     reference, reference_box = reference_in_pixels(sampling.reference_points[0, query], metainfo)
+    locations = per_level(sampling.locations[0, query], sampling.level_points)
+    weights = per_level(sampling.weights[0, query], sampling.level_points)
     return SamplingPicture(
         title=title, query=query,
-        points=to_image_pixels(sampling.locations[0, query], metainfo),
-        weights=sampling.weights[0, query].double().numpy(),
+        points=[to_image_pixels(level, metainfo) for level in locations],
+        weights=[level.double().numpy() for level in weights],
         reference=reference, reference_box=reference_box, box=box, score=score,
         level_shapes=[tuple(s) for s in sampling.spatial_shapes.tolist()], out_file=name + '.png')
+
+
+def per_level(values: Tensor, level_points: Tuple[int, ...]) -> List[Tensor]:
+    """(heads, L, P, ...) or, with a point count per level, (heads, sum(P_l), ...) -> per level
+    l: (heads, P_l, ...)."""
+    if len(set(level_points)) == 1:  # the same count on every level: a level dimension
+        return list(values.unbind(1))
+    return list(values.split(list(level_points), dim=1))
 
 
 def draw(image: np.ndarray, pic: SamplingPicture) -> Figure:
@@ -248,12 +263,13 @@ def draw(image: np.ndarray, pic: SamplingPicture) -> Figure:
     height, width = image.shape[:2]
     figure, axis = plt.subplots(figsize=(6, 6 * height / width + 1.2))
     axis.imshow(image, extent=(0, width, height, 0), interpolation='nearest')
-    num_heads = pic.weights.shape[0]
-    for level, (h, w) in enumerate(pic.level_shapes):
+    num_heads = pic.weights[0].shape[0]
+    for level, ((h, w), points, weights) in enumerate(zip(pic.level_shapes, pic.points,
+                                                           pic.weights)):
         colour, marker = LEVEL_STYLES[level % len(LEVEL_STYLES)]
-        share = pic.weights[:, level].sum() / num_heads
-        axis.scatter(pic.points[:, level, :, 0].ravel(), pic.points[:, level, :, 1].ravel(),
-                     s=MARKER_AREA * pic.weights[:, level].ravel(), c=colour, marker=marker,
+        share = weights.sum() / num_heads
+        axis.scatter(points[..., 0].ravel(), points[..., 1].ravel(),
+                     s=MARKER_AREA * weights.ravel(), c=colour, marker=marker,
                      alpha=0.75, edgecolors='black', linewidths=0.4,
                      label=f'level {level} ({h}x{w}): {share:.0%} of the weight')
     if pic.reference_box is not None:
@@ -278,12 +294,18 @@ def box_patch(xyxy: np.ndarray, colour: str, style: str, label: str) -> Rectangl
                      linewidth=1.5, label=label)
 
 
+def to_json(value):
+    if isinstance(value, list):
+        return [to_json(v) for v in value]
+    return value.tolist() if isinstance(value, np.ndarray) else value
+
+
 def save(image: np.ndarray, pic: SamplingPicture) -> None:
     """Writes the PNG and, beside it, a JSON of its numbers."""
     figure = draw(image, pic)
     figure.savefig(pic.out_file, dpi=80)
     plt.close(figure)
-    numbers = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in pic._asdict().items()}
+    numbers = {k: to_json(v) for k, v in pic._asdict().items()}
     with open(osp.splitext(pic.out_file)[0] + '.json', 'w') as file:
         json.dump(numbers, file)
 

@@ -89,11 +89,13 @@ class MultiScaleDeformableAttention(nn.Module):
         method: 'default' (bilinear sampling) or 'discrete' (RT-DETRv2's nearest-cell sampling;
             its locations get no gradient, so sampling_offsets is frozen, as in the original).
         backend: forwarded to ``multi_scale_deformable_attention`` (None: automatic).
+        projections: False for D-FINE's attention, which samples the value as given and returns
+            the heads' samples concatenated (no ``value_proj`` / ``output_proj``).
     """
 
     def __init__(self, embed_dims: int = 256, num_heads: int = 8, num_levels: int = 4,
                  num_points: Union[int, Sequence[int]] = 4, method: str = 'default',
-                 backend: Optional[str] = None):
+                 backend: Optional[str] = None, projections: bool = True):
         super().__init__()
         if embed_dims % num_heads != 0:
             raise ValueError(f'embed_dims ({embed_dims}) must be divisible by num_heads '
@@ -110,8 +112,8 @@ class MultiScaleDeformableAttention(nn.Module):
         total_points = num_heads * sum(self.level_points)
         self.sampling_offsets = nn.Linear(embed_dims, total_points * 2)
         self.attention_weights = nn.Linear(embed_dims, total_points)
-        self.value_proj = nn.Linear(embed_dims, embed_dims)
-        self.output_proj = nn.Linear(embed_dims, embed_dims)
+        self.value_proj = nn.Linear(embed_dims, embed_dims) if projections else nn.Identity()
+        self.output_proj = nn.Linear(embed_dims, embed_dims) if projections else nn.Identity()
         self.sampling_points = SamplingPoints(self.level_points)
         self.init_weights()
         if method == 'discrete':
@@ -133,8 +135,9 @@ class MultiScaleDeformableAttention(nn.Module):
             self.attention_weights.weight.zero_()
             self.attention_weights.bias.zero_()
             for proj in (self.value_proj, self.output_proj):
-                nn.init.xavier_uniform_(proj.weight)
-                proj.bias.zero_()
+                if isinstance(proj, nn.Linear):
+                    nn.init.xavier_uniform_(proj.weight)
+                    proj.bias.zero_()
 
     def forward(self, query: Tensor, reference_points: Tensor, value: Tensor,
                 spatial_shapes: Tensor, level_start_index: Tensor,
@@ -150,7 +153,7 @@ class MultiScaleDeformableAttention(nn.Module):
             value_padding_mask: (bs, num_value) bool, True on padding (zeroed before sampling).
 
         Returns:
-            (bs, num_query, C), after output_proj.
+            (bs, num_query, C), after output_proj (if any).
         """
         bs, num_query, _ = query.shape
         heads, levels = self.num_heads, self.num_levels

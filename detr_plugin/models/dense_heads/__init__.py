@@ -7,3 +7,6 @@ __all__ += ['DeformableDETRHead']
 from .rtdetr_head import RTDETRHead  # noqa: E402
 
 __all__ += ['RTDETRHead']
+from .dfine_head import DFINEHead  # noqa: E402
+
+__all__ += ['DFINEHead']

@@ -22,6 +22,7 @@ __all__ += [
 ]
 from .csp_rep_layer import ConvNormAct, CSPRepLayer, RepVggBlock  # noqa: E402
 from .denoising import ContrastiveDenoising, DenoisingGroups  # noqa: E402
+from .dfine_decoder import DFINEDecoder, DFINEDecoderLayer, GatedFusion  # noqa: E402
 from .ema import ForeachExpMomentumEMA  # noqa: E402
 from .frozen_batch_norm import FrozenBatchNorm2d  # noqa: E402
 from .rtdetr_decoder import RTDETRDecoder  # noqa: E402
@@ -29,6 +30,7 @@ from .sync_batch_norm import SyncBatchNorm2d  # noqa: E402
 
 __all__ += [
     'ConvNormAct', 'CSPRepLayer', 'RepVggBlock', 'ContrastiveDenoising', 'DenoisingGroups',
+    'DFINEDecoder', 'DFINEDecoderLayer', 'GatedFusion',
     'ForeachExpMomentumEMA', 'FrozenBatchNorm2d', 'RTDETRDecoder',
     'SyncBatchNorm2d'
 ]

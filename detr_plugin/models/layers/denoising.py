@@ -58,10 +58,13 @@ class ContrastiveDenoising(nn.Module):
         label_noise_ratio: twice the probability that a query's label is replaced by a random one.
         box_noise_scale: box noise relative to the box size (positives below half, negatives
             between half and one time ``box_noise_scale`` times the box size).
+        absolute_sizes: D-FINE: a noised box whose corners crossed keeps its width / height as
+            a positive size (RT-DETR: the negative size, clamped by the inverse sigmoid).
     """
 
     def __init__(self, num_classes: int, embed_dims: int = 256, num_denoising: int = 100,
-                 label_noise_ratio: float = 0.5, box_noise_scale: float = 1.0) -> None:
+                 label_noise_ratio: float = 0.5, box_noise_scale: float = 1.0,
+                 absolute_sizes: bool = False) -> None:
         super().__init__()
         if num_denoising <= 0:
             raise ValueError(f'num_denoising must be positive, got {num_denoising}; '
@@ -70,6 +73,7 @@ class ContrastiveDenoising(nn.Module):
         self.num_denoising = num_denoising
         self.label_noise_ratio = label_noise_ratio
         self.box_noise_scale = box_noise_scale
+        self.absolute_sizes = absolute_sizes
         self.label_embed = nn.Embedding(num_classes + 1, embed_dims, padding_idx=num_classes)
 
     def forward(self, gt_labels: Sequence[Tensor], gt_boxes: Sequence[Tensor],
@@ -136,6 +140,8 @@ class ContrastiveDenoising(nn.Module):
             magnitude = torch.rand_like(boxes) + is_negative[None, :, None].to(boxes.dtype)
             corners = bbox_cxcywh_to_xyxy(boxes) + sign * magnitude * half_size
             boxes = bbox_xyxy_to_cxcywh(corners.clamp(0.0, 1.0))
+            if self.absolute_sizes:
+                boxes = boxes.abs()
         return inverse_sigmoid(boxes, eps=1e-5)
 
     @staticmethod

@@ -5,7 +5,7 @@ A decoder runs its layers and, after each, asks the head for that layer's predic
 the next layer's reference (box refinement, detach rules, which layers count at inference). A
 new family is a new head with its own ``predict_layer``, not an edit to the decoders.
 """
-from typing import List, NamedTuple, Optional, Protocol
+from typing import Any, List, NamedTuple, Optional, Protocol
 
 import torch
 from torch import Tensor
@@ -20,8 +20,9 @@ class LayerPrediction(NamedTuple):
     boxes: Tensor             # (bs, Q, 4) cxcywh in [0, 1], float32: the supervised / output box
     next_reference: Tensor    # (bs, Q, 2 | 4) what the next layer samples around, detached as
                               # the family says
-    carry: Optional[Tensor] = None   # what the head's next step needs from this one, with its
-                                     # gradient (RT-DETR: the refined box, for look-forward-twice)
+    carry: Optional[Any] = None      # what the head's next step needs from this one, with its
+                                     # gradient, private to the head (RT-DETR: the refined box
+                                     # tensor, for look-forward-twice; D-FINE: a RefinementState)
     extras: Optional[Tensor] = None  # (bs, Q, E) further per-layer outputs the loss needs
 
 
@@ -55,6 +56,8 @@ class DetectionOutputs(NamedTuple):
     enc_logits: Optional[Tensor] = None  # (bs, Q or N, K) the encoder's queries / proposals
     enc_boxes: Optional[Tensor] = None   # (bs, Q or N, 4) cxcywh in [0, 1]
     denoising: Optional[DenoisingOutputs] = None
+    pre: Optional['DetectionOutputs'] = None  # a supervised first-stage prediction inside the
+                                              # decoder (D-FINE: layer 0's pre-box), training only
 
     @classmethod
     def from_layers(cls, predictions: List[LayerPrediction],

@@ -62,17 +62,22 @@ class RTDETRDecoder(nn.Module):
         self.num_queries = num_queries
         self.num_layers = num_layers
         self.anchors = LevelAnchors(anchor_size, anchor_eps)
-        self.input_proj = nn.ModuleList(
-            nn.Sequential(OrderedDict(conv=nn.Conv2d(c, embed_dims, 1, bias=False),
-                                      norm=nn.BatchNorm2d(embed_dims)))
-            for c in in_channels)
+        self.input_proj = nn.ModuleList(self.make_input_proj(c) for c in in_channels)
         self.enc_output = nn.Sequential(nn.Linear(embed_dims, embed_dims), nn.LayerNorm(embed_dims))
         self.query_pos_head = MLP(4, 2 * embed_dims, embed_dims, num_layers=2)
-        self.layers = nn.ModuleList(DeformableDecoderLayer(embed_dims, **layer_cfg)
-                                    for _ in range(num_layers))
+        self.layers = nn.ModuleList(self.make_layer(layer_cfg) for _ in range(num_layers))
         nn.init.xavier_uniform_(self.enc_output[0].weight)
         for linear in self.query_pos_head.layers:
             nn.init.xavier_uniform_(linear.weight)
+
+    def make_input_proj(self, in_channels: int) -> nn.Module:
+        """One level's projection to ``embed_dims``: 1x1 conv + BatchNorm."""
+        return nn.Sequential(OrderedDict(conv=nn.Conv2d(in_channels, self.embed_dims, 1, bias=False),
+                                         norm=nn.BatchNorm2d(self.embed_dims)))
+
+    def make_layer(self, layer_cfg: dict) -> nn.Module:
+        """One decoder layer."""
+        return DeformableDecoderLayer(self.embed_dims, **layer_cfg)
 
     def forward(self, feats: Sequence[Tensor], head: DecoderHead,
                 denoising: Optional[DenoisingGroups] = None) -> DetectionOutputs:

@@ -1,0 +1,83 @@
+"""DEIM's matchability-aware loss (MAL; Huang et al. 2025, Sec. 3.3, Eq. 4).
+
+Like RT-DETR's varifocal loss (:mod:`.varifocal_loss`) a binary cross-entropy on every
+(query, class) logit, but the matched class's soft target is ``IoU ** gamma`` and its weight is 1
+(not the IoU), so low-IoU matches still get a full-strength, gently lowered target; other classes
+have target 0 and weight ``alpha * p ** gamma`` (alpha = 1 unless given; DEIM leaves it unset and
+uses gamma = 1.5). The head divides the summed loss by the number of gt boxes.
+"""
+from typing import Optional
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from detr_plugin.registry import MODELS
+
+
+def matchability_aware_loss(logits: Tensor, labels: Tensor, ious: Tensor, gamma: float = 1.5,
+                            alpha: Optional[float] = None) -> Tensor:
+    """Elementwise loss.
+
+    Args:
+        logits: (N, K) class logits.
+        labels: (N,) long in [0, K]; K means "no object".
+        ious: (N,) IoU of each query's box with its matched gt (ignored where labels == K),
+            no gradient.
+        gamma: exponent of the target IoU and of the negatives' probability.
+        alpha: weight of the negative terms; None means 1.
+    Returns:
+        (N, K) loss of every logit.
+    """
+    num_classes = logits.shape[-1]
+    one_hot = F.one_hot(labels, num_classes + 1)[..., :num_classes].to(logits.dtype)  # (N, K)
+    target = (one_hot * ious.detach()[..., None].to(logits.dtype)).pow(gamma)
+    negative_weight = logits.detach().sigmoid().pow(gamma) * (1 - one_hot)
+    if alpha is not None:
+        negative_weight = alpha * negative_weight
+    return F.binary_cross_entropy_with_logits(logits, target, weight=negative_weight + one_hot,
+                                              reduction='none')
+
+
+@MODELS.register_module()
+class MatchabilityAwareLoss(nn.Module):
+    """``loss_weight * sum(matchability_aware_loss) / avg_factor`` (``reduction='sum'``).
+
+    Args:
+        gamma: see :func:`matchability_aware_loss` (1.5 in DEIM).
+        alpha: weight of the negative terms; None (DEIM's setting) means 1.
+        loss_weight: multiplies the loss.
+        reduction: 'none' (elementwise, (N, K)), 'sum' or 'mean' (over all N * K terms).
+    """
+
+    def __init__(self, gamma: float = 1.5, alpha: Optional[float] = None,
+                 loss_weight: float = 1.0, reduction: str = 'sum') -> None:
+        super().__init__()
+        self.gamma = gamma
+        self.alpha = alpha
+        self.loss_weight = loss_weight
+        self.reduction = self._check_reduction(reduction)
+
+    def forward(self, logits: Tensor, labels: Tensor, ious: Tensor,
+                avg_factor: Optional[float] = None,
+                reduction_override: Optional[str] = None) -> Tensor:
+        """logits (N, K), labels (N,) in [0, K], ious (N,); see :func:`matchability_aware_loss`."""
+        if logits.dim() != 2 or labels.shape != logits.shape[:1] or ious.shape != labels.shape:
+            raise ValueError(f'matchability_aware: expected logits (N, K), labels (N,) and ious '
+                             f'(N,), got {tuple(logits.shape)}, {tuple(labels.shape)}, '
+                             f'{tuple(ious.shape)}')
+        reduction = self._check_reduction(reduction_override or self.reduction)
+        loss = matchability_aware_loss(logits, labels, ious, self.gamma, self.alpha)
+        if reduction == 'sum':
+            loss = loss.sum()
+        elif reduction == 'mean':
+            loss = loss.mean()
+        if avg_factor is not None:
+            loss = loss / avg_factor
+        return self.loss_weight * loss
+
+    @staticmethod
+    def _check_reduction(reduction: str) -> str:
+        if reduction not in ('none', 'sum', 'mean'):
+            raise ValueError(f"matchability_aware: reduction must be 'none', 'sum' or 'mean', "
+                             f"got {reduction!r}")
+        return reduction

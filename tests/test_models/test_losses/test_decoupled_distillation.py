@@ -1,0 +1,102 @@
+"""DDF against the formula written out with Python floats."""
+import math
+
+import pytest
+import torch
+
+from detr_plugin.models.losses import (DecoupledDistillationLoss, DistillationBalance,
+                                       decoupled_distillation_loss, distillation_balance)
+
+F64 = torch.float64
+BS, Q, BINS, K = 2, 3, 3, 2   # reg_max = 2
+
+
+def _hand_edge_losses(corners, teacher, teacher_logits, matched, T=5.0):
+    """{(b, q, e): w * T^2 * KL(softmax(teacher / T) || softmax(student / T))}."""
+    out = {}
+    for b in range(BS):
+        for q in range(Q):
+            if (b, q) in matched:
+                w = matched[(b, q)]
+            else:
+                w = max(1 / (1 + math.exp(-x)) for x in teacher_logits[b][q])
+            for e in range(4):
+                s = [x / T for x in corners[b][q][e * BINS:(e + 1) * BINS]]
+                t = [x / T for x in teacher[b][q][e * BINS:(e + 1) * BINS]]
+                zs, zt = sum(math.exp(x) for x in s), sum(math.exp(x) for x in t)
+                kl = sum(math.exp(ti) / zt * ((ti - math.log(zt)) - (si - math.log(zs)))
+                         for si, ti in zip(s, t))
+                out[(b, q, e)] = w * T * T * kl
+    return out
+
+
+def _inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    corners = torch.randn(BS, Q, 4 * BINS, generator=g, dtype=F64) * 4
+    teacher = torch.randn(BS, Q, 4 * BINS, generator=g, dtype=F64) * 4
+    logits = torch.randn(BS, Q, K, generator=g, dtype=F64)
+    return corners, teacher, logits
+
+
+def _mix(edge_losses, matched, num_pos, num_neg):
+    pos = [v for (b, q, e), v in edge_losses.items() if (b, q) in matched]
+    neg = [v for (b, q, e), v in edge_losses.items() if (b, q) not in matched]
+    mean_pos = sum(pos) / len(pos) if pos else 0.0
+    mean_neg = sum(neg) / len(neg) if neg else 0.0
+    return (mean_pos * num_pos + mean_neg * num_neg) / (num_pos + num_neg)
+
+
+def test_ddf_matches_hand_computation():
+    corners, teacher, logits = _inputs()
+    corners.requires_grad_(True)
+    matched = {(0, 2): 0.8, (1, 0): 0.3}       # (image, query): IoU
+    index = torch.tensor([0 * Q + 2, 1 * Q + 0])
+    ious = torch.tensor([0.8, 0.3], dtype=F64)
+    edges = _hand_edge_losses(corners.tolist(), teacher.tolist(), logits.tolist(), matched)
+    # 2 matched queries = 8 edges, 4 unmatched = 16 edges; batch scale 8 / 2 = 4
+    num_pos, num_neg = math.sqrt(8 * 4), math.sqrt(16 * 4)
+    expected = _mix(edges, matched, num_pos, num_neg)
+    loss = decoupled_distillation_loss(corners, teacher, logits, index, ious)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)  # balance is float32 as the original
+    module = DecoupledDistillationLoss(temperature=5.0, loss_weight=1.5)
+    assert module(corners, teacher, logits, index, ious).item() == pytest.approx(1.5 * expected,
+                                                                                 rel=1e-6)
+    loss.backward()
+    assert corners.grad.abs().sum() > 0
+
+
+def test_ddf_uses_the_given_balance_for_denoising_calls():
+    corners, teacher, logits = _inputs(1)
+    matched = {(1, 1): 0.5}
+    index, ious = torch.tensor([1 * Q + 1]), torch.tensor([0.5], dtype=F64)
+    balance = DistillationBalance(torch.tensor(3.0), torch.tensor(7.0))
+    edges = _hand_edge_losses(corners.tolist(), teacher.tolist(), logits.tolist(), matched)
+    loss = decoupled_distillation_loss(corners, teacher, logits, index, ious, balance=balance)
+    assert loss.item() == pytest.approx(_mix(edges, matched, 3.0, 7.0), rel=1e-12)
+
+
+def test_ddf_without_matches_is_the_unmatched_mean():
+    corners, teacher, logits = _inputs(2)
+    edges = _hand_edge_losses(corners.tolist(), teacher.tolist(), logits.tolist(), {})
+    loss = decoupled_distillation_loss(corners, teacher, logits, torch.zeros(0, dtype=torch.long),
+                                       torch.zeros(0, dtype=F64))
+    assert loss.item() == pytest.approx(sum(edges.values()) / len(edges), rel=1e-12)
+
+
+def test_ddf_is_exactly_zero_for_the_teacher_itself():
+    corners, _, logits = _inputs(3)
+    corners.requires_grad_(True)
+    loss = decoupled_distillation_loss(corners, corners.detach().clone(), logits,
+                                       torch.tensor([0]), torch.tensor([0.9], dtype=F64))
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    assert (corners.grad == 0).all()
+
+
+def test_distillation_balance_formula():
+    mask = torch.zeros(4, 5, dtype=torch.bool)
+    mask[0, 1] = mask[2, 3] = mask[3, 0] = True
+    balance = distillation_balance(mask)
+    # 3 matched queries * 4 edges, 17 * 4 unmatched edges, batch scale 8 / 4 = 2
+    assert balance.matched.item() == pytest.approx(math.sqrt(12 * 2))
+    assert balance.unmatched.item() == pytest.approx(math.sqrt(68 * 2))

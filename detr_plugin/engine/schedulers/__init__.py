@@ -1,0 +1,3 @@
+from .flat_cosine import FlatCosineLR
+
+__all__ = ['FlatCosineLR']

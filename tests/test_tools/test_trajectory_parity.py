@@ -1,6 +1,7 @@
-"""tools/analysis/trajectory_parity.py: the optimizer settings and weight average it builds from
-the R18 config, against the original rtdetr_pytorch's rules written out by hand (its
-rtdetr_r18vd_6x_coco.yml AdamW regex groups and its ModelEMA formula)."""
+"""tools/analysis/trajectory_parity.py: the optimizer settings, learning-rate schedule and weight
+average it builds from the R18 configs, against the original rtdetr_pytorch's and
+rtdetrv2_pytorch's rules written out by hand (their R18 YAMLs' AdamW regex groups, v2's
+LinearWarmup and the ModelEMA formula)."""
 import math
 from types import SimpleNamespace
 
@@ -15,6 +16,7 @@ from mmengine.registry import DefaultScope
 from detr_plugin.registry import MODELS
 
 CONFIG = 'configs/rtdetr/rtdetr_r18vd_8xb2-72e_coco.py'
+CONFIG_V2 = 'configs/rtdetrv2/rtdetrv2_r18vd_8xb2-120e_coco.py'
 
 # rtdetr_r18vd_6x_coco.yml: lr 1e-4, weight decay 1e-4, and the groups
 #   '^(?=.*backbone)(?=.*norm).*$'                      lr 1e-5, weight decay 0
@@ -46,25 +48,65 @@ AGREE += [
 ]
 
 
+# rtdetrv2_r18vd_120e_coco.yml: lr 1e-4, weight decay 1e-4; its one group (it replaces the
+# included optimizer.yml's list) '^(?=.*(?:norm|bn)).*$' weight decay 0. v2 names every norm
+# layer 'norm' (v1's numbered BatchNorm and LayerNorm too) and nothing else holds 'norm' or 'bn'
+AGREE_V2 = [
+    ('backbone.layer1.0.conv1.weight', 1e-4, 1e-4),  # backbone...branch2a.conv.weight
+    ('backbone.layer1.0.bn1.weight', 1e-4, 0.0),  # backbone...branch2a.norm.weight
+    ('backbone.stem.1.bias', 1e-4, 0.0),  # backbone.conv1.conv1_1.norm.bias
+    ('neck.encoder.0.layers.0.self_attn.in_proj_bias', 1e-4, 1e-4),  # decays in v2
+    ('neck.encoder.0.layers.0.norm1.weight', 1e-4, 0.0),
+    ('neck.input_proj.0.1.weight', 1e-4, 0.0),  # encoder.input_proj.0.norm.weight
+    ('neck.input_proj.0.0.weight', 1e-4, 1e-4),  # encoder.input_proj.0.conv.weight
+    ('decoder.enc_output.1.weight', 1e-4, 0.0),  # decoder.enc_output.norm.weight
+    ('decoder.layers.0.cross_attn.sampling_offsets.bias', 1e-4, 1e-4),
+    ('bbox_head.cls_branches.0.bias', 1e-4, 1e-4),  # decoder.dec_score_head.0.bias
+    ('denoising.label_embed.weight', 1e-4, 1e-4),
+]
+
+
 @pytest.fixture(scope='module')
 def tool(load_tool):
     return load_tool('tools/analysis/trajectory_parity.py')
 
 
-@pytest.fixture(scope='module')
-def settings(tool, repo_root):
-    cfg = Config.fromfile(str(repo_root / CONFIG))
+def build_settings(tool, config: str) -> dict:
+    cfg = Config.fromfile(config)
     cfg.model.backbone.init_cfg = None
     with DefaultScope.overwrite_default_scope('detr_plugin'):  # built before the autouse scope
         model = MODELS.build(cfg.model)
         return tool.group_settings(model, build_optim_wrapper(model, cfg.optim_wrapper))
 
 
-@pytest.mark.parametrize('name,lr,weight_decay', AGREE)
-def test_optimizer_settings_follow_original_groups(settings, name, lr, weight_decay):
-    assert settings[name]['lr'] == pytest.approx(lr, rel=1e-12)
-    assert settings[name]['weight_decay'] == pytest.approx(weight_decay, rel=1e-12, abs=0)
-    assert settings[name]['betas'] == (0.9, 0.999) and settings[name]['eps'] == 1e-8
+@pytest.fixture(scope='module')
+def settings(tool, repo_root):
+    return {CONFIG: build_settings(tool, str(repo_root / CONFIG)),
+            CONFIG_V2: build_settings(tool, str(repo_root / CONFIG_V2))}
+
+
+@pytest.mark.parametrize('config,name,lr,weight_decay',
+                         [(CONFIG, *row) for row in AGREE]
+                         + [(CONFIG_V2, *row) for row in AGREE_V2])
+def test_optimizer_settings_follow_original_groups(settings, config, name, lr, weight_decay):
+    setting = settings[config][name]
+    assert setting['lr'] == pytest.approx(lr, rel=1e-12)
+    assert setting['weight_decay'] == pytest.approx(weight_decay, rel=1e-12, abs=0)
+    assert setting['betas'] == (0.9, 0.999) and setting['eps'] == 1e-8
+
+
+def test_schedulers_give_the_original_warm_up(tool, repo_root):
+    """The v2 config's schedulers as the tool builds and steps them, against LinearWarmup
+    (warmup_duration 2000): step k (0-based) at min(1, (k + 1) / 2000) of the learning rate; the
+    v1 config has none."""
+    optimizer = torch.optim.AdamW([nn.Parameter(torch.zeros(1))], lr=1e-4)
+    assert tool.build_schedulers(Config.fromfile(str(repo_root / CONFIG)), optimizer) == []
+    schedulers = tool.build_schedulers(Config.fromfile(str(repo_root / CONFIG_V2)), optimizer)
+    for k in range(2010):
+        assert optimizer.param_groups[0]['lr'] == pytest.approx(1e-4 * min(1, (k + 1) / 2000),
+                                                                rel=1e-12), k
+        for scheduler in schedulers:
+            scheduler.step()
 
 
 def test_group_differences_names_the_setting(tool):

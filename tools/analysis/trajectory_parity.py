@@ -1,14 +1,19 @@
-"""Training-trajectory parity: detr_plugin's RT-DETR trained step by step against the original's
-trajectory saved by tools/model_converters/rtdetr_trajectory_reference.py (docs/parity.md).
+"""Training-trajectory parity: detr_plugin's RT-DETR or RT-DETRv2 trained step by step against the
+original's trajectory saved by tools/model_converters/rtdetr_trajectory_reference.py
+(docs/parity.md).
 
     python tools/analysis/trajectory_parity.py /work/ref/trajectory/r18vd_fp64.pth \\
         configs/rtdetr/rtdetr_r18vd_8xb2-72e_coco.py [--tol-loss 1e-6] [--tol-ema 1e-6] \\
         [--noise-reference OTHER_RUN_OF_THE_ORIGINAL.pth] [--json out.json]
+    python tools/analysis/trajectory_parity.py /work/ref/trajectory/v2_r18vd_fp64.pth \\
+        configs/rtdetrv2/rtdetrv2_r18vd_8xb2-120e_coco.py
 
 Ours starts from the original's initial weights (converted, loaded strictly) and sees the same
 batches (the file the reference names), in the reference's dtype. Its optimizer is built by
 mmengine's ``build_optim_wrapper`` from the config's ``optim_wrapper`` (AdamW, parameter groups,
-gradient clipping), its weight average by the config's ``EMAHook`` (``before_run``, then
+gradient clipping), its learning-rate schedule by the config's ``param_scheduler`` (built as the
+runner builds it; the iteration-based ones stepped after every step, as ``ParamSchedulerHook``
+does: RT-DETRv2's warm-up), its weight average by the config's ``EMAHook`` (``before_run``, then
 ``after_train_iter`` after every step, as the runner calls them). A step is ``train_step`` without
 the data preprocessor (the batch is already in [0, 1], as the original's; the preprocessor would
 cast float64 inputs to float32): ``torch.manual_seed(step)`` as the reference did, so that the
@@ -16,14 +21,16 @@ denoising noise is the same, ``model.loss``, ``parse_losses`` (the sum of every 
 ``optim_wrapper.update_params``.
 
 Printed and written (``--json``): every trainable parameter whose learning rate or weight decay
-differs from the original's regex groups, the EMA decay of every update next to the original's, per
-step the total loss of both and every term's largest difference, and the largest difference of the
-final EMA weights (weights absolute, BatchNorm statistics relative). Exits 1 when a step's total
-loss differs by more than --tol-loss or an EMA entry by more than --tol-ema. The default
-tolerances are for float64 runs, where the original differs from itself (another torch version)
-by 1e-12 per step over the first 50 steps and up to 3e-8 by step 200; float32 trajectories are chaotic (a rounding difference flips a Hungarian
-match within a few steps) and are compared with another run of the original, --noise-reference,
-rather than judged (docs/parity.md, "Training trajectory").
+differs from the original's regex groups, the EMA decay of every update next to the original's, the
+largest difference of the per-step learning-rate factors (the warm-up), per step the total loss of
+both and every term's largest difference, and the largest difference of the final EMA weights
+(weights absolute, BatchNorm statistics relative). Exits 1 when a step's total loss differs by more
+than --tol-loss, an EMA entry by more than --tol-ema or a learning-rate factor by more than
+rounding (1e-12). The default tolerances are for float64 runs, where the original differs from
+itself (another torch version) by 1e-12 per step over the first 50 steps and up to 3e-8 by step
+200; float32 trajectories are chaotic (a rounding difference flips a Hungarian match within a few
+steps) and are compared with another run of the original, --noise-reference, rather than judged
+(docs/parity.md, "Training trajectory").
 """
 import argparse
 import json
@@ -37,6 +44,7 @@ import torch
 from mmengine.config import Config, DictAction
 from mmengine.logging import MessageHub, MMLogger
 from mmengine.optim import OptimWrapper, build_optim_wrapper
+from mmengine.registry import PARAM_SCHEDULERS
 from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..',
@@ -48,6 +56,9 @@ from detr_plugin.registry import HOOKS, MODELS  # noqa: E402
 from detr_plugin.utils import register_all_modules  # noqa: E402
 
 REPORT_STEPS = (1, 10, 50, 100, 200)
+# learning-rate factors: the same schedule rounds differently (mmengine's LinearLR multiplies the
+# previous rate by a ratio, the original's LinearWarmup computes (k + 1) / n), nothing more
+LR_TOLERANCE = 1e-12
 
 
 def build_model(cfg: Config, state_dict: Dict[str, torch.Tensor], dtype: torch.dtype) -> nn.Module:
@@ -101,6 +112,16 @@ def build_ema_hook(cfg: Config, model: nn.Module):
     return hook
 
 
+def build_schedulers(cfg: Config, optim_wrapper: OptimWrapper) -> list:
+    """The config's parameter schedulers, built as the runner builds them (construction sets the
+    first iteration's learning rate); only the iteration-based ones are returned, the ones a
+    step advances: every step here lies in the first epoch."""
+    configs = cfg.get('param_scheduler') or []
+    configs = [configs] if isinstance(configs, dict) else configs
+    schedulers = [PARAM_SCHEDULERS.build(dict(c, optimizer=optim_wrapper)) for c in configs]
+    return [s for s in schedulers if not s.by_epoch]
+
+
 def ema_decay(hook, update: int) -> float:
     """The weight our average keeps at its ``update``-th update (1-based): 0 at the first (the
     average starts as a copy of the model), then 1 - momentum_t."""
@@ -111,14 +132,19 @@ def ema_decay(hook, update: int) -> float:
     return 1 - momentum
 
 
-def train(model: nn.Module, optim_wrapper: OptimWrapper, hook, batches: dict, steps: int,
-          dtype: torch.dtype) -> Tuple[List[Dict[str, float]], List[float]]:
-    """``steps`` training steps; every step's loss terms (and 'total') and gradient norm."""
+def train(model: nn.Module, optim_wrapper: OptimWrapper, schedulers: list, hook, batches: dict,
+          steps: int, dtype: torch.dtype
+          ) -> Tuple[List[Dict[str, float]], List[float], List[float]]:
+    """``steps`` training steps; every step's loss terms (and 'total'), gradient norm and
+    learning rate over the unscheduled one (the first parameter group's)."""
     model.train()
     runner = SimpleNamespace(model=model, iter=0, epoch=0)
     hub = MessageHub.get_current_instance()
-    losses, grad_norms = [], []
+    group = optim_wrapper.optimizer.param_groups[0]
+    base_lr = group.get('initial_lr', group['lr'])  # schedulers keep the unscheduled one there
+    losses, grad_norms, lr_factors = [], [], []
     for step in range(steps):
+        lr_factors.append(group['lr'] / base_lr)
         index = batches['schedule'][step]
         inputs = batches['images'][index].to(dtype)
         samples = data_samples(inputs, [batches['targets'][int(i)] for i in index])
@@ -129,13 +155,15 @@ def train(model: nn.Module, optim_wrapper: OptimWrapper, hook, batches: dict, st
         optim_wrapper.update_params(total)
         runner.iter = step
         hook.after_train_iter(runner, step)
+        for scheduler in schedulers:
+            scheduler.step()
         grad_norms.append(hub.get_scalar('train/grad_norm').current())
         losses.append(dict({k: float(v) for k, v in log_vars.items() if k != 'loss'},
                            total=float(total.detach())))
         if step % 20 == 0 or step == steps - 1:
             print(f'step {step:4d} loss {losses[-1]["total"]:.6f} grad norm {grad_norms[-1]:.4f}',
                   flush=True)
-    return losses, grad_norms
+    return losses, grad_norms, lr_factors
 
 
 def loss_differences(theirs: List[Dict[str, float]], ours: List[Dict[str, float]],
@@ -180,16 +208,19 @@ def digest(state_dict: Dict[str, torch.Tensor]) -> Dict[str, float]:
 
 
 def run_ours(cfg: Config, reference: dict, batches: dict, steps: int, dtype: torch.dtype) -> dict:
-    """Ours trained from the reference's initial weights: optimizer-setting differences, EMA
-    decays, per-step losses and gradient norms, final EMA and model weights."""
+    """Ours trained from the reference's initial weights: optimizer-setting differences (before
+    any scheduler scales the learning rates), EMA decays, per-step losses, gradient norms and
+    learning-rate factors, final EMA and model weights."""
     model = build_model(cfg, reference['state_dict'], dtype)
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     groups = group_differences(reference['param_groups'], group_settings(model, optim_wrapper))
+    schedulers = build_schedulers(cfg, optim_wrapper)
     hook = build_ema_hook(cfg, model)
-    losses, grad_norms = train(model, optim_wrapper, hook, batches, steps, dtype)
+    losses, grad_norms, lr_factors = train(model, optim_wrapper, schedulers, hook, batches, steps,
+                                           dtype)
     return dict(initial=digest(reference['state_dict']), group_differences=groups,
                 ema_decays=[ema_decay(hook, k + 1) for k in range(steps)], losses=losses,
-                grad_norms=grad_norms, num_layers=model.decoder.num_layers,
+                grad_norms=grad_norms, lr_factors=lr_factors, num_layers=model.decoder.num_layers,
                 ema_state_dict=hook.ema_model.module.state_dict(),
                 final_state_dict=model.state_dict())
 
@@ -242,6 +273,13 @@ def main() -> None:
     decay_diff = [abs(a - b) for a, b in zip(decays, reference['ema_decays'])]
     print(f'EMA decay: update 1 ours {decays[0]:g}, the original {reference["ema_decays"][0]:g}; '
           f'updates 2-{steps} max abs diff {max(decay_diff[1:], default=0.0):.1e}')
+    # references written before the warm-up was recorded trained at a constant learning rate
+    their_factors = reference.get('lr_factors', [1.0] * steps)[:steps]
+    our_factors = ours.get('lr_factors', [1.0] * steps)[:steps]
+    lr_diff = max((abs(a - b) for a, b in zip(our_factors, their_factors)), default=0.0)
+    print(f'learning-rate factor: steps 1-{steps} ours {our_factors[0]:g} .. '
+          f'{our_factors[-1]:g}, the original {their_factors[0]:g} .. '
+          f'{their_factors[-1]:g}; max abs diff {lr_diff:.1e}')
     rows = loss_differences(reference['losses'][:steps], ours['losses'][:steps],
                             ours['num_layers'])
     if steps != len(reference['losses']):  # the saved weights are those after the last step
@@ -254,7 +292,7 @@ def main() -> None:
     if args.noise_reference:
         other = torch.load(args.noise_reference, map_location='cpu', weights_only=False)
         noise = [abs(a['total'] - b['total']) for a, b in zip(reference['losses'], other['losses'])]
-    print(f'\n| step | original loss | ours | abs diff | max term diff (term) | grad norm diff |'
+    print('\n| step | original loss | ours | abs diff | max term diff (term) | grad norm diff |'
           + (' original vs noise reference |' if noise else ''))
     print('|---|---|---|---|---|---|' + ('---|' if noise else ''))
     for step in sorted(set(REPORT_STEPS) & set(range(1, steps + 1)) | {steps}):
@@ -269,7 +307,8 @@ def main() -> None:
         print(f'{name}: weights max abs diff {diffs["weights"][0]:.2e} ({diffs["weights"][1]}), '
               f'BatchNorm statistics max rel diff {diffs["statistics"][0]:.2e} '
               f'({diffs["statistics"][1]})')
-    passed = rows[worst]['diff'] <= args.tol_loss and ema_diff <= args.tol_ema
+    passed = (rows[worst]['diff'] <= args.tol_loss and ema_diff <= args.tol_ema
+              and lr_diff <= LR_TOLERANCE)
     print(f'{reference["dtype"]}, {steps} steps, tolerance {args.tol_loss:g} (loss) / '
           f'{args.tol_ema:g} (EMA) -> {"PASS" if passed else "FAIL"}')
     if args.json:
@@ -277,7 +316,7 @@ def main() -> None:
             json.dump(dict(reference=args.reference, config=args.config, dtype=reference['dtype'],
                            steps=rows, grad_norms=dict(ours=grad_norms,
                                                        theirs=reference['grad_norms'][:steps]),
-                           group_differences=groups, ema_decays=dict(
+                           group_differences=groups, lr_factor_diff=lr_diff, ema_decays=dict(
                                ours=decays, theirs=reference['ema_decays'][:steps]),
                            ema_diff=ema, model_diff=final,
                            noise=noise, passed=passed), f, indent=1)

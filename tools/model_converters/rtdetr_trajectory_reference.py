@@ -1,24 +1,33 @@
-"""Trains the ORIGINAL RT-DETR (rtdetr_pytorch) for a few hundred steps on fixed batches and saves
-the trajectory: first half of the training-trajectory parity check of docs/parity.md.
+"""Trains the ORIGINAL RT-DETR (rtdetr_pytorch, or rtdetrv2_pytorch with ``--version v2``) for a
+few hundred steps on fixed batches and saves the trajectory: first half of the training-trajectory
+parity check of docs/parity.md.
 
 Run it in the original's environment (torch, torchvision, scipy, pyyaml), never in detr_plugin's::
 
     python tools/model_converters/rtdetr_trajectory_reference.py \
         --rtdetr-root /work/ref/rtdetr_pytorch --config rtdetr_r18vd_6x_coco.yml \
         --batches /work/ref/trajectory/batches.pth --out /work/ref/trajectory/r18vd_fp32.pth
+    python tools/model_converters/rtdetr_trajectory_reference.py --version v2 \
+        --rtdetr-root /work/ref/rtdetrv2_pytorch --config rtdetrv2_r18vd_120e_coco.yml \
+        --batches /work/ref/trajectory/batches.pth --out /work/ref/trajectory/v2_r18vd_fp64.pth \
+        --float64
 
 The batches file (synthetic images and boxes, see :func:`make_batches`) is written on the first
 run and read afterwards, so every run, of the original and of ours, sees the same data. The model,
-criterion, optimizer (the YAML's AdamW parameter-group regexes) and ``ModelEMA`` are the
-original's, built from its YAML config (``PResNet.pretrained=False``, ``RTDETR.multi_scale=None``);
-the weights are perturbed and the BatchNorm statistics calibrated as in
-rtdetr_parity_reference.py. Each step is the original's ``train_one_epoch`` body without AMP:
-``torch.manual_seed(step)`` (so that the denoising noise can be drawn identically elsewhere),
-forward with targets, criterion, ``sum`` of the terms, backward, ``clip_grad_norm_(0.1)``,
-``optimizer.step()``, ``ema.update(model)``.
+criterion, optimizer (the YAML's AdamW parameter-group regexes), learning-rate warm-up (v2's
+``LinearWarmup``; v1 has none) and ``ModelEMA`` are the original's, built from its YAML config
+(``PResNet.pretrained=False``, v1's ``RTDETR.multi_scale=None``; v2 has no batch multi-scale in
+the model); the weights are perturbed and the BatchNorm statistics calibrated as in
+rtdetr_parity_reference.py (v2: its constant tables left as they are). Each step is the
+original's ``train_one_epoch`` body without AMP: ``torch.manual_seed(step)`` (so that the
+denoising noise can be drawn identically elsewhere), forward with targets, criterion, ``sum`` of
+the terms, backward, ``clip_grad_norm_(0.1)``, ``optimizer.step()``, ``ema.update(model)``, the
+warm-up's ``step()``.
 
 The output holds ``state_dict`` (initial weights), ``param_groups`` (lr, weight decay, betas, eps
-of every trainable parameter, by name), ``losses`` (per step: every term and the total as
+of every trainable parameter, by name, before the warm-up scales the learning rates),
+``lr_factors`` (per step, the learning rate it trained at over the one of ``param_groups``),
+``losses`` (per step: every term and the total as
 floats), ``grad_norms`` (the norm before clipping), ``ema_decays`` (the decay of each update),
 ``ema_state_dict`` and ``final_state_dict``.
 
@@ -29,6 +38,7 @@ differs from the float32 one by rounding alone. The second half is
 tools/analysis/trajectory_parity.py.
 """
 import argparse
+import importlib
 import math
 import os
 import sys
@@ -38,7 +48,17 @@ from typing import Dict, List
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from rtdetr_parity_reference import calibrate_batchnorm, import_original, perturb  # noqa: E402
+import rtdetr_parity_reference as v1  # noqa: E402
+import rtdetrv2_parity_reference as v2  # noqa: E402
+
+# per original: importer, default YAML, its folder under configs/, the decoder's YAML section,
+# persistent float buffers that are fixed tables (left unperturbed)
+ORIGINALS = {
+    'v1': dict(importer=v1.import_original, config='rtdetr_r18vd_6x_coco.yml', folder='rtdetr',
+               decoder='RTDETRTransformer', constants=()),
+    'v2': dict(importer=v2.import_original, config='rtdetrv2_r18vd_120e_coco.yml',
+               folder='rtdetrv2', decoder='RTDETRTransformerv2', constants=v2.CONSTANT_BUFFERS),
+}
 
 
 def make_batches(num_images: int, size: int, steps: int, batch_size: int, seed: int) -> dict:
@@ -87,9 +107,12 @@ def param_groups(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--rtdetr-root', required=True, help='path of rtdetr_pytorch/')
-    parser.add_argument('--config', default='rtdetr_r18vd_6x_coco.yml',
-                        help='file name under configs/rtdetr/')
+    parser.add_argument('--version', choices=sorted(ORIGINALS), default='v1',
+                        help='v1: rtdetr_pytorch, v2: rtdetrv2_pytorch')
+    parser.add_argument('--rtdetr-root', required=True,
+                        help='path of rtdetr_pytorch/ (v1) or rtdetrv2_pytorch/ (v2)')
+    parser.add_argument('--config', help='file name under configs/rtdetr/ (v1) or '
+                        'configs/rtdetrv2/ (v2); default: the R18-vd one')
     parser.add_argument('--batches', required=True, help='batches file (written if missing)')
     parser.add_argument('--out', required=True)
     parser.add_argument('--steps', type=int, default=200)
@@ -100,15 +123,19 @@ def main() -> None:
     parser.add_argument('--float64', action='store_true')
     args = parser.parse_args()
 
-    YAMLConfig = import_original(args.rtdetr_root)
-    import src.optim  # noqa: F401  (registers AdamW and ModelEMA)
-    cfg = YAMLConfig(os.path.join(args.rtdetr_root, 'configs', 'rtdetr', args.config))
+    original = ORIGINALS[args.version]
+    args.config = args.config or original['config']
+    YAMLConfig = original['importer'](args.rtdetr_root)
+    importlib.import_module('src.optim')  # registers AdamW, ModelEMA (and v2's LinearWarmup)
+    cfg = YAMLConfig(os.path.join(args.rtdetr_root, 'configs', original['folder'], args.config))
     cfg.yaml_cfg['PResNet']['pretrained'] = False
-    cfg.yaml_cfg['RTDETR']['multi_scale'] = None
+    if 'multi_scale' in cfg.yaml_cfg['RTDETR']:
+        cfg.yaml_cfg['RTDETR']['multi_scale'] = None
     batches = load_or_make_batches(args.batches, args)
     size = list(batches['images'].shape[-2:])  # eval-mode tables (BatchNorm calibration)
+    cfg.yaml_cfg['eval_spatial_size'] = size  # v2 shares the top-level value with its modules
     cfg.yaml_cfg['HybridEncoder']['eval_spatial_size'] = size
-    cfg.yaml_cfg['RTDETRTransformer']['eval_spatial_size'] = size
+    cfg.yaml_cfg[original['decoder']]['eval_spatial_size'] = size
     torch.manual_seed(args.seed)  # the initial weights are the same in every run
     model, criterion = cfg.model, cfg.criterion
     images, targets, schedule = batches['images'], batches['targets'], batches['schedule']
@@ -116,18 +143,22 @@ def main() -> None:
         raise SystemExit(f'{args.batches} holds {len(schedule)} steps, fewer than --steps')
 
     generator = torch.Generator().manual_seed(args.seed)
-    perturb(model, generator, stats=False)
-    calibrate_batchnorm(model, images[schedule[0]])
-    perturb(model, generator, stats=True)
+    v1.perturb(model, generator, stats=False, constants=original['constants'])
+    v1.calibrate_batchnorm(model, images[schedule[0]])
+    v1.perturb(model, generator, stats=True)
     dtype = torch.float64 if args.float64 else torch.float32
     model.to(dtype)
     state_dict = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = cfg.optimizer  # the YAML's regex parameter groups, from the model above
+    groups = param_groups(model, optimizer)
+    base_lr = optimizer.param_groups[0]['lr']
+    # v2's LinearWarmup sets the first step's learning rate; v1 has no warm-up
+    warmup = getattr(cfg, 'lr_warmup_scheduler', None)
     ema = cfg.ema
     max_norm = cfg.clip_max_norm
 
     losses: List[Dict[str, float]] = []
-    grad_norms, ema_decays = [], []
+    grad_norms, ema_decays, lr_factors = [], [], []
     model.train()
     criterion.train()
     start = time.time()
@@ -135,6 +166,7 @@ def main() -> None:
         samples = images[schedule[step]].to(dtype)
         batch_targets = [dict(labels=targets[int(i)]['labels'],
                               boxes=targets[int(i)]['boxes'].to(dtype)) for i in schedule[step]]
+        lr_factors.append(optimizer.param_groups[0]['lr'] / base_lr)
         torch.manual_seed(step)
         outputs = model(samples, batch_targets)
         loss_dict = criterion(outputs, batch_targets)
@@ -145,6 +177,8 @@ def main() -> None:
         optimizer.step()
         ema.update(model)
         ema_decays.append(ema.decay_fn(ema.updates))
+        if warmup is not None:
+            warmup.step()
         losses.append(dict({k: float(v.detach()) for k, v in loss_dict.items()},
                            total=float(loss.detach())))
         if not math.isfinite(float(loss)):
@@ -155,7 +189,8 @@ def main() -> None:
 
     torch.save(dict(config=args.config, batches=os.path.abspath(args.batches), seed=args.seed,
                     dtype=str(dtype), steps=args.steps, torch_version=torch.__version__,
-                    state_dict=state_dict, param_groups=param_groups(model, optimizer),
+                    version=args.version, state_dict=state_dict, param_groups=groups,
+                    lr_factors=lr_factors,
                     clip_max_norm=max_norm, ema_decay=ema.decay, ema_warmups=ema.warmups,
                     losses=losses, grad_norms=grad_norms, ema_decays=ema_decays,
                     ema_state_dict=ema.module.state_dict(), final_state_dict=model.state_dict()),

@@ -1,0 +1,152 @@
+"""Compares detr_plugin's D-FINE decoder and head with the original's outputs saved by
+dfine_parity_reference.py.
+
+Second half of the D-FINE decoder/head parity check, run in detr_plugin's environment::
+
+    python tools/model_converters/dfine_parity_check.py dfine_transformer.pth [--tol 1e-4]
+
+For every size in the file, builds our ``DFINEDecoder`` + ``DFINEHead`` + denoising from the
+saved original config (inside an ``RTDETR`` detector whose backbone and neck are not used: the
+saved encoder levels are the input), loads the converted weights strictly, and prints the
+largest absolute difference of:
+
+* eval mode, per decoder layer i (``eval_idx`` = i, as the original was run): class logits,
+  boxes and edge logits (the distributions) of the queries;
+* training mode with denoising (same seed, so the same noise): every layer's logits, boxes and
+  edge logits, the pre-box, the initial reference, the encoder top-k, and every layer's
+  denoising queries (and their pre-box);
+* every loss term, under our names.
+
+Queries are compared as sets (``matched_max_diff`` of rtdetr_parity_check.py). Exits with
+status 1 if any difference exceeds --tol.
+"""
+import argparse
+import os
+import sys
+from typing import Dict
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from rtdetr_parity_check import data_samples, matched_max_diff  # noqa: E402
+
+from detr_plugin.converters.dfine import convert_dfine_decoder  # noqa: E402
+from detr_plugin.registry import MODELS  # noqa: E402
+from detr_plugin.utils import register_all_modules  # noqa: E402
+
+# a backbone and neck the detector needs to be built; the check feeds encoder levels directly
+UNUSED_BACKBONE = dict(type='ResNetVd', depth=18, num_stages=4, out_indices=(1, 2, 3),
+                       frozen_stages=-1, norm_cfg=dict(type='BN'), style='pytorch')
+
+
+def model_config(cfg: dict, criterion: dict) -> dict:
+    """Our detector config of the original's ``DFINETransformer`` section and criterion."""
+    dims = cfg['hidden_dim']
+    weights = criterion['weight_dict']
+    return dict(
+        type='RTDETR',
+        backbone=UNUSED_BACKBONE,
+        neck=dict(type='HybridEncoder', in_channels=[128, 256, 512], embed_dims=dims),
+        decoder=dict(type='DFINEDecoder', in_channels=cfg['feat_channels'], embed_dims=dims,
+                     num_queries=cfg['num_queries'], num_layers=cfg['num_layers'],
+                     layer_cfg=dict(num_heads=cfg.get('nhead', 8), num_levels=cfg['num_levels'],
+                                    num_points=cfg['num_points'],
+                                    ffn_dims=cfg['dim_feedforward'], dropout=0.0,
+                                    cross_attn_method=cfg['cross_attn_method'])),
+        denoising=dict(num_denoising=cfg['num_denoising'],
+                       label_noise_ratio=cfg['label_noise_ratio'],
+                       box_noise_scale=cfg['box_noise_scale'], absolute_sizes=True),
+        bbox_head=dict(type='DFINEHead', num_classes=80, embed_dims=dims,
+                       eval_idx=cfg['eval_idx'], reg_max=cfg['reg_max'],
+                       reg_scale=float(cfg['reg_scale']),
+                       query_select_method=cfg['query_select_method'],
+                       loss_cls=dict(type='RTDETRVarifocalLoss', alpha=criterion['alpha'],
+                                     gamma=criterion['gamma'], loss_weight=weights['loss_vfl']),
+                       loss_bbox=dict(type='L1Loss', loss_weight=weights['loss_bbox']),
+                       loss_iou=dict(type='GIoULoss', loss_weight=weights['loss_giou'])),
+        test_cfg=dict(max_per_img=300))
+
+
+def compare(reference: dict) -> Dict[str, float]:
+    """Largest absolute difference of every compared output, by name."""
+    model = MODELS.build(model_config(reference['config'], reference['criterion']))
+    missing, unexpected = model.load_state_dict(convert_dfine_decoder(reference['state_dict']),
+                                                strict=False)
+    missing = [k for k in missing if not k.startswith(('backbone.', 'neck.'))]
+    if missing or unexpected:
+        raise KeyError(f'missing {missing[:5]}, unexpected {unexpected[:5]}')
+    feats, targets = reference['feats'], reference['targets']
+    stride = reference['config']['feat_strides'][0]
+    h, w = feats[0].shape[-2] * stride, feats[0].shape[-1] * stride
+    samples = data_samples(torch.zeros(1, 3, h, w), targets)
+    diffs = {}
+
+    def record(name, ours, theirs):
+        diffs[name] = (ours.double() - theirs.double()).abs().max().item() if ours.numel() else 0.
+
+    def record_set(name, ours, theirs):
+        diffs[name] = max(matched_max_diff(o, t) for o, t in zip(ours, theirs))
+
+    model.eval()
+    for i, layer in enumerate(reference['eval']['layers']):
+        model.bbox_head.eval_idx = i
+        with torch.no_grad():
+            out = model.forward_transformer(feats)
+        record_set(f'eval/layer{i} (logits, boxes, corners)',
+                   torch.cat([out.logits[-1], out.boxes[-1], out.extras[-1]], -1),
+                   torch.cat([layer['pred_logits'], layer['pred_boxes'], layer['corners']], -1))
+    model.bbox_head.eval_idx = len(reference['eval']['layers']) - 1
+
+    model.train()
+    torch.manual_seed(reference['seed'])
+    gt = model.bbox_head.ground_truth(samples, feats[0])
+    out = model.forward_transformer(feats, gt)
+    ref = reference['train']
+    layers = ref['aux_outputs'] + [ref]
+    for i, layer in enumerate(layers):
+        record_set(f'train/layer{i} (logits, boxes, corners)',
+                   torch.cat([out.logits[i], out.boxes[i], out.extras[i]], -1),
+                   torch.cat([layer['pred_logits'], layer['pred_boxes'], layer['pred_corners']],
+                             -1))
+    pre = ref['pre_outputs']
+    record_set('train/pre (logits, boxes, initial reference)',
+               torch.cat([out.pre.logits[0], out.pre.boxes[0], out.pre.boxes[0]], -1),
+               torch.cat([pre['pred_logits'], pre['pred_boxes'], ref['ref_points']], -1))
+    enc = ref['enc_aux_outputs'][0]
+    record_set('train/enc top-k (logits, boxes)', torch.cat([out.enc_logits, out.enc_boxes], -1),
+               torch.cat([enc['pred_logits'], enc['pred_boxes']], -1))
+    dn, dn_ref = out.denoising, ref['dn_outputs']
+    if dn.groups.num_groups != ref['dn_meta']['dn_num_group']:
+        raise AssertionError(f"{dn.groups.num_groups} denoising groups, the original "
+                             f"{ref['dn_meta']['dn_num_group']}")
+    for i, layer in enumerate(dn_ref):
+        record(f'train/dn layer{i} logits', dn.logits[i], layer['pred_logits'])
+        record(f'train/dn layer{i} boxes', dn.boxes[i], layer['pred_boxes'])
+        record(f'train/dn layer{i} corners', dn.extras[i], layer['pred_corners'])
+    record('train/dn pre logits', out.pre.denoising.logits[0], ref['dn_pre_outputs']['pred_logits'])
+    record('train/dn pre boxes', out.pre.denoising.boxes[0], ref['dn_pre_outputs']['pred_boxes'])
+    return diffs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('reference', help='file written by dfine_parity_reference.py')
+    parser.add_argument('--tol', type=float, default=1e-4)
+    args = parser.parse_args()
+    register_all_modules()
+    saved = torch.load(args.reference, map_location='cpu', weights_only=False)
+    worst = 0.0
+    for size, reference in saved['sizes'].items():
+        diffs = compare(dict(reference, seed=saved['seed']))
+        print(f"| {'DEIM-' if saved['deim'] else ''}D-FINE {size.upper()} | max abs diff |")
+        print('|---|---|')
+        for name, diff in diffs.items():
+            print(f'| {name} | {diff:.2e}{"  FAIL" if diff > args.tol else ""} |')
+        worst = max([worst, *diffs.values()])
+    verdict = 'PASS' if worst <= args.tol else 'FAIL'
+    print(f'worst: {worst:.2e} (tolerance {args.tol:g}) -> {verdict}')
+    sys.exit(0 if worst <= args.tol else 1)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,149 @@
+"""Runs the ORIGINAL D-FINE (or DEIM-D-FINE) transformer and criterion on fixed inputs and saves
+weights + outputs.
+
+First half of the D-FINE decoder/head parity check; run it in an environment with the
+original's dependencies (torch, torchvision, scipy, pyyaml), never in detr_plugin's::
+
+    python tools/model_converters/dfine_parity_reference.py --root /work/ref/D-FINE \\
+        --sizes n s l --out dfine_transformer.pth
+    python tools/model_converters/dfine_parity_reference.py --root /work/ref/DEIM --deim \\
+        --sizes s --out deim_transformer.pth
+
+For each size the ``DFINETransformer`` and the criterion are built from the original's YAML
+config (D-FINE: configs/dfine/dfine_hgnetv2_<size>_coco.yml; DEIM:
+configs/deim_dfine/deim_hgnetv2_<size>_coco.yml) with 80 classes, after
+``torch.manual_seed(seed)``; every weight gets seeded noise (as rtdetr_parity_reference.py does;
+the zero-initialized box, gate and LQE layers then predict non-trivial distributions). The inputs
+are random encoder levels of a 640 x 640 image. The file holds, per size: ``config``,
+``state_dict`` (keys as in a full model's checkpoint, ``decoder.*``), ``feats``, ``targets``
+(cxcywh normalized; image 1 has no box), ``eval`` (``layers``: per decoder layer i, the eval
+output with ``eval_idx`` = i: ``pred_logits``, ``pred_boxes`` and the layer's edge logits
+``corners``), ``train`` (every output of a training-mode forward with denoising after
+``torch.manual_seed(seed)``) and ``losses`` (every criterion term). The second half,
+dfine_parity_check.py, converts the weights and compares detr_plugin's outputs.
+"""
+import argparse
+import importlib
+import os
+import sys
+import types
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from rtdetr_parity_reference import detach, fixed_targets, perturb  # noqa: E402
+
+# persistent float buffers that are fixed tables, not weights: left unperturbed
+CONSTANT_BUFFERS = ('num_points_scale', 'anchors')
+
+
+def import_original(root: str, deim: bool):
+    """The original's transformer, criterion and matcher classes and YAMLConfig, without the
+    packages' ``__init__`` (which import the data pipeline and the rest of the model zoo):
+    ``src``/``engine``, the model package and ``misc`` / ``data`` are registered as empty
+    packages (``data`` holding torch's ``DataLoader``, the one name ``misc.dist_utils`` imports
+    from it). Nothing of the original is modified or copied."""
+    sys.path.insert(0, root)
+    top, zoo = ('engine', 'engine.deim') if deim else ('src', 'src.zoo.dfine')
+    names = [top, zoo, f'{top}.misc', f'{top}.data'] + ([] if deim else ['src.zoo'])
+    for name in names:
+        module = types.ModuleType(name)
+        module.__path__ = [os.path.join(root, *name.split('.'))]
+        sys.modules[name] = module
+    sys.modules[f'{top}.data'].DataLoader = torch.utils.data.DataLoader
+    YAMLConfig = importlib.import_module(f'{top}.core').YAMLConfig
+    decoder = importlib.import_module(f'{zoo}.dfine_decoder')
+    criterion = importlib.import_module(f'{zoo}.{"deim" if deim else "dfine"}_criterion')
+    matcher = importlib.import_module(f'{zoo}.matcher')
+    criterion_class = criterion.DEIMCriterion if deim else criterion.DFINECriterion
+    return decoder.DFINETransformer, criterion_class, matcher.HungarianMatcher, YAMLConfig
+
+
+class CornerRecorder:
+    """Forward hook on the decoder's ``Integral``: the edge logits of every layer it decodes,
+    in call order (one call per layer run)."""
+
+    def __init__(self, integral: torch.nn.Module):
+        self.calls = []
+        integral.register_forward_hook(lambda module, args, out: self.calls.append(
+            args[0].detach().clone()))
+
+
+def build(classes, yaml_cfg: dict, num_classes: int):
+    """DFINETransformer and criterion of a YAML config, ``num_classes`` classes."""
+    Transformer, Criterion, Matcher, _ = classes
+    transformer = Transformer(num_classes=num_classes,
+                              eval_spatial_size=yaml_cfg['eval_spatial_size'],
+                              **yaml_cfg['DFINETransformer'])
+    criterion_cfg = dict(yaml_cfg[yaml_cfg['criterion']])
+    matcher_cfg = dict(criterion_cfg.pop('matcher'))
+    matcher_cfg.pop('type')
+    matcher = Matcher(use_focal_loss=yaml_cfg['use_focal_loss'], **matcher_cfg)
+    criterion = Criterion(matcher, num_classes=num_classes, **criterion_cfg)
+    return transformer, criterion
+
+
+def run(classes, yaml_cfg: dict, seed: int, batch_size: int) -> dict:
+    torch.manual_seed(seed)
+    transformer, criterion = build(classes, yaml_cfg, num_classes=80)
+    cfg = yaml_cfg['DFINETransformer']
+    generator = torch.Generator().manual_seed(seed)
+    height, width = yaml_cfg['eval_spatial_size']
+    feats = [torch.randn(batch_size, c, height // s, width // s, generator=generator)
+             for c, s in zip(cfg['feat_channels'], cfg['feat_strides'])]
+    perturb(transformer, generator, stats=False, constants=CONSTANT_BUFFERS)
+    state_dict = {f'decoder.{k}': v.clone() for k, v in transformer.state_dict().items()}
+    targets = fixed_targets()[:batch_size]
+    corners = CornerRecorder(transformer.integral)
+
+    transformer.eval()
+    decoder = transformer.decoder
+    eval_idx, layers = decoder.eval_idx, []
+    with torch.no_grad():
+        for i in range(decoder.num_layers):
+            decoder.eval_idx = i
+            out = transformer(feats)
+            layers.append(dict(pred_logits=out['pred_logits'], pred_boxes=out['pred_boxes'],
+                               corners=corners.calls[-1]))
+    decoder.eval_idx = eval_idx
+
+    transformer.train()
+    torch.manual_seed(seed)
+    out = transformer(feats, targets)
+    train = detach(out)
+    losses = {k: float(v.detach()) for k, v in criterion(out, targets).items()}
+    return dict(config=cfg, criterion=yaml_cfg[yaml_cfg['criterion']], state_dict=state_dict,
+                feats=feats, targets=targets, eval=dict(layers=detach(layers)), train=train,
+                losses=losses)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--root', required=True, help='path of Peterande/D-FINE or, with '
+                        '--deim, of ShihuaHuang95/DEIM')
+    parser.add_argument('--deim', action='store_true', help='DEIM-D-FINE configs and criterion')
+    parser.add_argument('--sizes', nargs='+', default=['n', 's', 'l'],
+                        choices=['n', 's', 'm', 'l', 'x'])
+    parser.add_argument('--out', required=True)
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--batch-size', type=int, default=2)
+    args = parser.parse_args()
+
+    classes = import_original(args.root, args.deim)
+    YAMLConfig = classes[-1]
+    results = {}
+    for size in args.sizes:
+        folder, stem = ('deim_dfine', 'deim') if args.deim else ('dfine', 'dfine')
+        path = os.path.join(args.root, 'configs', folder, f'{stem}_hgnetv2_{size}_coco.yml')
+        results[size] = run(classes, YAMLConfig(path).yaml_cfg, args.seed, args.batch_size)
+        result = results[size]
+        print(f'{size}: {len(result["state_dict"])} tensors, {len(result["eval"]["layers"])} '
+              f'layers, {len(result["losses"])} losses, dn groups '
+              f'{result["train"]["dn_meta"]["dn_num_group"]}')
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    torch.save(dict(seed=args.seed, deim=args.deim, sizes=results,
+                    torch_version=torch.__version__), args.out)
+
+
+if __name__ == '__main__':
+    main()

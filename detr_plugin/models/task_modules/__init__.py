@@ -1,7 +1,8 @@
 from .hungarian_assigner import HungarianAssigner, Matches
 from .match_costs import BBoxL1Cost, ClassificationCost, FocalLossCost, IoUCost, MatchCost
+from .matching_union import matching_union
 
 __all__ = [
     'HungarianAssigner', 'Matches', 'MatchCost', 'ClassificationCost', 'FocalLossCost',
-    'BBoxL1Cost', 'IoUCost'
+    'BBoxL1Cost', 'IoUCost', 'matching_union'
 ]

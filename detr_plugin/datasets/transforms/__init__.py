@@ -1,3 +1,4 @@
+from .mosaic import Mosaic, SkipAfterMosaic
 from .random_iou_crop import RandomIoUCrop
 
-__all__ = ['RandomIoUCrop']
+__all__ = ['Mosaic', 'RandomIoUCrop', 'SkipAfterMosaic']

@@ -15,13 +15,14 @@ largest absolute difference of:
 * training mode with denoising (same seed, so the same noise): every layer's logits, boxes and
   edge logits, the pre-box, the initial reference, the encoder top-k, and every layer's
   denoising queries (and their pre-box);
-* every loss term, under our names.
+* every loss term, under our names (``loss_name``).
 
 Queries are compared as sets (``matched_max_diff`` of rtdetr_parity_check.py). Exits with
 status 1 if any difference exceeds --tol.
 """
 import argparse
 import os
+import re
 import sys
 from typing import Dict
 
@@ -65,6 +66,23 @@ def model_config(cfg: dict, criterion: dict) -> dict:
                        loss_bbox=dict(type='L1Loss', loss_weight=weights['loss_bbox']),
                        loss_iou=dict(type='GIoULoss', loss_weight=weights['loss_giou'])),
         test_cfg=dict(max_per_img=300))
+
+
+def loss_name(original: str, num_layers: int) -> str:
+    """The original criterion's names -> ours: 'loss_fgl_aux_0' -> 'd0.loss_fgl', '_pre' ->
+    'pre_', '_enc_0' -> 'enc_', '_dn_{i}' -> 'dn_' (layer i), '_dn_pre' -> 'pre_dn_'."""
+    match = re.fullmatch(r'(loss_[a-z]+)(?:_(aux|dn|enc)_(\d+)|_(pre|dn_pre))?', original)
+    if match is None:
+        raise KeyError(original)
+    base, kind, index, pre = match.groups()
+    if pre:
+        return f'pre_{"dn_" if pre == "dn_pre" else ""}{base}'
+    if kind == 'enc':
+        return f'enc_{base}'
+    if kind is None:
+        return base
+    prefix = 'dn_' if kind == 'dn' else ''
+    return f'{prefix}{base}' if int(index) == num_layers - 1 else f'd{index}.{prefix}{base}'
 
 
 def compare(reference: dict) -> Dict[str, float]:
@@ -125,6 +143,13 @@ def compare(reference: dict) -> Dict[str, float]:
         record(f'train/dn layer{i} corners', dn.extras[i], layer['pred_corners'])
     record('train/dn pre logits', out.pre.denoising.logits[0], ref['dn_pre_outputs']['pred_logits'])
     record('train/dn pre boxes', out.pre.denoising.boxes[0], ref['dn_pre_outputs']['pred_boxes'])
+    losses = model.bbox_head.loss(out, gt)
+    for name, value in reference['losses'].items():
+        ours = loss_name(name, len(layers))
+        record(f'loss/{ours}', losses[ours].detach(), torch.tensor(value))
+    if len(losses) != len(reference['losses']):
+        raise AssertionError(f"{len(losses)} loss terms ({sorted(losses)}), the original "
+                             f"{len(reference['losses'])}")
     return diffs
 
 

@@ -1,16 +1,22 @@
 """D-FINE's head: fine-grained distribution refinement (FDR) of box edges, the localization quality
 estimator (LQE), and the loss with GO-LSD self-distillation (Peng et al., ICLR 2025)."""
-from typing import NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from mmdet.models.layers import inverse_sigmoid
+from mmdet.structures.bbox import bbox_cxcywh_to_xyxy, bbox_overlaps
+from mmdet.utils import reduce_mean
 from torch import Tensor, nn
 
-from detr_plugin.registry import MODELS
+from detr_plugin.registry import MODELS, build_in_scope
 from ..layers import MLP
-from ..layers.box_distribution import (distances_to_boxes, distribution_to_distances,
-                                       weighting_function)
-from ..layers.predictions import LayerPrediction
+from ..layers.box_distribution import (boxes_to_bins, distances_to_boxes,
+                                       distribution_to_distances, weighting_function)
+from ..layers.predictions import DetectionOutputs, LayerPrediction
+from ..losses.decoupled_distillation import DistillationBalance, distillation_balance
+from ..task_modules import Matches
+from ..task_modules.matching_union import matching_union
+from .detr_head import GroundTruth, at_least_float32
 from .rtdetr_head import RTDETRHead
 
 
@@ -38,10 +44,22 @@ class DFINEHead(RTDETRHead):
     plus the previous layer's output, detached. The class logits get the LQE's score: an MLP of
     the top-4 probabilities of each edge's distribution and their mean.
 
+    The loss (:meth:`loss`) is the original criterion's: every layer, the pre-box and the
+    encoder's top-k are Hungarian-matched on their own for the classification loss; the union of
+    all those matchings (GO-LSD, :func:`matching_union`) is the matching of every box loss (L1,
+    GIoU) and of the layers' localization losses: FGL (each edge's distribution against its gt
+    offset split between two bins) and DDF (earlier layers' distributions distilled from the last
+    layer's). Denoising queries (and their pre-box) get the same terms on their known gts.
+    Names: ``loss_{vfl,bbox,giou,fgl}`` for the last layer, ``d{i}.loss_*`` (with ``loss_ddf``)
+    for the others, ``pre_loss_*`` / ``enc_loss_*`` (class and box terms) for the pre-box and the
+    encoder, ``dn_`` for denoising (``dn_loss_ddf`` of the last layer is 0, as in the original).
+
     Args: as :class:`RTDETRHead`, and
         reg_max: bins per edge minus one.
         reg_scale: curvature of W(n) and the unit of edge offsets (size / reg_scale).
         lqe_topk / lqe_dims: probabilities per edge the LQE reads / its hidden width.
+        loss_fgl / loss_ddf: ``FineGrainedLocalizationLoss`` / ``DecoupledDistillationLoss``.
+        loss_cls_name: the classification loss's name (DEIM's MAL: 'loss_mal').
     """
 
     def __init__(self,
@@ -54,13 +72,20 @@ class DFINEHead(RTDETRHead):
                  reg_scale: float = 4.0,
                  lqe_topk: int = 4,
                  lqe_dims: int = 64,
+                 loss_fgl: dict = dict(type='FineGrainedLocalizationLoss', loss_weight=0.15),
+                 loss_ddf: dict = dict(type='DecoupledDistillationLoss', temperature=5.0,
+                                       loss_weight=1.5),
+                 loss_cls_name: str = 'loss_vfl',
                  **kwargs) -> None:
         self.reg_max = reg_max
         self.lqe_topk = lqe_topk
         self.lqe_dims = lqe_dims
         self.initial_reg_scale = reg_scale
+        self.loss_cls_name = loss_cls_name
         super().__init__(num_classes, embed_dims, num_pred_layers, eval_idx, query_select_method,
                          **kwargs)
+        self.loss_fgl = build_in_scope(MODELS, loss_fgl)
+        self.loss_ddf = build_in_scope(MODELS, loss_ddf)
 
     def _init_layers(self) -> None:
         super()._init_layers()  # class heads (prior 0.01), encoder heads
@@ -121,3 +146,136 @@ class DFINEHead(RTDETRHead):
         top = prob.topk(self.lqe_topk, dim=-1).values  # (bs, Q, 4, k)
         stats = torch.cat([top, top.mean(-1, keepdim=True)], -1)  # (bs, Q, 4, k + 1)
         return self.lqe_branches[index](stats.flatten(-2))
+
+    # ------------------------------------------------------------------ loss
+    def loss(self, outputs: DetectionOutputs, gt: GroundTruth) -> Dict[str, Tensor]:
+        """Losses of every decoder layer, the pre-box, the encoder top-k and the denoising
+        queries (class docstring), computed in float32 (float64 for a float64 model)."""
+        logits, boxes = at_least_float32(outputs.logits), at_least_float32(outputs.boxes)
+        corners = at_least_float32(outputs.extras)
+        num_layers, bs, num_queries = logits.shape[:3]
+        num_boxes = self.num_boxes_across_ranks(gt, like=boxes)
+        # layers, then the pre-box, then the encoder: (L + 2, bs, Q, .)
+        all_logits = torch.cat([logits, at_least_float32(outputs.pre.logits),
+                                at_least_float32(outputs.enc_logits[None])])
+        all_boxes = torch.cat([boxes, at_least_float32(outputs.pre.boxes),
+                               at_least_float32(outputs.enc_boxes[None])])
+        loss_cls, pairs = self.classification_losses(all_logits, all_boxes, gt, num_boxes)
+        pred_index, gt_index = self.flat_pairs(matching_union(pairs), num_queries, gt)
+        num_union = reduce_mean(boxes.new_tensor(float(len(pred_index)))).clamp(min=1.0)
+        union = self.repeat_matches(pred_index, gt_index, num_layers + 2, bs * num_queries)
+        loss_bbox, loss_iou = self.loss_boxes_per_layer(all_boxes, gt, union, num_union)
+        reference = outputs.pre.boxes[0].detach()
+        balance = distillation_balance(self.matched_mask(pred_index, bs, num_queries))
+        loss_fgl, loss_ddf = self.local_losses(corners, logits, boxes, reference, gt, pred_index,
+                                               gt_index, num_union, balance)
+        losses = self.named(dict(cls=loss_cls, bbox=loss_bbox, iou=loss_iou), loss_fgl,
+                            loss_ddf[:-1])
+        if outputs.denoising is not None:
+            losses.update(self.denoising_losses(outputs, gt, num_boxes, balance))
+        return losses
+
+    def classification_losses(self, logits: Tensor, boxes: Tensor, gt: GroundTruth,
+                              num_boxes: Tensor) -> Tuple[Tensor, List]:
+        """(L + 2,) classification losses of the layers, pre-box and encoder, each matched on its
+        own, and those matchings' pairs (``Matches.pairs`` of every row). A class-agnostic
+        encoder is matched against its one class."""
+        if not self.class_agnostic_encoder:
+            matches = self.match(logits, boxes, gt)
+            return self.loss_cls_per_layer(logits, boxes, gt, matches, num_boxes), matches.pairs
+        matches = self.match(logits[:-1], boxes[:-1], gt)
+        agnostic = gt.class_agnostic()
+        enc_matches = self.match(logits[-1:], boxes[-1:], agnostic)
+        loss = torch.cat([
+            self.loss_cls_per_layer(logits[:-1], boxes[:-1], gt, matches, num_boxes),
+            self.loss_cls_per_layer(logits[-1:], boxes[-1:], agnostic, enc_matches, num_boxes)])
+        return loss, matches.pairs + enc_matches.pairs
+
+    def denoising_losses(self, outputs: DetectionOutputs, gt: GroundTruth, num_boxes: Tensor,
+                         balance: DistillationBalance) -> Dict[str, Tensor]:
+        """Every term of the denoising queries of every layer and of their pre-box, each matched
+        to the gt it was made from; the distillation balance is the matching queries' (as the
+        original reuses it)."""
+        dn, pre = outputs.denoising, outputs.pre.denoising
+        num_layers = dn.logits.shape[0]
+        logits, boxes = at_least_float32(dn.logits), at_least_float32(dn.boxes)
+        all_logits = torch.cat([logits, at_least_float32(pre.logits)])
+        all_boxes = torch.cat([boxes, at_least_float32(pre.boxes)])
+        num_dn_boxes = num_boxes * dn.groups.num_groups
+        matches = self.denoising_matches(dn.groups, num_layers + 1)
+        per_layer = self.losses_per_layer(all_logits, all_boxes, gt, matches, num_dn_boxes)
+        loss_fgl, loss_ddf = self.local_losses(
+            at_least_float32(dn.extras), logits, boxes, pre.boxes[0].detach(), gt,
+            dn.groups.pred_index, dn.groups.gt_index, num_dn_boxes, balance)
+        named = self.named(dict(cls=per_layer['loss_cls'], bbox=per_layer['loss_bbox'],
+                                iou=per_layer['loss_iou']), loss_fgl, loss_ddf, prefix='dn_')
+        return named
+
+    def local_losses(self, corners: Tensor, logits: Tensor, boxes: Tensor, reference: Tensor,
+                     gt: GroundTruth, pred_index: Tensor, gt_index: Tensor, num_matched: Tensor,
+                     balance: DistillationBalance) -> Tuple[Tensor, Tensor]:
+        """(L,) FGL and (L,) DDF of each layer on the matched pairs.
+
+        Args:
+            corners: (L, bs, Q, 4 * (R + 1)); logits: (L, bs, Q, K); boxes: (L, bs, Q, 4).
+            reference: (bs, Q, 4) the initial reference the edges are offsets from.
+            pred_index / gt_index: (M,) matched queries in the flattened (bs * Q) grid and their
+                gts in the batch's concatenated gts.
+            num_matched: FGL's normaliser.
+            balance: DDF's mixing weights of matched and unmatched queries.
+        The teacher of DDF is the last layer (its own DDF is 0).
+        """
+        target = bbox_cxcywh_to_xyxy(gt.all_boxes[gt_index])  # (M, 4)
+        bins = boxes_to_bins(reference.flatten(0, 1)[pred_index], target, self.reg_max,
+                             self.reg_scale, self.up)
+        fgl, ddf = [], []
+        for layer_corners, layer_boxes in zip(corners, boxes):
+            matched = bbox_cxcywh_to_xyxy(layer_boxes.flatten(0, 1)[pred_index])
+            ious = bbox_overlaps(matched, target, is_aligned=True).detach()
+            fgl.append(self.loss_fgl(layer_corners.flatten(0, 1)[pred_index], bins, ious,
+                                     avg_factor=num_matched))
+            ddf.append(self.loss_ddf(layer_corners, corners[-1], logits[-1], pred_index, ious,
+                                     balance))
+        return torch.stack(fgl), torch.stack(ddf)
+
+    def named(self, terms: Dict[str, Tensor], loss_fgl: Tensor, loss_ddf: Tensor,
+              prefix: str = '') -> Dict[str, Tensor]:
+        """Names (L + 2,) class / box terms (layers, pre-box, then the encoder unless denoising:
+        L + 1), (L,) FGL and (L or L - 1,) DDF terms as the class docstring says."""
+        num_layers = loss_fgl.shape[0]
+        names = dict(cls=self.loss_cls_name, bbox='loss_bbox', iou='loss_giou')
+        losses = self.name_losses(**{f'{prefix}{names[k]}': v[:num_layers]
+                                     for k, v in terms.items()},
+                                  **{f'{prefix}loss_fgl': loss_fgl})
+        for i, value in enumerate(loss_ddf):
+            losses[f'{prefix}loss_ddf' if i == num_layers - 1 else f'd{i}.{prefix}loss_ddf'] = value
+        for k, v in terms.items():
+            losses[f'pre_{prefix}{names[k]}'] = v[num_layers]
+            if not prefix:
+                losses[f'enc_{names[k]}'] = v[num_layers + 1]
+        return losses
+
+    @staticmethod
+    def flat_pairs(pairs: List[Tuple[Tensor, Tensor]], num_queries: int,
+                   gt: GroundTruth) -> Tuple[Tensor, Tensor]:
+        """Per-image (query_idx, gt_idx) -> (M,) indices into the flattened (bs * Q) grid and
+        into the batch's concatenated gts."""
+        starts = torch.tensor([0] + [len(labels) for labels in gt.labels[:-1]]).cumsum(0)
+        pred = [b * num_queries + q for b, (q, _) in enumerate(pairs)]
+        target = [int(start) + g for start, (_, g) in zip(starts, pairs)]
+        return torch.cat(pred).long(), torch.cat(target).long()
+
+    @staticmethod
+    def repeat_matches(pred_index: Tensor, gt_index: Tensor, num_layers: int,
+                       per_layer: int) -> Matches:
+        """The same pairs on each of ``num_layers`` layers of ``per_layer`` queries."""
+        offsets = torch.arange(num_layers, device=pred_index.device) * per_layer
+        return Matches(pairs=[], pred_index=(offsets[:, None] + pred_index[None]).flatten(),
+                       gt_index=gt_index.repeat(num_layers))
+
+    @staticmethod
+    def matched_mask(pred_index: Tensor, bs: int, num_queries: int) -> Tensor:
+        """(bs, Q) bool, True at the matched queries."""
+        mask = torch.zeros(bs * num_queries, dtype=torch.bool, device=pred_index.device)
+        mask[pred_index] = True
+        return mask.view(bs, num_queries)

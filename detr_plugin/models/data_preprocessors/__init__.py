@@ -1,0 +1,3 @@
+from .batch_mixup import BatchMixUp
+
+__all__ = ['BatchMixUp']

@@ -15,6 +15,7 @@ from ..utils.checkpoint_loading import CheckpointError, read_checkpoint, summari
 from .deformable_detr import (VARIANT_CONFIGS, convert_deformable_detr, deformable_detr_variant,
                               is_deformable_detr)
 from .detr import convert_detr, is_detr
+from .hgnetv2 import HGNETV2_URLS, convert_hgnetv2, hgnetv2_rules, load_from_hgnetv2
 from .presnet import PRESNET_URLS, load_from_presnet
 from .reading import original_weights, weights_entry
 from .rtdetr import convert_rtdetr, is_presnet, is_rtdetr, is_rtdetr_v2, v2_num_points
@@ -22,6 +23,7 @@ from .rtdetr import convert_rtdetr, is_presnet, is_rtdetr, is_rtdetr_v2, v2_num_
 __all__ = [
     'CheckpointError', 'PRESNET_URLS', 'VARIANT_CONFIGS', 'check_family', 'convert_deformable_detr',
     'convert_detr', 'convert_original_checkpoint', 'convert_rtdetr', 'deformable_detr_variant',
+    'HGNETV2_URLS', 'convert_hgnetv2', 'hgnetv2_rules', 'load_from_hgnetv2',
     'is_rtdetr_v2',
     'load_original', 'load_from_presnet', 'original_family', 'original_weights',
     'save_converted', 'v2_num_points'

@@ -6,9 +6,9 @@ Every distinct pair is counted over the given matchings; pairs are ranked by cou
 first; each query keeps its first pair in that ranking (a gt may be kept by several queries), and
 the kept pairs come out in ranking order. Pairs of equal count are ranked as the original ranks
 them: ``torch.argsort(counts, descending=True)`` over the pairs in ``torch.unique``'s
-lexicographic (query, gt) order. That sort is not stable and its tie order is the sort kernel's
-(CPU and CUDA kernels may differ), so only the same call on the same device reproduces the
-original's choice between equally frequent pairs, which decides the gt of such a query.
+lexicographic (query, gt) order, on the CPU (the original's matcher returns CPU indices). That sort
+is not stable and its tie order is the CPU kernel's, which decides the gt of a query with equally
+frequent pairs; so the ranking runs on the CPU here too, whatever the input's device.
 """
 from typing import List, Sequence, Tuple
 
@@ -27,7 +27,8 @@ def matching_union(matchings: Sequence[Sequence[Pairs]]) -> List[Pairs]:
             the matchings does not change the result.
     Returns:
         ``union[b] = (query_idx, gt_idx)``, LongTensors with one entry per matched query, in the
-        ranking order of the module docstring, on the input's device.
+        ranking order of the module docstring, on the input's device (the ranking itself runs
+        on the CPU, after one device-to-host copy).
     """
     if len(matchings) == 0:
         raise ValueError('matching_union: needs at least one matching')
@@ -35,19 +36,26 @@ def matching_union(matchings: Sequence[Sequence[Pairs]]) -> List[Pairs]:
     if any(len(m) != batch_size for m in matchings):
         raise ValueError(f'matching_union: every matching must hold {batch_size} images, got '
                          f'{[len(m) for m in matchings]}')
-    return [_image_union([torch.stack(m[b]) for m in matchings]) for b in range(batch_size)]
+    if batch_size == 0:
+        return []
+    per_image = [torch.cat([torch.stack(m[b]) for m in matchings], dim=1).long()
+                 for b in range(batch_size)]  # (2, n_b)
+    device = per_image[0].device
+    sizes = [p.shape[1] for p in per_image]
+    host = torch.cat(per_image, dim=1).cpu().split(sizes, dim=1)  # one device-to-host copy
+    unions = [_image_union(pairs) for pairs in host]
+    kept = torch.cat(unions, dim=1).to(device).split([u.shape[1] for u in unions], dim=1)
+    return [(k[0], k[1]) for k in kept]
 
 
-def _image_union(pairs: List[Tensor]) -> Pairs:
-    """One image: ``pairs`` are (2, n_k) query/gt rows of each matching."""
-    pairs = torch.cat(pairs, dim=1).long().T  # (n, 2)
-    if pairs.shape[0] == 0:
-        return pairs[:, 0], pairs[:, 1]
-    distinct, counts = torch.unique(pairs, dim=0, return_counts=True)  # lexicographic (q, g)
+def _image_union(pairs: Tensor) -> Tensor:
+    """(2, n) query/gt rows of one image, on the CPU -> (2, m) kept pairs in ranking order."""
+    if pairs.shape[1] == 0:
+        return pairs
+    distinct, counts = torch.unique(pairs.T, dim=0, return_counts=True)  # lexicographic (q, g)
     ranked = distinct[torch.argsort(counts, descending=True)]  # ties: the original's order
     # rank of each query's first (best) pair
     queries, query_of_rank = torch.unique(ranked[:, 0], return_inverse=True)
-    rank = torch.arange(ranked.shape[0], device=pairs.device)
+    rank = torch.arange(ranked.shape[0])
     first = torch.full_like(queries, ranked.shape[0]).scatter_reduce(0, query_of_rank, rank, 'amin')
-    kept = ranked[first.sort().values]
-    return kept[:, 0], kept[:, 1]
+    return ranked[first.sort().values].T

@@ -1,3 +1,4 @@
+from .augmentation_window_hook import AugmentationWindowHook
 from .checkpoint_check_hook import CheckpointCheckHook
 from .cpu_affinity_hook import CPUAffinityHook
 from .dataset_check_hook import DatasetCheckHook
@@ -6,5 +7,5 @@ from .rng_state_hook import RNGStateHook
 from .safe_checkpoint_hook import SafeCheckpointHook
 from .stop_augmentation_hook import StopAugmentationHook
 
-__all__ = ['CheckpointCheckHook', 'CPUAffinityHook', 'DatasetCheckHook', 'NumClassesCheckHook',
-           'RNGStateHook', 'SafeCheckpointHook', 'StopAugmentationHook']
+__all__ = ['AugmentationWindowHook', 'CheckpointCheckHook', 'CPUAffinityHook', 'DatasetCheckHook',
+           'NumClassesCheckHook', 'RNGStateHook', 'SafeCheckpointHook', 'StopAugmentationHook']

@@ -16,7 +16,7 @@ adds its input back. With ``use_lab`` every activated convolution ends in a lear
 ``scale * x + bias`` (two scalars).
 
 The original's HG block also offers an ESE attention aggregation, but its HGNetv2 never builds it
-(every stage gets the squeeze-excitation aggregation): it is left out here.
+(its stages always take the two-convolution aggregation, which it calls 'se'): it is left out.
 """
 from collections import OrderedDict
 from typing import Dict, List, NamedTuple, Sequence, Tuple
@@ -206,13 +206,15 @@ class HGNetv2(BaseModule):
         arch: 'B0' ... 'B6' (D-FINE/DEIM N and S use B0, M B2, L B4, X B5).
         out_indices: stages whose outputs are returned, of 0-3 (strides 4, 8, 16, 32); the
             original's ``return_idx``.
-        use_lab: learnable affine after every activation (the original's B0-B2 configs).
+        use_lab: learnable affine after every activation (the original's N, S and M configs).
         frozen_stages: -1 freezes nothing, 0 the stem, k >= 1 the stem and stages 0..k-1: no
-            gradients, and kept in eval mode by ``train()``. The original's ``freeze_at=-1`` is
-            -1; ``freeze_at=0, freeze_stem_only=True`` (its L and X configs) is 0;
-            ``freeze_at=k, freeze_stem_only=False`` is k + 1.
+            gradients, and kept in eval mode by ``train()`` (the original only stops their
+            gradients; its configs freeze stages only with frozen norms). ``freeze_at=-1`` is
+            -1 (D-FINE N/S/M, every DEIM model); ``freeze_at=0, freeze_stem_only=True`` (D-FINE
+            L/X) is 0; ``freeze_at=k, freeze_stem_only=False`` is k + 1.
         norm_cfg: every norm layer; ``dict(type='FrozenBatchNorm2d')`` is the original's
-            ``freeze_norm=True``, ``dict(type='BN')`` its ``freeze_norm=False``.
+            ``freeze_norm=True`` (D-FINE L/X), ``dict(type='BN')`` its ``freeze_norm=False``
+            (D-FINE N/S/M, every DEIM model).
         init_cfg: e.g. ``dict(type='Pretrained', checkpoint='hgnetv2://B4')`` for the authors'
             ImageNet weights (detr_plugin/converters/hgnetv2.py).
     """

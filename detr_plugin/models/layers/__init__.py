@@ -41,3 +41,6 @@ __all__ += [
     'BinTargets', 'boxes_to_bins', 'distances_to_boxes', 'distribution_to_distances',
     'weighting_function'
 ]
+from .rep_ncsp_elan import RepNCSPELAN4, SCDown  # noqa: E402
+
+__all__ += ['RepNCSPELAN4', 'SCDown']

@@ -23,10 +23,10 @@ class ConvNormAct(nn.Sequential):
     """Conv2d (no bias, 'same' padding for odd kernels) -> BatchNorm2d -> activation."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 act: Optional[str] = None) -> None:
+                 act: Optional[str] = None, groups: int = 1) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride,
-                              padding=(kernel_size - 1) // 2, bias=False)
+                              padding=(kernel_size - 1) // 2, groups=groups, bias=False)
         self.norm = nn.BatchNorm2d(out_channels)
         self.act = build_activation(act)
 

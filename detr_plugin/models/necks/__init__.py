@@ -1,3 +1,3 @@
-from .hybrid_encoder import HybridEncoder, sincos_position_embedding
+from .hybrid_encoder import DFineHybridEncoder, HybridEncoder, sincos_position_embedding
 
-__all__ = ['HybridEncoder', 'sincos_position_embedding']
+__all__ = ['DFineHybridEncoder', 'HybridEncoder', 'sincos_position_embedding']

@@ -1,9 +1,12 @@
-"""RT-DETR's hybrid encoder (Zhao et al., CVPR 2024, Sec. 4.2): AIFI on the coarsest level + CCFM.
+"""RT-DETR's hybrid encoder (Zhao et al., CVPR 2024, Sec. 4.2): AIFI on the coarsest level + CCFM;
+and D-FINE's (Peng et al., ICLR 2025), the same with other CCFM blocks.
 
 AIFI (attention-based intra-scale feature interaction) is one transformer encoder layer over the
 tokens of the stride-32 map only; CCFM (CNN-based cross-scale feature fusion) is a PAN: a top-down
-pass (1x1 lateral conv, nearest upsampling, concat, CSPRepLayer) then a bottom-up pass (3x3
-stride-2 conv, concat, CSPRepLayer).
+pass (1x1 lateral conv, nearest upsampling, concat, fusion block) then a bottom-up pass
+(downsampling conv, concat, fusion block). RT-DETR's fusion block is a CSPRepLayer and its
+downsampling a 3x3 stride-2 conv; D-FINE (and DEIM, which trains the D-FINE models) fuses with
+RepNCSPELAN4, downsamples with SCDown and has no activation after the lateral convs.
 """
 from typing import List, Sequence, Tuple
 
@@ -13,6 +16,7 @@ from torch import Tensor, nn
 
 from detr_plugin.registry import MODELS
 from ..layers.csp_rep_layer import ConvNormAct, CSPRepLayer
+from ..layers.rep_ncsp_elan import RepNCSPELAN4, SCDown
 from ..layers.transformer import DetrTransformerEncoder
 
 
@@ -89,17 +93,32 @@ class HybridEncoder(nn.Module):
         num_blocks = round(3 * depth_mult)
         # top-down: index i fuses level (num_levels - 1 - i) into level (num_levels - 2 - i)
         self.lateral_convs = nn.ModuleList(
-            ConvNormAct(embed_dims, embed_dims, 1, act=act) for _ in range(num_levels - 1))
+            self.lateral_conv(embed_dims, act) for _ in range(num_levels - 1))
         self.fpn_blocks = nn.ModuleList(
-            CSPRepLayer(2 * embed_dims, embed_dims, num_blocks, expansion, act)
+            self.fusion_block(embed_dims, num_blocks, expansion, act)
             for _ in range(num_levels - 1))
         # bottom-up: index i fuses level i into level i + 1
         self.downsample_convs = nn.ModuleList(
-            ConvNormAct(embed_dims, embed_dims, 3, stride=2, act=act)
-            for _ in range(num_levels - 1))
+            self.downsample_conv(embed_dims, act) for _ in range(num_levels - 1))
         self.pan_blocks = nn.ModuleList(
-            CSPRepLayer(2 * embed_dims, embed_dims, num_blocks, expansion, act)
+            self.fusion_block(embed_dims, num_blocks, expansion, act)
             for _ in range(num_levels - 1))
+
+    # CCFM's parts, RT-DETR's; a subclass swaps them (DFineHybridEncoder)
+    @staticmethod
+    def lateral_conv(embed_dims: int, act: str) -> nn.Module:
+        """1x1 conv of the coarser map before it is upsampled."""
+        return ConvNormAct(embed_dims, embed_dims, 1, act=act)
+
+    @staticmethod
+    def fusion_block(embed_dims: int, num_blocks: int, expansion: float, act: str) -> nn.Module:
+        """(bs, 2 * embed_dims, H, W) concatenated pair -> (bs, embed_dims, H, W)."""
+        return CSPRepLayer(2 * embed_dims, embed_dims, num_blocks, expansion, act)
+
+    @staticmethod
+    def downsample_conv(embed_dims: int, act: str) -> nn.Module:
+        """(bs, embed_dims, H, W) -> (bs, embed_dims, ceil(H / 2), ceil(W / 2))."""
+        return ConvNormAct(embed_dims, embed_dims, 3, stride=2, act=act)
 
     def forward(self, feats: Sequence[Tensor]) -> Tuple[Tensor, ...]:
         """feats: backbone levels (bs, in_channels[l], H_l, W_l), finest first, each level half the
@@ -137,3 +156,27 @@ class HybridEncoder(nn.Module):
             down = self.downsample_convs[i](outs[-1])
             outs.append(self.pan_blocks[i](torch.cat([down, inner[i + 1]], 1)))
         return tuple(outs)
+
+
+@MODELS.register_module()
+class DFineHybridEncoder(HybridEncoder):
+    """D-FINE's hybrid encoder (also DEIM's for its D-FINE models): RT-DETR's AIFI and CCFM with
+    RepNCSPELAN4 fusion blocks, SCDown downsampling and lateral convs without activation.
+
+    Arguments as :class:`HybridEncoder`'s (the original's names: ``hidden_dim`` -> ``embed_dims``,
+    ``nhead`` -> ``num_heads``, ``dim_feedforward`` -> ``ffn_dims``, ``use_encoder_idx`` ->
+    ``encoder_levels``), except that ``expansion`` sets the width of RepNCSPELAN4's two inner
+    branches, ``int(expansion * embed_dims // 2)``, and ``act`` is that of the fusion blocks only.
+    """
+
+    @staticmethod
+    def lateral_conv(embed_dims: int, act: str) -> nn.Module:
+        return ConvNormAct(embed_dims, embed_dims, 1)
+
+    @staticmethod
+    def fusion_block(embed_dims: int, num_blocks: int, expansion: float, act: str) -> nn.Module:
+        return RepNCSPELAN4(2 * embed_dims, embed_dims, num_blocks, expansion, act)
+
+    @staticmethod
+    def downsample_conv(embed_dims: int, act: str) -> nn.Module:
+        return SCDown(embed_dims, embed_dims, 3, stride=2)

@@ -1,5 +1,6 @@
 """D-FINE's head: fine-grained distribution refinement (FDR) of box edges, the localization quality
 estimator (LQE), and the loss with GO-LSD self-distillation (Peng et al., ICLR 2025)."""
+import math
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
@@ -52,12 +53,13 @@ class DFINEHead(RTDETRHead):
     layer's). Denoising queries (and their pre-box) get the same terms on their known gts.
     Names: ``loss_{vfl,bbox,giou,fgl}`` for the last layer, ``d{i}.loss_*`` (with ``loss_ddf``)
     for the others, ``pre_loss_*`` / ``enc_loss_*`` (class and box terms) for the pre-box and the
-    encoder, ``dn_`` for denoising (``dn_loss_ddf`` of the last layer is 0, as in the original).
+    encoder, ``dn_`` for denoising. The last layer has no DDF (it is the teacher).
 
     Args: as :class:`RTDETRHead`, and
         reg_max: bins per edge minus one.
         reg_scale: curvature of W(n) and the unit of edge offsets (size / reg_scale).
         lqe_topk / lqe_dims: probabilities per edge the LQE reads / its hidden width.
+        mlp_act / lqe_act: activation of the box MLPs / of the LQE ('silu' in DEIM).
         loss_fgl / loss_ddf: ``FineGrainedLocalizationLoss`` / ``DecoupledDistillationLoss``.
         loss_cls_name: the classification loss's name (DEIM's MAL: 'loss_mal').
     """
@@ -72,6 +74,8 @@ class DFINEHead(RTDETRHead):
                  reg_scale: float = 4.0,
                  lqe_topk: int = 4,
                  lqe_dims: int = 64,
+                 mlp_act: str = 'relu',
+                 lqe_act: str = 'relu',
                  loss_fgl: dict = dict(type='FineGrainedLocalizationLoss', loss_weight=0.15),
                  loss_ddf: dict = dict(type='DecoupledDistillationLoss', temperature=5.0,
                                        loss_weight=1.5),
@@ -80,6 +84,8 @@ class DFINEHead(RTDETRHead):
         self.reg_max = reg_max
         self.lqe_topk = lqe_topk
         self.lqe_dims = lqe_dims
+        self.mlp_act = mlp_act
+        self.lqe_act = lqe_act
         self.initial_reg_scale = reg_scale
         self.loss_cls_name = loss_cls_name
         super().__init__(num_classes, embed_dims, num_pred_layers, eval_idx, query_select_method,
@@ -88,14 +94,21 @@ class DFINEHead(RTDETRHead):
         self.loss_ddf = build_in_scope(MODELS, loss_ddf)
 
     def _init_layers(self) -> None:
-        super()._init_layers()  # class heads (prior 0.01), encoder heads
-        c, bins = self.embed_dims, 4 * (self.reg_max + 1)
-        self.reg_branches = nn.ModuleList(MLP(c, c, bins, 3) for _ in range(self.num_pred_layers))
-        self.pre_reg_branch = MLP(c, c, 4, 3)
-        self.lqe_branches = nn.ModuleList(MLP(4 * (self.lqe_topk + 1), self.lqe_dims, 1, 2)
-                                          for _ in range(self.num_pred_layers))
-        # distributions start uniform (every layer's box = its initial reference); LQE scores 0
-        for mlp in (*self.reg_branches, self.pre_reg_branch, *self.lqe_branches):
+        c, k, bins, act = self.embed_dims, self.num_classes, 4 * (self.reg_max + 1), self.mlp_act
+        layers = range(self.num_pred_layers)
+        self.cls_branches = nn.ModuleList(nn.Linear(c, k) for _ in layers)
+        self.reg_branches = nn.ModuleList(MLP(c, c, bins, 3, act=act) for _ in layers)
+        self.pre_reg_branch = MLP(c, c, 4, 3, act=act)
+        self.lqe_branches = nn.ModuleList(
+            MLP(4 * (self.lqe_topk + 1), self.lqe_dims, 1, 2, act=self.lqe_act) for _ in layers)
+        self.enc_cls_branch = nn.Linear(c, 1 if self.class_agnostic_encoder else k)
+        self.enc_reg_branch = MLP(c, c, 4, 3, act=act)
+        prior_bias = -math.log((1 - 0.01) / 0.01)  # every class starts at probability 0.01
+        for cls in (*self.cls_branches, self.enc_cls_branch):
+            nn.init.constant_(cls.bias, prior_bias)
+        # boxes start at their references (distributions uniform); LQE scores 0
+        for mlp in (*self.reg_branches, self.pre_reg_branch, self.enc_reg_branch,
+                    *self.lqe_branches):
             nn.init.zeros_(mlp.layers[-1].weight)
             nn.init.zeros_(mlp.layers[-1].bias)
         self.up = nn.Parameter(torch.tensor([0.5]), requires_grad=False)
@@ -169,8 +182,7 @@ class DFINEHead(RTDETRHead):
         balance = distillation_balance(self.matched_mask(pred_index, bs, num_queries))
         loss_fgl, loss_ddf = self.local_losses(corners, logits, boxes, reference, gt, pred_index,
                                                gt_index, num_union, balance)
-        losses = self.named(dict(cls=loss_cls, bbox=loss_bbox, iou=loss_iou), loss_fgl,
-                            loss_ddf[:-1])
+        losses = self.named(dict(cls=loss_cls, bbox=loss_bbox, iou=loss_iou), loss_fgl, loss_ddf)
         if outputs.denoising is not None:
             losses.update(self.denoising_losses(outputs, gt, num_boxes, balance))
         return losses
@@ -214,7 +226,8 @@ class DFINEHead(RTDETRHead):
     def local_losses(self, corners: Tensor, logits: Tensor, boxes: Tensor, reference: Tensor,
                      gt: GroundTruth, pred_index: Tensor, gt_index: Tensor, num_matched: Tensor,
                      balance: DistillationBalance) -> Tuple[Tensor, Tensor]:
-        """(L,) FGL and (L,) DDF of each layer on the matched pairs.
+        """(L,) FGL of each layer and (L - 1,) DDF of each layer but the last (the teacher; the
+        original's term for it is 0 by construction) on the matched pairs.
 
         Args:
             corners: (L, bs, Q, 4 * (R + 1)); logits: (L, bs, Q, K); boxes: (L, bs, Q, 4).
@@ -223,32 +236,31 @@ class DFINEHead(RTDETRHead):
                 gts in the batch's concatenated gts.
             num_matched: FGL's normaliser.
             balance: DDF's mixing weights of matched and unmatched queries.
-        The teacher of DDF is the last layer (its own DDF is 0).
         """
         target = bbox_cxcywh_to_xyxy(gt.all_boxes[gt_index])  # (M, 4)
         bins = boxes_to_bins(reference.flatten(0, 1)[pred_index], target, self.reg_max,
                              self.reg_scale, self.up)
         fgl, ddf = [], []
-        for layer_corners, layer_boxes in zip(corners, boxes):
+        for i, (layer_corners, layer_boxes) in enumerate(zip(corners, boxes)):
             matched = bbox_cxcywh_to_xyxy(layer_boxes.flatten(0, 1)[pred_index])
             ious = bbox_overlaps(matched, target, is_aligned=True).detach()
             fgl.append(self.loss_fgl(layer_corners.flatten(0, 1)[pred_index], bins, ious,
                                      avg_factor=num_matched))
-            ddf.append(self.loss_ddf(layer_corners, corners[-1], logits[-1], pred_index, ious,
-                                     balance))
-        return torch.stack(fgl), torch.stack(ddf)
+            if i < len(corners) - 1:
+                ddf.append(self.loss_ddf(layer_corners, corners[-1], logits[-1], pred_index,
+                                         ious, balance))
+        return torch.stack(fgl), torch.stack(ddf) if ddf else corners.new_zeros(0)
 
     def named(self, terms: Dict[str, Tensor], loss_fgl: Tensor, loss_ddf: Tensor,
               prefix: str = '') -> Dict[str, Tensor]:
         """Names (L + 2,) class / box terms (layers, pre-box, then the encoder unless denoising:
-        L + 1), (L,) FGL and (L or L - 1,) DDF terms as the class docstring says."""
+        L + 1), (L,) FGL and (L - 1,) DDF terms as the class docstring says."""
         num_layers = loss_fgl.shape[0]
         names = dict(cls=self.loss_cls_name, bbox='loss_bbox', iou='loss_giou')
         losses = self.name_losses(**{f'{prefix}{names[k]}': v[:num_layers]
                                      for k, v in terms.items()},
                                   **{f'{prefix}loss_fgl': loss_fgl})
-        for i, value in enumerate(loss_ddf):
-            losses[f'{prefix}loss_ddf' if i == num_layers - 1 else f'd{i}.{prefix}loss_ddf'] = value
+        losses.update({f'd{i}.{prefix}loss_ddf': value for i, value in enumerate(loss_ddf)})
         for k, v in terms.items():
             losses[f'pre_{prefix}{names[k]}'] = v[num_layers]
             if not prefix:

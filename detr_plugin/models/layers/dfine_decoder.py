@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from detr_plugin.ops import MultiScaleDeformableAttention
 from detr_plugin.registry import MODELS
 from .denoising import DenoisingGroups
-from .mlp import FFN
+from .mlp import FFN, MLP
 from .multi_scale import MultiScaleLevels
 from .multihead_attention import MultiheadAttention
 from .predictions import DetectionOutputs, LayerPrediction
@@ -99,12 +99,14 @@ class DFINEDecoder(RTDETRDecoder):
 
         layer_scale: the original's width factor of the layers after ``eval_idx``; every released
             D-FINE and DEIM config uses 1 (no wider layers), the only value supported.
+        mlp_act: activation of the query position MLP ('silu' in DEIM).
     """
 
-    def __init__(self, *args, layer_scale: float = 1, **kwargs) -> None:
+    def __init__(self, *args, layer_scale: float = 1, mlp_act: str = 'relu', **kwargs) -> None:
         if layer_scale != 1:
             raise ValueError(f'DFINEDecoder: layer_scale={layer_scale} is not supported (every '
                              f'released D-FINE / DEIM config uses 1)')
+        self.mlp_act = mlp_act
         super().__init__(*args, **kwargs)
 
     def make_input_proj(self, in_channels: int) -> nn.Module:
@@ -117,6 +119,9 @@ class DFINEDecoder(RTDETRDecoder):
 
     def make_layer(self, layer_cfg: dict) -> nn.Module:
         return DFINEDecoderLayer(self.embed_dims, **layer_cfg)
+
+    def make_query_pos_head(self) -> MLP:
+        return MLP(4, 2 * self.embed_dims, self.embed_dims, num_layers=2, act=self.mlp_act)
 
     def forward(self, feats: Sequence[Tensor], head,
                 denoising: Optional[DenoisingGroups] = None) -> DetectionOutputs:

@@ -64,7 +64,7 @@ class RTDETRDecoder(nn.Module):
         self.anchors = LevelAnchors(anchor_size, anchor_eps)
         self.input_proj = nn.ModuleList(self.make_input_proj(c) for c in in_channels)
         self.enc_output = nn.Sequential(nn.Linear(embed_dims, embed_dims), nn.LayerNorm(embed_dims))
-        self.query_pos_head = MLP(4, 2 * embed_dims, embed_dims, num_layers=2)
+        self.query_pos_head = self.make_query_pos_head()
         self.layers = nn.ModuleList(self.make_layer(layer_cfg) for _ in range(num_layers))
         nn.init.xavier_uniform_(self.enc_output[0].weight)
         for linear in self.query_pos_head.layers:
@@ -78,6 +78,10 @@ class RTDETRDecoder(nn.Module):
     def make_layer(self, layer_cfg: dict) -> nn.Module:
         """One decoder layer."""
         return DeformableDecoderLayer(self.embed_dims, **layer_cfg)
+
+    def make_query_pos_head(self) -> MLP:
+        """The MLP embedding a reference box (4,) as a query position (embed_dims,)."""
+        return MLP(4, 2 * self.embed_dims, self.embed_dims, num_layers=2)
 
     def forward(self, feats: Sequence[Tensor], head: DecoderHead,
                 denoising: Optional[DenoisingGroups] = None) -> DetectionOutputs:

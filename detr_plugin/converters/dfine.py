@@ -17,7 +17,8 @@ from typing import Dict, Tuple
 
 from torch import Tensor
 
-from .rules import Rule, rename
+from .hgnetv2 import hgnetv2_rules
+from .rules import Rule, add_batchnorm_counters, rename
 
 ENCODER_RULES: Tuple[Rule, ...] = (
     (r'^encoder\.encoder\.(\d+)\.layers\.(\d+)\.(linear[12])\.',
@@ -75,3 +76,17 @@ def convert_dfine_decoder(state_dict: Dict[str, Tensor]) -> 'OrderedDict[str, Te
     rule knows."""
     return rename({k: v for k, v in state_dict.items() if k.startswith('decoder.')},
                   DECODER_RULES)
+
+
+def convert_dfine(state_dict: Dict[str, Tensor]) -> 'OrderedDict[str, Tensor]':
+    """A whole D-FINE / DEIM-D-FINE state dict (``backbone.*`` HGNetv2, ``encoder.*``,
+    ``decoder.*``) -> ours. KeyError for a key no rule knows."""
+    unknown = [k for k in state_dict if not k.startswith(('backbone.', 'encoder.', 'decoder.'))]
+    if unknown:
+        raise KeyError(f'{len(unknown)} keys outside backbone/encoder/decoder, e.g. {unknown[:5]}')
+    converted = rename({k: v for k, v in state_dict.items() if k.startswith('backbone.')},
+                       hgnetv2_rules('backbone.'))
+    add_batchnorm_counters(converted, 'backbone.')
+    converted.update(convert_dfine_encoder(state_dict))
+    converted.update(convert_dfine_decoder(state_dict))
+    return converted

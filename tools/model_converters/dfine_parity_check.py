@@ -7,8 +7,9 @@ Second half of the D-FINE decoder/head parity check, run in detr_plugin's enviro
 
 For every size in the file, builds our ``DFINEDecoder`` + ``DFINEHead`` + denoising from the
 saved original config (inside an ``RTDETR`` detector whose backbone and neck are not used: the
-saved encoder levels are the input), loads the converted weights strictly, and prints the
-largest absolute difference of:
+saved encoder levels are the input; for a ``--full`` reference the whole model with ``HGNetv2``
+and ``DFineHybridEncoder`` on the saved images), loads the converted weights strictly, and prints
+the largest absolute difference of:
 
 * eval mode, per decoder layer i (``eval_idx`` = i, as the original was run): class logits,
   boxes and edge logits (the distributions) of the queries;
@@ -32,7 +33,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from rtdetr_parity_check import data_samples, matched_max_diff  # noqa: E402
 
-from detr_plugin.converters.dfine import convert_dfine_decoder  # noqa: E402
+from detr_plugin.converters.dfine import convert_dfine, convert_dfine_decoder  # noqa: E402
 from detr_plugin.registry import MODELS  # noqa: E402
 from detr_plugin.utils import register_all_modules  # noqa: E402
 
@@ -41,7 +42,13 @@ UNUSED_BACKBONE = dict(type='ResNetVd', depth=18, num_stages=4, out_indices=(1, 
                        frozen_stages=-1, norm_cfg=dict(type='BN'), style='pytorch')
 
 
-# DFINETransformer's argument defaults that the YAML configs may leave out
+# the original's argument defaults that the YAML configs may leave out
+HGNETV2_DEFAULTS = dict(use_lab=False, return_idx=[1, 2, 3], freeze_stem_only=True, freeze_at=0,
+                        freeze_norm=True)
+ENCODER_DEFAULTS = dict(in_channels=[512, 1024, 2048], hidden_dim=256, nhead=8,
+                        dim_feedforward=1024, dropout=0.0, enc_act='gelu', use_encoder_idx=[2],
+                        num_encoder_layers=1, pe_temperature=10000, expansion=1.0, depth_mult=1.0,
+                        act='silu')
 ORIGINAL_DEFAULTS = dict(hidden_dim=256, num_queries=300, num_levels=3, num_points=4, nhead=8,
                          num_layers=6, dim_feedforward=1024, num_denoising=100,
                          label_noise_ratio=0.5, box_noise_scale=1.0, eval_idx=-1,
@@ -49,10 +56,32 @@ ORIGINAL_DEFAULTS = dict(hidden_dim=256, num_queries=300, num_levels=3, num_poin
                          reg_scale=4.0, activation='relu', mlp_act='relu')
 
 
-def model_config(cfg: dict, criterion: dict) -> dict:
-    """Our detector config of the original's ``DFINETransformer`` section and criterion (D-FINE's
-    or DEIM's: MAL, SiLU activations)."""
-    cfg = dict(ORIGINAL_DEFAULTS, **cfg)
+def backbone_and_neck(sections: dict) -> dict:
+    """Our HGNetv2 and DFineHybridEncoder configs of the original's YAML sections."""
+    hgnet = dict(HGNETV2_DEFAULTS, **sections['HGNetv2'])
+    frozen = hgnet['freeze_at']
+    if frozen >= 0:
+        frozen = 0 if hgnet['freeze_stem_only'] else frozen + 1
+    enc = dict(ENCODER_DEFAULTS, **sections['HybridEncoder'])
+    return dict(
+        backbone=dict(type='HGNetv2', arch=hgnet['name'], out_indices=hgnet['return_idx'],
+                      use_lab=hgnet['use_lab'], frozen_stages=frozen,
+                      norm_cfg=dict(type='FrozenBatchNorm2d' if hgnet['freeze_norm'] else 'BN')),
+        neck=dict(type='DFineHybridEncoder', in_channels=enc['in_channels'],
+                  embed_dims=enc['hidden_dim'], num_heads=enc['nhead'],
+                  ffn_dims=enc['dim_feedforward'], dropout=enc['dropout'],
+                  enc_act=enc['enc_act'], encoder_levels=enc['use_encoder_idx'],
+                  num_encoder_layers=enc['num_encoder_layers'],
+                  pe_temperature=enc['pe_temperature'], expansion=enc['expansion'],
+                  depth_mult=enc['depth_mult'], act=enc['act']))
+
+
+def model_config(sections: dict) -> dict:
+    """Our detector config of the original's YAML sections: ``DFINETransformer`` and the
+    criterion (D-FINE's or DEIM's: MAL, SiLU activations), with ``HGNetv2`` and
+    ``HybridEncoder`` for a whole model (else an unused backbone and neck)."""
+    cfg = dict(ORIGINAL_DEFAULTS, **sections['DFINETransformer'])
+    criterion = sections['criterion']
     dims = cfg['hidden_dim']
     weights = criterion['weight_dict']
     act, mlp_act = cfg['activation'], cfg['mlp_act']
@@ -65,10 +94,12 @@ def model_config(cfg: dict, criterion: dict) -> dict:
         cls_name, loss_cls = 'loss_vfl', dict(type='RTDETRVarifocalLoss', alpha=criterion['alpha'],
                                               gamma=criterion['gamma'],
                                               loss_weight=weights['loss_vfl'])
+    backbone_neck = (backbone_and_neck(sections) if 'HGNetv2' in sections else dict(
+        backbone=UNUSED_BACKBONE,
+        neck=dict(type='HybridEncoder', in_channels=[128, 256, 512], embed_dims=dims)))
     return dict(
         type='RTDETR',
-        backbone=UNUSED_BACKBONE,
-        neck=dict(type='HybridEncoder', in_channels=[128, 256, 512], embed_dims=dims),
+        **backbone_neck,
         decoder=dict(type='DFINEDecoder', in_channels=cfg['feat_channels'], embed_dims=dims,
                      num_queries=cfg['num_queries'], num_layers=cfg['num_layers'],
                      mlp_act=mlp_act,
@@ -112,16 +143,28 @@ def loss_name(original: str, num_layers: int) -> str:
 
 def compare(reference: dict) -> Dict[str, float]:
     """Largest absolute difference of every compared output, by name."""
-    model = MODELS.build(model_config(reference['config'], reference['criterion']))
-    missing, unexpected = model.load_state_dict(convert_dfine_decoder(reference['state_dict']),
-                                                strict=False)
-    missing = [k for k in missing if not k.startswith(('backbone.', 'neck.'))]
-    if missing or unexpected:
-        raise KeyError(f'missing {missing[:5]}, unexpected {unexpected[:5]}')
-    feats, targets = reference['feats'], reference['targets']
-    stride = reference['config']['feat_strides'][0]
-    h, w = feats[0].shape[-2] * stride, feats[0].shape[-1] * stride
-    samples = data_samples(torch.zeros(1, 3, h, w), targets)
+    sections = reference['config']
+    full = 'HGNetv2' in sections
+    model = MODELS.build(model_config(sections))
+    if full:
+        model.load_state_dict(convert_dfine(reference['state_dict']), strict=True)
+    else:
+        missing, unexpected = model.load_state_dict(
+            convert_dfine_decoder(reference['state_dict']), strict=False)
+        missing = [k for k in missing if not k.startswith(('backbone.', 'neck.'))]
+        if missing or unexpected:
+            raise KeyError(f'missing {missing[:5]}, unexpected {unexpected[:5]}')
+    inputs, targets = reference['inputs'], reference['targets']
+    if full:
+        samples = data_samples(inputs, targets)
+    else:
+        stride = sections['DFINETransformer']['feat_strides'][0]
+        size = (inputs[0].shape[-2] * stride, inputs[0].shape[-1] * stride)
+        samples = data_samples(torch.zeros(1, 3, *size), targets)
+
+    def features():
+        return model.extract_feat(inputs) if full else inputs
+
     diffs = {}
 
     def record(name, ours, theirs):
@@ -134,7 +177,7 @@ def compare(reference: dict) -> Dict[str, float]:
     for i, layer in enumerate(reference['eval']['layers']):
         model.bbox_head.eval_idx = i
         with torch.no_grad():
-            out = model.forward_transformer(feats)
+            out = model.forward_transformer(features())
         record_set(f'eval/layer{i} (logits, boxes, corners)',
                    torch.cat([out.logits[-1], out.boxes[-1], out.extras[-1]], -1),
                    torch.cat([layer['pred_logits'], layer['pred_boxes'], layer['corners']], -1))
@@ -142,8 +185,8 @@ def compare(reference: dict) -> Dict[str, float]:
 
     model.train()
     torch.manual_seed(reference['seed'])
-    gt = model.bbox_head.ground_truth(samples, feats[0])
-    out = model.forward_transformer(feats, gt)
+    gt = model.bbox_head.ground_truth(samples, samples[0].gt_instances.bboxes)
+    out = model.forward_transformer(features(), gt)
     ref = reference['train']
     layers = ref['aux_outputs'] + [ref]
     for i, layer in enumerate(layers):
@@ -192,7 +235,9 @@ def main() -> None:
     worst = 0.0
     for size, reference in saved['sizes'].items():
         diffs = compare(dict(reference, seed=saved['seed']))
-        print(f"| {'DEIM-' if saved['deim'] else ''}D-FINE {size.upper()} | max abs diff |")
+        part = 'whole model' if saved.get('full') else 'transformer'
+        print(f"| {'DEIM-' if saved['deim'] else ''}D-FINE {size.upper()} ({part}) | max abs "
+              'diff |')
         print('|---|---|')
         for name, diff in diffs.items():
             print(f'| {name} | {diff:.2e}{"  FAIL" if diff > args.tol else ""} |')

@@ -14,11 +14,15 @@ config (D-FINE: configs/dfine/dfine_hgnetv2_<size>_coco.yml; DEIM:
 configs/deim_dfine/deim_hgnetv2_<size>_coco.yml) with 80 classes, after
 ``torch.manual_seed(seed)``; every weight gets seeded noise (as rtdetr_parity_reference.py does;
 the zero-initialized box, gate and LQE layers then predict non-trivial distributions). The inputs
-are random encoder levels of a 640 x 640 image. The file holds, per size: ``config``,
-``state_dict`` (keys as in a full model's checkpoint, ``decoder.*``), ``feats``, ``targets``
-(cxcywh normalized; image 1 has no box), ``eval`` (``layers``: per decoder layer i, the eval
-output with ``eval_idx`` = i: ``pred_logits``, ``pred_boxes`` and the layer's edge logits
-``corners``), ``train`` (every output of a training-mode forward with denoising after
+are random encoder levels of a 640 x 640 image. With ``--full`` the whole model (HGNetv2, hybrid
+encoder, transformer; no pretrained download) is built and run on random 640 x 640 images, its
+BatchNorm statistics calibrated on them and then perturbed (as rtdetrv2_parity_reference.py).
+The file holds, per size: ``config`` (the YAML's sections), ``state_dict`` (keys as in the
+original's checkpoint: ``decoder.*``, with ``--full`` also ``backbone.*`` and ``encoder.*``),
+``inputs`` (the encoder levels, or with ``--full`` the images), ``targets`` (cxcywh normalized;
+image 1 has no box), ``eval`` (``layers``: per decoder layer i, the eval output with
+``eval_idx`` = i: ``pred_logits``, ``pred_boxes`` and the layer's edge logits ``corners``),
+``train`` (every output of a training-mode forward with denoising after
 ``torch.manual_seed(seed)``) and ``losses`` (every criterion term). The second half,
 dfine_parity_check.py, converts the weights and compares detr_plugin's outputs.
 """
@@ -31,7 +35,8 @@ import types
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from rtdetr_parity_reference import detach, fixed_targets, perturb  # noqa: E402
+from rtdetr_parity_reference import (calibrate_batchnorm, detach, fixed_targets,  # noqa: E402
+                                     perturb)
 
 # persistent float buffers that are fixed tables, not weights: left unperturbed
 CONSTANT_BUFFERS = ('num_points_scale', 'anchors')
@@ -59,6 +64,21 @@ def import_original(root: str, deim: bool):
     return decoder.DFINETransformer, criterion_class, matcher.HungarianMatcher, YAMLConfig
 
 
+def import_full_model(root: str, deim: bool):
+    """The original's detector, HGNetv2 and hybrid encoder classes (after
+    :func:`import_original`)."""
+    top, zoo = ('engine', 'engine.deim') if deim else ('src', 'src.zoo.dfine')
+    backbone = f'{top}.backbone' if deim else 'src.nn.backbone'
+    for name in ([] if deim else ['src.nn']) + [backbone]:
+        module = types.ModuleType(name)
+        module.__path__ = [os.path.join(root, *name.split('.'))]
+        sys.modules[name] = module
+    detector = importlib.import_module(f'{zoo}.{"deim" if deim else "dfine"}')
+    return (detector.DEIM if deim else detector.DFINE,
+            importlib.import_module(f'{backbone}.hgnetv2').HGNetv2,
+            importlib.import_module(f'{zoo}.hybrid_encoder').HybridEncoder)
+
+
 class CornerRecorder:
     """Forward hook on the decoder's ``Integral``: the edge logits of every layer it decodes,
     in call order (one call per layer run)."""
@@ -83,38 +103,54 @@ def build(classes, yaml_cfg: dict, num_classes: int):
     return transformer, criterion
 
 
-def run(classes, yaml_cfg: dict, seed: int, batch_size: int) -> dict:
+def run(classes, yaml_cfg: dict, seed: int, batch_size: int, full) -> dict:
+    """Builds, perturbs and runs one model; ``full``: :func:`import_full_model`'s classes, or
+    None for the transformer alone."""
     torch.manual_seed(seed)
     transformer, criterion = build(classes, yaml_cfg, num_classes=80)
     cfg = yaml_cfg['DFINETransformer']
     generator = torch.Generator().manual_seed(seed)
     height, width = yaml_cfg['eval_spatial_size']
-    feats = [torch.randn(batch_size, c, height // s, width // s, generator=generator)
-             for c, s in zip(cfg['feat_channels'], cfg['feat_strides'])]
-    perturb(transformer, generator, stats=False, constants=CONSTANT_BUFFERS)
-    state_dict = {f'decoder.{k}': v.clone() for k, v in transformer.state_dict().items()}
+    sections = dict(DFINETransformer=cfg, criterion=yaml_cfg[yaml_cfg['criterion']])
+    if full is None:
+        model = transformer
+        inputs = [torch.randn(batch_size, c, height // s, width // s, generator=generator)
+                  for c, s in zip(cfg['feat_channels'], cfg['feat_strides'])]
+        perturb(model, generator, stats=False, constants=CONSTANT_BUFFERS)
+        state_dict = {f'decoder.{k}': v.clone() for k, v in model.state_dict().items()}
+    else:
+        Detector, HGNetv2, HybridEncoder = full
+        sections.update(HGNetv2=yaml_cfg['HGNetv2'], HybridEncoder=yaml_cfg['HybridEncoder'])
+        backbone = HGNetv2(**dict(yaml_cfg['HGNetv2'], pretrained=False))
+        encoder = HybridEncoder(**dict(yaml_cfg['HybridEncoder'],
+                                       eval_spatial_size=yaml_cfg['eval_spatial_size']))
+        model = Detector(backbone, encoder, transformer)
+        inputs = torch.rand(batch_size, 3, height, width, generator=generator)
+        perturb(model, generator, stats=False, constants=CONSTANT_BUFFERS)
+        calibrate_batchnorm(model, inputs)
+        perturb(model, generator, stats=True)
+        state_dict = {k: v.clone() for k, v in model.state_dict().items()}
     targets = fixed_targets()[:batch_size]
     corners = CornerRecorder(transformer.integral)
 
-    transformer.eval()
+    model.eval()
     decoder = transformer.decoder
     eval_idx, layers = decoder.eval_idx, []
     with torch.no_grad():
         for i in range(decoder.num_layers):
             decoder.eval_idx = i
-            out = transformer(feats)
+            out = model(inputs)
             layers.append(dict(pred_logits=out['pred_logits'], pred_boxes=out['pred_boxes'],
                                corners=corners.calls[-1]))
     decoder.eval_idx = eval_idx
 
-    transformer.train()
+    model.train()
     torch.manual_seed(seed)
-    out = transformer(feats, targets)
+    out = model(inputs, targets)
     train = detach(out)
     losses = {k: float(v.detach()) for k, v in criterion(out, targets).items()}
-    return dict(config=cfg, criterion=yaml_cfg[yaml_cfg['criterion']], state_dict=state_dict,
-                feats=feats, targets=targets, eval=dict(layers=detach(layers)), train=train,
-                losses=losses)
+    return dict(config=sections, state_dict=state_dict, inputs=inputs, targets=targets,
+                eval=dict(layers=detach(layers)), train=train, losses=losses)
 
 
 def main() -> None:
@@ -124,6 +160,8 @@ def main() -> None:
     parser.add_argument('--deim', action='store_true', help='DEIM-D-FINE configs and criterion')
     parser.add_argument('--sizes', nargs='+', default=['n', 's', 'l'],
                         choices=['n', 's', 'm', 'l', 'x'])
+    parser.add_argument('--full', action='store_true',
+                        help='the whole model (HGNetv2, encoder, transformer) on images')
     parser.add_argument('--out', required=True)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--batch-size', type=int, default=2)
@@ -131,17 +169,18 @@ def main() -> None:
 
     classes = import_original(args.root, args.deim)
     YAMLConfig = classes[-1]
+    full = import_full_model(args.root, args.deim) if args.full else None
     results = {}
     for size in args.sizes:
         folder, stem = ('deim_dfine', 'deim') if args.deim else ('dfine', 'dfine')
         path = os.path.join(args.root, 'configs', folder, f'{stem}_hgnetv2_{size}_coco.yml')
-        results[size] = run(classes, YAMLConfig(path).yaml_cfg, args.seed, args.batch_size)
+        results[size] = run(classes, YAMLConfig(path).yaml_cfg, args.seed, args.batch_size, full)
         result = results[size]
         print(f'{size}: {len(result["state_dict"])} tensors, {len(result["eval"]["layers"])} '
               f'layers, {len(result["losses"])} losses, dn groups '
               f'{result["train"]["dn_meta"]["dn_num_group"]}')
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    torch.save(dict(seed=args.seed, deim=args.deim, sizes=results,
+    torch.save(dict(seed=args.seed, deim=args.deim, full=args.full, sizes=results,
                     torch_version=torch.__version__), args.out)
 
 

@@ -52,7 +52,10 @@ def test_schedule_base_windows_the_dataset_base(demo_runs, tmp_path):
     assert [type(t).__name__ for t in runner.train_dataloader.dataset.pipeline][:3] == [
         'Mosaic', 'PhotoMetricDistortion', 'SkipAfterMosaic']
     assert [type(a).__name__ for a in model.data_preprocessor.batch_augments] == [
-        'BatchMixUp', 'BatchSyncRandomResize']
+        'BatchMixUp', 'BatchMultiScaleResize']
+    # DEIM's generate_scales(640, 3)
+    assert model.data_preprocessor.batch_augments[1].sizes == [
+        480, 512, 544, 576, 608, 640, 640, 640, 800, 768, 736, 704, 672]
 
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=5e-4)
     scheduler = PARAM_SCHEDULERS.build(schedule.param_scheduler[0], default_args=dict(

@@ -41,12 +41,14 @@ test_pipeline = [
     dict(type='PackDetInputs',
          meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))
 ]
-# MixUp before the multi-scale resize, as DEIM's collate function. DEIM picks one of 480-800 in
-# steps of 32 with 640 weighted by base_size_repeat (3 by default; D-FINE-L's 4, S's 20, M's 6,
-# X's 3, none for N), nearest-neighbour; mmdet's BatchSyncRandomResize picks uniformly, bilinear.
+# MixUp before the multi-scale resize, as DEIM's collate function. Multi-scale: one square side
+# per batch from 480-608 and 672-800 in steps of 32 and 640 repeated base_size_repeat times (3 in
+# dataloader.yml; the models' D-FINE configs: S 20, M 6, L 4, X 3, N no multi-scale).
+base_size_repeat = 3
 dense_o2o_batch_augments = [
     dict(type='BatchMixUp', prob=0.5, ratio_range=(0.45, 0.55)),
-    dict(type='BatchSyncRandomResize', random_size_range=(480, 800), size_divisor=32, interval=1),
+    dict(type='BatchMultiScaleResize',
+         sizes=list(range(480, 640, 32)) + [640] * base_size_repeat + list(range(800, 640, -32))),
 ]
 
 train_dataloader = dict(

@@ -40,7 +40,7 @@ param_scheduler = [
 default_hooks = dict(augmentation_window=dict(
     type='AugmentationWindowHook',
     windows=dict(Mosaic=(4, 29), BatchMixUp=(4, 29), PhotoMetricDistortion=(4, 50),
-                 SkipAfterMosaic=(4, 50), BatchSyncRandomResize=(0, 50))))
+                 SkipAfterMosaic=(4, 50), BatchMultiScaleResize=(0, 50))))
 
 custom_hooks = [
     dict(type='NumClassesCheckHook'),

@@ -1,3 +1,4 @@
 from .batch_mixup import BatchMixUp
+from .batch_multi_scale_resize import BatchMultiScaleResize
 
-__all__ = ['BatchMixUp']
+__all__ = ['BatchMixUp', 'BatchMultiScaleResize']

@@ -4,6 +4,8 @@ dfine_parity_reference.py.
 Second half of the D-FINE decoder/head parity check, run in detr_plugin's environment::
 
     python tools/model_converters/dfine_parity_check.py dfine_transformer.pth [--tol 1e-4]
+    python tools/model_converters/dfine_parity_check.py dfine_l.pth \
+        --config configs/_base_/models/dfine_hgnetv2.py
 
 For every size in the file, builds our ``DFINEDecoder`` + ``DFINEHead`` + denoising from the
 saved original config (inside an ``RTDETR`` detector whose backbone and neck are not used: the
@@ -26,9 +28,10 @@ import argparse
 import os
 import re
 import sys
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
+from mmengine.config import Config
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from rtdetr_parity_check import data_samples, matched_max_diff  # noqa: E402
@@ -141,11 +144,13 @@ def loss_name(original: str, num_layers: int) -> str:
     return f'{prefix}{base}' if int(index) == num_layers - 1 else f'd{index}.{prefix}{base}'
 
 
-def compare(reference: dict) -> Dict[str, float]:
-    """Largest absolute difference of every compared output, by name."""
+def compare(reference: dict, config: Optional[str] = None) -> Dict[str, float]:
+    """Largest absolute difference of every compared output, by name; ``config``: our config
+    file of the model (else translated from the saved YAML sections)."""
     sections = reference['config']
     full = 'HGNetv2' in sections
-    model = MODELS.build(model_config(sections))
+    model = MODELS.build(model_config(sections) if config is None
+                         else dict(Config.fromfile(config).model, _scope_='detr_plugin'))
     if full:
         model.load_state_dict(convert_dfine(reference['state_dict']), strict=True)
     else:
@@ -228,13 +233,15 @@ def compare(reference: dict) -> Dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('reference', help='file written by dfine_parity_reference.py')
+    parser.add_argument('--config', help='our config of the (one) model in the file, instead '
+                        'of one translated from the original YAML')
     parser.add_argument('--tol', type=float, default=1e-4)
     args = parser.parse_args()
     register_all_modules()
     saved = torch.load(args.reference, map_location='cpu', weights_only=False)
     worst = 0.0
     for size, reference in saved['sizes'].items():
-        diffs = compare(dict(reference, seed=saved['seed']))
+        diffs = compare(dict(reference, seed=saved['seed']), args.config)
         part = 'whole model' if saved.get('full') else 'transformer'
         print(f"| {'DEIM-' if saved['deim'] else ''}D-FINE {size.upper()} ({part}) | max abs "
               'diff |')

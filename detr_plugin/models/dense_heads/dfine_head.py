@@ -144,7 +144,8 @@ class DFINEHead(RTDETRHead):
                              'predict_initial_box), as DFINEDecoder passes it')
         state = previous.carry
         corners = self.reg_branches[index](query + state.query) + state.corners
-        distances = distribution_to_distances(corners, state.weights)
+        with torch.autocast(query.device.type, enabled=False):  # float32 boxes under AMP
+            distances = distribution_to_distances(at_least_float32(corners), state.weights)
         boxes = distances_to_boxes(state.initial_reference, distances, self.reg_scale)
         logits = None
         if self.training or index == self.eval_idx:

@@ -202,3 +202,21 @@ def test_loss_without_any_box_is_finite_and_reaches_the_outputs():
     assert torch.isfinite(total)
     total.backward()
     assert outputs.extras.grad is not None and outputs.boxes.grad is not None
+
+
+def test_boxes_are_decoded_in_float32_under_autocast():
+    head = build_head().float().train()
+    query = torch.randn(2, 3, C)
+    reference = torch.rand(2, 3, 4) * 0.5 + 0.2
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        pre = head.predict_initial_box(query, reference)
+        out = head.predict_layer(0, query, reference, pre)
+    assert out.boxes.dtype == torch.float32 and out.extras.dtype == torch.bfloat16
+    state = pre.carry
+    prob = out.extras.float().unflatten(-1, (4, REG_MAX + 1)).softmax(-1)
+    distances = (prob * state.weights).sum(-1)  # the expectation, in float32
+    size = state.initial_reference[..., 2:].repeat(1, 1, 2) / 4.0
+    centre = state.initial_reference[..., :2].repeat(1, 1, 2)
+    edges = centre + torch.tensor([-1., -1., 1., 1.]) * (2.0 + distances) * size
+    expected = torch.cat([(edges[..., :2] + edges[..., 2:]) / 2, edges[..., 2:] - edges[..., :2]], -1)
+    torch.testing.assert_close(out.boxes, expected)

@@ -6,9 +6,10 @@
 #
 # Pins: torch 2.13.0 (only when no torch is importable: a CUDA torch you already have is kept),
 # mmengine 0.10.7, mmcv 2.1.0 built from source with its compiled ops, mmdet 3.3.0, then
-# onnx 1.23.2 and onnxruntime 1.31.1 (optional for users, needed by the export tests), then
-# `pip install -e .` of this project (which compiles our CUDA op when torch has CUDA and nvcc
-# is present). Prints the path of the environment's python on its last line.
+# deepforest 2.1.0 without its dependencies (its photographs are test data), then onnx 1.23.2
+# and onnxruntime 1.31.1 (optional for users, needed by the export tests), then `pip install -e .`
+# of this project (which compiles our CUDA op when torch has CUDA and nvcc is present). Prints the
+# path of the environment's python on its last line.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -38,6 +39,11 @@ if ! has 'import mmcv, mmcv.ops; assert mmcv.__version__ == "2.1.0"'; then
 fi
 has 'import mmdet; assert mmdet.__version__ == "3.3.0"' || pip_install mmdet==3.3.0
 has 'import pytest' || pip_install pytest
+# real photographs with tree-crown boxes for tests and the fine-tuning example
+# (tools/dataset_converters/deepforest_trees_to_coco.py): only its data files are read, so without
+# its dependencies (a 20 MB wheel)
+has 'import importlib.util as u, sys; sys.exit(u.find_spec("deepforest") is None)' \
+  || pip_install --no-deps deepforest==2.1.0
 # optional for users (pip install -e .[onnx]); the tests of tools/deployment/export_onnx.py use them
 has 'import onnx, onnxruntime' || pip_install onnx==1.23.2 onnxruntime==1.31.1
 # Without the current directory on sys.path: from the repo root the source tree imports even when

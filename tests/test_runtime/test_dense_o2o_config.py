@@ -1,6 +1,7 @@
 """The Dense O2O bases fit together: the dataset base's pipeline, on tiny demo data, gives 640 x 640
 samples with boxes inside; the schedule's AugmentationWindowHook finds every name it windows in that
-pipeline and the batch augments; its FlatCosineLR starts at 1/500 of the base rate."""
+pipeline and the batch augments; its FlatCosineLR starts at 1/500 of the base rate; the restart
+from the best checkpoint is at the end of the augmentation."""
 import logging
 from types import SimpleNamespace
 
@@ -62,3 +63,5 @@ def test_schedule_base_windows_the_dataset_base(demo_runs, tmp_path):
         optimizer=optimizer, epoch_length=100))
     assert optimizer.param_groups[0]['lr'] == 5e-4 / 500
     assert (scheduler.end, scheduler.flat_end, scheduler.final_steps) == (5800, 2900, 800)
+    assert HOOKS.build(schedule.default_hooks.restart_from_best).epoch == 50
+    assert schedule.default_hooks.checkpoint.save_best == 'coco/bbox_mAP'

@@ -11,9 +11,10 @@
 #   epochs 4-28   Dense O2O: Mosaic or zoom-out + IoU crop, photometric, MixUp, multi-scale
 #   epochs 29-49  photometric, zoom-out, IoU crop, multi-scale
 #   epochs 50-57  flip and resize only
-# The other sizes (DEIM's YAML): S 132 epochs, flat_end 64, final_steps 12, windows 4/64/120;
-# M 102, 49, 12, 4/49/90; N 160, flat past the end (flat_end 7800) with lr_gamma 1.0,
-# final_steps 12, windows 4/78/148 and no multi-scale (drop its window with _delete_).
+# The other sizes (DEIM's YAML): S 132 epochs, flat_end 64, final_steps 12, windows 4/64/120
+# (restart at 120); M 102, 49, 12, 4/49/90; N 160, flat past the end (flat_end 7800) with
+# lr_gamma 1.0, final_steps 12, windows 4/78/148 and no multi-scale (drop its window with
+# _delete_).
 _base_ = '../default_runtime.py'
 
 max_epochs = 58
@@ -36,11 +37,16 @@ param_scheduler = [
          start_factor=1 / 500)
 ]
 
-# a named default hook, so that the other sizes change only its windows
-default_hooks = dict(augmentation_window=dict(
-    type='AugmentationWindowHook',
-    windows=dict(Mosaic=(4, 29), BatchMixUp=(4, 29), PhotoMetricDistortion=(4, 50),
-                 SkipAfterMosaic=(4, 50), BatchMultiScaleResize=(0, 50))))
+# named default hooks, so that the other sizes change only their epochs. At epoch 50 (DEIM's
+# stop_epoch) the model, EMA and optimizer restart from the best checkpoint so far, as DEIM's
+# solver reloads best_stg1.pth (its 'EMA refresh'; the decay it also sets there is not used).
+default_hooks = dict(
+    checkpoint=dict(save_best='coco/bbox_mAP', rule='greater'),
+    augmentation_window=dict(
+        type='AugmentationWindowHook',
+        windows=dict(Mosaic=(4, 29), BatchMixUp=(4, 29), PhotoMetricDistortion=(4, 50),
+                     SkipAfterMosaic=(4, 50), BatchMultiScaleResize=(0, 50))),
+    restart_from_best=dict(type='RestartFromBestHook', epoch=50))
 
 custom_hooks = [
     dict(type='NumClassesCheckHook'),

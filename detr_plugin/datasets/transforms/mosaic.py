@@ -120,7 +120,10 @@ class Mosaic(BaseTransform):
         new_long = int(self.img_scale * long / short)
         new_w, new_h = (self.img_scale, new_long) if width <= height else (new_long, self.img_scale)
         sx, sy = new_w / width, new_h / height
-        out = dict(img=mmcv.imresize(tile['img'], (new_w, new_h), interpolation='bilinear'),
+        # Pillow's bilinear (antialiased when shrinking), as torchvision resizes DEIM's PIL images
+        img = mmcv.imresize(tile['img'], (new_w, new_h), interpolation='bilinear',
+                            backend='pillow')
+        out = dict(img=img,
                    boxes=_boxes(tile) * np.array([sx, sy, sx, sy], dtype=np.float32),
                    labels=tile['gt_bboxes_labels'], ignore=tile.get('gt_ignore_flags'))
         if 'gt_masks' in tile:

@@ -6,7 +6,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from mmcv.transforms import Compose
 from mmdet.datasets import MultiImageMixDataset
 from mmdet.models.data_preprocessors import DetDataPreprocessor
 from mmengine.dataset import BaseDataset

@@ -2,7 +2,6 @@
 DetDataPreprocessor as a config uses it."""
 import random
 
-import numpy as np
 import pytest
 import torch
 from mmdet.models.data_preprocessors import DetDataPreprocessor

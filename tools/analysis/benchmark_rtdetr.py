@@ -9,7 +9,8 @@ Inference (``--mode infer``): 640x640 images in, top-300 (boxes, scores, labels)
 - original: its deploy form (``model.deploy()`` + ``postprocessor.deploy()``, as its
   tools/export_onnx.py builds it), eager, fp32 or bf16 autocast; also captured in a CUDA graph.
 - ours: :class:`detr_plugin.deploy.End2EndDetector` on the fused model
-  (:func:`detr_plugin.deploy.fuse_for_inference`), eager and in a CUDA graph.
+  (:func:`detr_plugin.deploy.fuse_for_inference`), eager and in a CUDA graph; in bf16 / fp16 with
+  the weights stored in that dtype (:func:`detr_plugin.deploy.store_weights_for_autocast`).
 Training (``--mode train``): one step (forward with denoising, loss with matching, backward,
 gradient clipping 0.1, AdamW) on random boxes: ours ``model.train_step`` with the config's
 optimizer wrapper, the original's model + criterion + the same optimizer settings.
@@ -25,6 +26,7 @@ lyuwenyu/RT-DETR's ``rtdetr_pytorch`` (``--version v1``) or ``rtdetrv2_pytorch``
 """
 import argparse
 import contextlib
+import copy
 import os
 import statistics
 import sys
@@ -151,7 +153,8 @@ def full_fp32():
 
 
 def infer_rows(name: str, args) -> list:
-    from detr_plugin.deploy import End2EndDetector, fuse_for_inference
+    from detr_plugin.deploy import (End2EndDetector, fuse_for_inference,
+                                    store_weights_for_autocast)
     theirs, _, post, ours, _ = build_pair(args.version, name, args.rtdetr_root)
     dev = args.device
     theirs = theirs.deploy().to(dev)
@@ -166,13 +169,16 @@ def infer_rows(name: str, args) -> list:
             _, our_scores, _ = ours(images)
         score_diff = (their_scores.sort(1).values - our_scores.sort(1).values).abs().max().item()
         for dtype in args.dtype:
+            net = ours if DTYPES[dtype] is None else \
+                store_weights_for_autocast(copy.deepcopy(ours), DTYPES[dtype])
+
             def run_theirs():
                 with torch.no_grad(), autocast(dtype, args.device):
                     return post(theirs(images), sizes)
 
             def run_ours():
                 with torch.no_grad(), autocast(dtype, args.device):
-                    return ours(images)
+                    return net(images)
             row = dict(model=name, batch=bs, dtype=dtype, score_diff=score_diff)
             fns = dict(theirs_eager=run_theirs, ours_eager=run_ours)
             for impl, fn in (('theirs', run_theirs), ('ours', run_ours)):

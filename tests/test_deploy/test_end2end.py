@@ -51,6 +51,25 @@ def test_end2end_equals_predict(name):
     assert boxes[..., 0::2].max() <= w and boxes[..., 1::2].max() <= h and boxes.min() >= 0
 
 
+@pytest.mark.parametrize('name', ['deformable', 'rtdetr'])
+def test_channels_last_gives_predicts_detections(name):
+    """float64, so that near-equal scores keep their order in both layouts."""
+    model = small_model(CONFIGS[name]).double()
+    h, w = 160, 192
+    images = torch.randn(1, 3, h, w, dtype=torch.float64)
+    sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w),
+                                         batch_input_shape=(h, w), pad_shape=(h, w),
+                                         scale_factor=(1., 1.)))
+    with torch.no_grad():
+        expected = model.predict(images, [sample], rescale=False)[0].pred_instances
+        boxes, scores, labels = End2EndDetector(model, channels_last=True)(images)
+    conv = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(scores[0].double(), expected.scores.double(), rtol=0, atol=1e-12)
+    torch.testing.assert_close(labels[0], expected.labels)
+    torch.testing.assert_close(boxes[0].double(), expected.bboxes.double(), rtol=0, atol=1e-9)
+
+
 def test_end2end_rejects_bad_input():
     with pytest.raises(TypeError, match='detr_plugin'):
         End2EndDetector(torch.nn.Linear(2, 2))

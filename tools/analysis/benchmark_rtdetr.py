@@ -9,8 +9,9 @@ Inference (``--mode infer``): 640x640 images in, top-300 (boxes, scores, labels)
 - original: its deploy form (``model.deploy()`` + ``postprocessor.deploy()``, as its
   tools/export_onnx.py builds it), eager, fp32 or bf16 autocast; also captured in a CUDA graph.
 - ours: :class:`detr_plugin.deploy.End2EndDetector` on the fused model
-  (:func:`detr_plugin.deploy.fuse_for_inference`), eager and in a CUDA graph; in bf16 / fp16 with
-  the weights stored in that dtype (:func:`detr_plugin.deploy.store_weights_for_autocast`).
+  (:func:`detr_plugin.deploy.fuse_for_inference`), channels-last on the GPU, eager and in a CUDA
+  graph; in bf16 / fp16 with the weights stored in that dtype
+  (:func:`detr_plugin.deploy.store_weights_for_autocast`).
 Training (``--mode train``): one step (forward with denoising, loss with matching, backward,
 gradient clipping 0.1, AdamW) on random boxes: ours ``model.train_step`` with the config's
 optimizer wrapper, the original's model + criterion + the same optimizer settings.
@@ -159,7 +160,7 @@ def infer_rows(name: str, args) -> list:
     dev = args.device
     theirs = theirs.deploy().to(dev)
     post = post.deploy()
-    ours = End2EndDetector(fuse_for_inference(ours.eval())).to(dev)
+    ours = End2EndDetector(fuse_for_inference(ours.eval()), channels_last=dev == 'cuda').to(dev)
     rows = []
     for bs in args.batch:
         images = torch.rand(bs, 3, 640, 640, generator=torch.Generator().manual_seed(bs)).to(dev)

@@ -6,10 +6,10 @@ images -> (boxes, scores, labels) (:class:`detr_plugin.deploy.End2EndDetector`),
 chosen autocast dtype, for each ``--variants``: ``autocast`` (float32 weights, cast by autocast at
 every call), ``stored`` (:func:`detr_plugin.deploy.store_weights_for_autocast`: the low-precision
 weights stored once), ``stored+channels_last`` (also channels-last images and convolution
-weights, so that cuDNN needs no layout transposes). For each graph the tool reports the replay time (median of ``--iters``),
-and from a profile of ``--profile-iters`` replays: the kernels per replay, the sum of their
-durations, the replay time not covered by a kernel (launch gaps / dependencies between
-kernels), and the largest kernels. The differences between the three graphs attribute the time
+weights, so that cuDNN needs no layout transposes). For each graph the tool reports the replay
+time (median of ``--iters``), and from a profile of ``--profile-iters`` replays: the kernels per
+replay, the sum of their durations, the replay time not covered by a kernel (launch gaps /
+dependencies between kernels), and the largest kernels. The differences between the three graphs attribute the time
 to backbone, neck (hybrid encoder) and transformer + head::
 
     python tools/analysis/profile_inference.py configs/rtdetrv2/rtdetrv2_r18vd_8xb2-120e_coco.py \\

@@ -33,13 +33,17 @@ def train_steps(runner, ema, steps):
         ema.ema_model.update_parameters(runner.model)
 
 
-def save_best(runner, ema, path):
-    """A checkpoint as mmengine's runner and EMAHook write it (EMAHook swaps in its averages)."""
-    checkpoint = dict(state_dict=runner.model.state_dict(),
-                      optimizer=runner.optim_wrapper.state_dict())
-    ema.before_save_checkpoint(runner, checkpoint)
-    torch.save(checkpoint, path)
-    runner.message_hub.update_info('best_ckpt', str(path))
+def save_best(runner, ema, work_dir, epoch):
+    """The checkpoints mmengine writes after ``epoch`` epochs when its validation is the best:
+    epoch_{epoch}.pth with the optimizer, the best one without; EMAHook swaps in its averages."""
+    for name, optimizer in ((f'epoch_{epoch}.pth', True),
+                            (f'best_coco_bbox_mAP_epoch_{epoch}.pth', False)):
+        checkpoint = dict(meta=dict(epoch=epoch), state_dict=runner.model.state_dict())
+        if optimizer:
+            checkpoint['optimizer'] = runner.optim_wrapper.state_dict()
+        ema.before_save_checkpoint(runner, checkpoint)
+        torch.save(checkpoint, work_dir / name)
+    runner.message_hub.update_info('best_ckpt', str(work_dir / name))
 
 
 def snapshot(runner, ema):
@@ -61,7 +65,7 @@ def test_restart_restores_model_ema_and_optimizer(tmp_path):
     runner, ema = make_runner(tmp_path, 0)
     train_steps(runner, ema, 3)
     best = snapshot(runner, ema)
-    save_best(runner, ema, tmp_path / 'best.pth')
+    save_best(runner, ema, tmp_path, epoch=3)
     train_steps(runner, ema, 4)  # later, worse epochs
     hook = RestartFromBestHook(epoch=5)
     hook.before_train(runner)
@@ -74,6 +78,24 @@ def test_restart_restores_model_ema_and_optimizer(tmp_path):
     assert_same(snapshot(runner, ema), best)
     assert int(ema.ema_model.steps) == 3
     assert not torch.equal(best[0]['0.weight'], best[1]['module.0.weight'])  # EMA is not model
+
+
+def test_without_the_epoch_checkpoint_the_optimizer_goes_on(tmp_path, caplog):
+    runner, ema = make_runner(tmp_path, 3)
+    train_steps(runner, ema, 2)
+    best = snapshot(runner, ema)
+    save_best(runner, ema, tmp_path, epoch=2)
+    (tmp_path / 'epoch_2.pth').unlink()  # max_keep_ckpts removed it
+    train_steps(runner, ema, 2)
+    optimizer_now = snapshot(runner, ema)[2]
+    hook = RestartFromBestHook(epoch=4)
+    hook.before_train(runner)
+    runner.epoch = 4
+    with caplog.at_level(logging.WARNING, logger='test'):
+        hook.before_train_epoch(runner)
+    assert 'the optimizer state goes on' in caplog.text
+    restored = snapshot(runner, ema)
+    assert_same(restored, best[:2] + (optimizer_now,))
 
 
 def test_without_a_best_checkpoint_training_goes_on(tmp_path, caplog):

@@ -18,9 +18,10 @@ VAL = '2019_YELL_2_541000_4977000_image_crop'   # 1249 x 1035, a 4 x 3 grid
 
 
 def installed_version():
-    if importlib.util.find_spec('deepforest') is None:
+    try:
+        return importlib.metadata.version('deepforest')
+    except importlib.metadata.PackageNotFoundError:
         return None
-    return importlib.metadata.version('deepforest')
 
 
 pytestmark = pytest.mark.skipif(

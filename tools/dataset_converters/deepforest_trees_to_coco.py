@@ -163,10 +163,14 @@ def convert(out: str, src: Optional[str] = None, tile: int = 320) -> Dict[str, T
     return {split: (len(coco['images']), len(coco['annotations'])) for split, coco in cocos.items()}
 
 
-def source_version(src: Optional[str]) -> str:
+def source_name(src: Optional[str]) -> str:
+    """What the photographs were read from: ``--src`` or the installed package and its version."""
     if src:
         return src
-    return f'{PACKAGE} {importlib.metadata.version(PACKAGE)}'
+    try:
+        return f'{PACKAGE} {importlib.metadata.version(PACKAGE)}'
+    except importlib.metadata.PackageNotFoundError:
+        return PACKAGE
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -184,7 +188,7 @@ def main(argv=None) -> None:
     counts = convert(args.out, args.src, args.tile)
     for split, (num_images, num_boxes) in counts.items():
         print(f'{split}: {num_images} images, {num_boxes} tree boxes')
-    print(f'wrote {args.out} from {source_version(args.src)}')
+    print(f'wrote {args.out} from {source_name(args.src)}')
 
 
 if __name__ == '__main__':

@@ -40,8 +40,9 @@ class Mosaic(BaseTransform):
     top-left corners of the four cells of a canvas of twice the largest width and height: the
     sample top left, the others top right, bottom left, bottom right. One random affine of the
     whole canvas follows (torchvision's RandomAffine as DEIM draws it): an angle in
-    ``rotation_range``, a shift of ``round(U(-t, t) * size)`` pixels per axis from
-    ``translation_range``, a scale in ``scaling_range``, about the canvas centre; the output keeps
+    ``rotation_range``, a shift of ``round(U(-t * size, t * size))`` pixels per axis with ``t``
+    from ``translation_range``, a scale in ``scaling_range``, about the canvas centre (the image
+    warped with the same mapping, nearest-neighbour by default); the output keeps
     the canvas size. A box becomes the axis-aligned box of its four mapped corners, clipped to the
     canvas; boxes left empty (outside) are dropped with their labels, ignore flags and masks.
 
@@ -59,7 +60,8 @@ class Mosaic(BaseTransform):
         translation_range: maximum shift over canvas width and height.
         scaling_range: (min, max) scale.
         prob: probability of a mosaic (DEIM's ``probability``).
-        fill: value of the canvas and of the area the affine uncovers.
+        fill: value of the canvas and of the area the affine uncovers (DEIM's canvas is always
+            0 and its ``fill_value`` only the affine's; its configs set 0).
         interpolation: of the affine warp ('nearest' as torchvision's RandomAffine).
     """
 

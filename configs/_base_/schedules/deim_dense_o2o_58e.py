@@ -15,6 +15,11 @@
 # (restart at 120); M 102, 49, 12, 4/49/90; N 160, flat past the end (flat_end 7800) with
 # lr_gamma 1.0, final_steps 12, windows 4/78/148 and no multi-scale (drop its window with
 # _delete_).
+#
+# It includes the default runtime; a DEIM config combines it with a model and the Dense O2O data:
+#   _base_ = ['../_base_/models/dfine_hgnetv2.py', '../_base_/datasets/coco_detection_dense_o2o.py',
+#             '../_base_/schedules/deim_dense_o2o_58e.py']
+#   model = dict(data_preprocessor=dict(batch_augments={{_base_.dense_o2o_batch_augments}}))
 _base_ = '../default_runtime.py'
 
 max_epochs = 58

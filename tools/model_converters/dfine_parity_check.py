@@ -160,6 +160,8 @@ def compare(reference: dict, config: Optional[str] = None) -> Dict[str, float]:
         if missing or unexpected:
             raise KeyError(f'missing {missing[:5]}, unexpected {unexpected[:5]}')
     inputs, targets = reference['inputs'], reference['targets']
+    if reference['float64']:
+        model.double()
     if full:
         samples = data_samples(inputs, targets)
     else:
@@ -190,7 +192,7 @@ def compare(reference: dict, config: Optional[str] = None) -> Dict[str, float]:
 
     model.train()
     torch.manual_seed(reference['seed'])
-    gt = model.bbox_head.ground_truth(samples, samples[0].gt_instances.bboxes)
+    gt = model.bbox_head.ground_truth(samples, inputs if full else inputs[0])
     out = model.forward_transformer(features(), gt)
     ref = reference['train']
     layers = ref['aux_outputs'] + [ref]
@@ -216,6 +218,8 @@ def compare(reference: dict, config: Optional[str] = None) -> Dict[str, float]:
         record(f'train/dn layer{i} corners', dn.extras[i], layer['pred_corners'])
     record('train/dn pre logits', out.pre.denoising.logits[0], ref['dn_pre_outputs']['pred_logits'])
     record('train/dn pre boxes', out.pre.denoising.boxes[0], ref['dn_pre_outputs']['pred_boxes'])
+    if not reference['losses']:  # a float64 reference: the original's criterion cannot run
+        return diffs
     losses = model.bbox_head.loss(out, gt)
     compared = set()
     for name, value in reference['losses'].items():
@@ -241,8 +245,10 @@ def main() -> None:
     saved = torch.load(args.reference, map_location='cpu', weights_only=False)
     worst = 0.0
     for size, reference in saved['sizes'].items():
-        diffs = compare(dict(reference, seed=saved['seed']), args.config)
-        part = 'whole model' if saved.get('full') else 'transformer'
+        diffs = compare(dict(reference, seed=saved['seed'], float64=saved.get('float64', False)),
+                        args.config)
+        part = ('whole model' if saved.get('full') else 'transformer') + (
+            ', float64' if saved.get('float64') else '')
         print(f"| {'DEIM-' if saved['deim'] else ''}D-FINE {size.upper()} ({part}) | max abs "
               'diff |')
         print('|---|---|')

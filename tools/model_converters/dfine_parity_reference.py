@@ -23,7 +23,10 @@ original's checkpoint: ``decoder.*``, with ``--full`` also ``backbone.*`` and ``
 image 1 has no box), ``eval`` (``layers``: per decoder layer i, the eval output with
 ``eval_idx`` = i: ``pred_logits``, ``pred_boxes`` and the layer's edge logits ``corners``),
 ``train`` (every output of a training-mode forward with denoising after
-``torch.manual_seed(seed)``) and ``losses`` (every criterion term). The second half,
+``torch.manual_seed(seed)``) and ``losses`` (every criterion term); with ``--float64``
+everything runs in float64 after the float32 init (the attention's ``num_points_scale``,
+1 / P_l, recomputed in float64: the original's stays rounded to float32, 3e-8 off for P_l = 3
+or 6), without the losses (the original's criterion runs in float32 only). The second half,
 dfine_parity_check.py, converts the weights and compares detr_plugin's outputs.
 """
 import argparse
@@ -103,9 +106,9 @@ def build(classes, yaml_cfg: dict, num_classes: int):
     return transformer, criterion
 
 
-def run(classes, yaml_cfg: dict, seed: int, batch_size: int, full) -> dict:
+def run(classes, yaml_cfg: dict, seed: int, batch_size: int, full, float64: bool) -> dict:
     """Builds, perturbs and runs one model; ``full``: :func:`import_full_model`'s classes, or
-    None for the transformer alone."""
+    None for the transformer alone; ``float64``: cast to float64 after the float32 random init."""
     torch.manual_seed(seed)
     transformer, criterion = build(classes, yaml_cfg, num_classes=80)
     cfg = yaml_cfg['DFINETransformer']
@@ -131,6 +134,18 @@ def run(classes, yaml_cfg: dict, seed: int, batch_size: int, full) -> dict:
         perturb(model, generator, stats=True)
         state_dict = {k: v.clone() for k, v in model.state_dict().items()}
     targets = fixed_targets()[:batch_size]
+    if float64:
+        model.double()
+        inputs = inputs.double() if full else [x.double() for x in inputs]
+        for target in targets:
+            target['boxes'] = target['boxes'].double()
+        with torch.no_grad():  # 1 / P_l exactly: the original keeps it rounded to float32
+            for layer in transformer.decoder.layers:
+                scale = layer.cross_attn.num_points_scale
+                scale.copy_(1 / torch.tensor([n for n in layer.cross_attn.num_points_list
+                                              for _ in range(n)], dtype=torch.float64))
+        state_dict = {k: v.double() if v.is_floating_point() else v
+                      for k, v in state_dict.items()}
     corners = CornerRecorder(transformer.integral)
 
     model.eval()
@@ -148,7 +163,9 @@ def run(classes, yaml_cfg: dict, seed: int, batch_size: int, full) -> dict:
     torch.manual_seed(seed)
     out = model(inputs, targets)
     train = detach(out)
-    losses = {k: float(v.detach()) for k, v in criterion(out, targets).items()}
+    # the original's criterion runs in float32 only (its bin targets are float32 tensors)
+    losses = {} if float64 else {k: float(v.detach())
+                                 for k, v in criterion(out, targets).items()}
     return dict(config=sections, state_dict=state_dict, inputs=inputs, targets=targets,
                 eval=dict(layers=detach(layers)), train=train, losses=losses)
 
@@ -162,6 +179,8 @@ def main() -> None:
                         choices=['n', 's', 'm', 'l', 'x'])
     parser.add_argument('--full', action='store_true',
                         help='the whole model (HGNetv2, encoder, transformer) on images')
+    parser.add_argument('--float64', action='store_true', help='cast the model, inputs and '
+                        'targets to float64 after the float32 random init')
     parser.add_argument('--out', required=True)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--batch-size', type=int, default=2)
@@ -174,13 +193,15 @@ def main() -> None:
     for size in args.sizes:
         folder, stem = ('deim_dfine', 'deim') if args.deim else ('dfine', 'dfine')
         path = os.path.join(args.root, 'configs', folder, f'{stem}_hgnetv2_{size}_coco.yml')
-        results[size] = run(classes, YAMLConfig(path).yaml_cfg, args.seed, args.batch_size, full)
+        results[size] = run(classes, YAMLConfig(path).yaml_cfg, args.seed, args.batch_size, full,
+                            args.float64)
         result = results[size]
         print(f'{size}: {len(result["state_dict"])} tensors, {len(result["eval"]["layers"])} '
               f'layers, {len(result["losses"])} losses, dn groups '
               f'{result["train"]["dn_meta"]["dn_num_group"]}')
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    torch.save(dict(seed=args.seed, deim=args.deim, full=args.full, sizes=results,
+    torch.save(dict(seed=args.seed, deim=args.deim, full=args.full, float64=args.float64,
+                    sizes=results,
                     torch_version=torch.__version__), args.out)
 
 

@@ -82,7 +82,8 @@ class DFINEDecoderLayer(nn.Module):
             (bs, Q, C)
         """
         q = query + query_pos
-        query = self.norm1(query + self.dropout1(self.self_attn(q, q, query, attn_mask=self_attn_mask)))
+        attn = self.self_attn(q, q, query, attn_mask=self_attn_mask)
+        query = self.norm1(query + self.dropout1(attn))
         attn = self.cross_attn(query + query_pos, reference_points, memory, levels.spatial_shapes,
                                levels.level_start_index, levels.padding_mask)
         query = self.gateway(query, self.dropout2(attn))

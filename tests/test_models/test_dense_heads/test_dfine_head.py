@@ -154,7 +154,7 @@ def outputs_of(head, gt, bs=2, Q=5, L=2, denoising=True):
         boxes=rand_boxes(L, bs, Q),
         extras=torch.randn(L, bs, Q, bins, dtype=torch.float64, requires_grad=True),
         enc_logits=torch.randn(bs, Q, K, dtype=torch.float64),
-        enc_boxes=rand_boxes(bs, Q)[:, :, :], denoising=dn, pre=pre)
+        enc_boxes=rand_boxes(bs, Q), denoising=dn, pre=pre)
 
 
 def test_loss_names_are_the_originals_terms_in_our_scheme():
@@ -218,5 +218,6 @@ def test_boxes_are_decoded_in_float32_under_autocast():
     size = state.initial_reference[..., 2:].repeat(1, 1, 2) / 4.0
     centre = state.initial_reference[..., :2].repeat(1, 1, 2)
     edges = centre + torch.tensor([-1., -1., 1., 1.]) * (2.0 + distances) * size
-    expected = torch.cat([(edges[..., :2] + edges[..., 2:]) / 2, edges[..., 2:] - edges[..., :2]], -1)
+    expected = torch.cat([(edges[..., :2] + edges[..., 2:]) / 2, edges[..., 2:] - edges[..., :2]],
+                         -1)
     torch.testing.assert_close(out.boxes, expected)

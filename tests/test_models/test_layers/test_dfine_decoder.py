@@ -5,7 +5,7 @@ import pytest
 import torch
 from mmengine.registry import DefaultScope
 
-from detr_plugin.models.layers.dfine_decoder import DFINEDecoder, DFINEDecoderLayer, GatedFusion
+from detr_plugin.models.layers.dfine_decoder import DFINEDecoderLayer, GatedFusion
 from detr_plugin.models.layers.multi_scale import flatten_levels
 from detr_plugin.ops import MultiScaleDeformableAttention
 from detr_plugin.registry import MODELS
@@ -58,7 +58,8 @@ def test_layer_composition():
     memory, levels = levels_and_memory()
     layer = DFINEDecoderLayer(8, num_heads=2, num_levels=2, num_points=[3, 1], ffn_dims=16).double()
     torch.nn.init.normal_(layer.gateway.gate.weight)
-    query, pos = torch.randn(2, 5, 8, dtype=torch.float64), torch.randn(2, 5, 8, dtype=torch.float64)
+    query = torch.randn(2, 5, 8, dtype=torch.float64)
+    pos = torch.randn(2, 5, 8, dtype=torch.float64)
     ref = torch.rand(2, 5, 1, 4, dtype=torch.float64) * 0.5 + 0.25
     mask = torch.zeros(5, 5, dtype=torch.bool)
     mask[0, 1:] = True

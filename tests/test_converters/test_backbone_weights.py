@@ -22,6 +22,8 @@ def test_coco_configs_need_neither_torchvision_nor_a_local_file(name):
     assert backbone.init_cfg.type == 'Pretrained'
     if backbone.type == 'ResNetVd':
         assert checkpoint == f'presnet://resnet{backbone.depth}vd'
+    elif backbone.type == 'HGNetv2':
+        assert checkpoint == f'hgnetv2://{backbone.arch}'
     else:
         assert checkpoint == TORCHVISION_URLS[backbone.depth]
 

@@ -300,9 +300,14 @@ def main() -> None:
         print(f'| {step} | {row["theirs"]:.6f} | {row["ours"]:.6f} | {row["diff"]:.1e} | '
               f'{row["term_diff"]:.1e} ({row["worst_term"]}) | '
               f'{abs(grad_norms[step - 1] - reference["grad_norms"][step - 1]):.1e} |'
-              + (f' {noise[step - 1]:.1e} |' if noise else ''))
+              + ((f' {noise[step - 1]:.1e} |' if step <= len(noise) else ' - |') if noise
+                 else ''))
     worst = max(range(steps), key=lambda i: rows[i]['diff'])
     print(f'worst total-loss diff: {rows[worst]["diff"]:.2e} at step {worst + 1}')
+    if noise:  # the noise reference may be shorter
+        print(f'steps 1-{len(noise)}: largest total-loss diff ours - original '
+              f'{max(row["diff"] for row in rows[:len(noise)]):.2e}, noise reference - original '
+              f'{max(noise):.2e}')
     for name, diffs in (('final EMA', ema), ('final model', final)):
         print(f'{name}: weights max abs diff {diffs["weights"][0]:.2e} ({diffs["weights"][1]}), '
               f'BatchNorm statistics max rel diff {diffs["statistics"][0]:.2e} '

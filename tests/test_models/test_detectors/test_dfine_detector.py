@@ -1,6 +1,7 @@
-"""D-FINE N and S (HGNetv2-B0, D-FINE's hybrid encoder and decoder, 80 classes) at full width on
-small inputs: parameter counts against the original's, loss / predict / tensor modes, images
-without boxes, an image's encoder levels independent of its batch.
+"""D-FINE N and S as their COCO configs build them (HGNetv2-B0, D-FINE's hybrid encoder and
+decoder, 80 classes), at full width on small inputs: parameter counts against the original's,
+loss / predict / tensor modes, images without boxes, an image's encoder levels independent of its
+batch.
 
 The inputs are the smallest squares whose encoder tokens cover the 300 queries: N reads strides
 16 and 32 (256 x 256: 16 * 16 + 8 * 8 = 320 tokens), S strides 8, 16, 32 (128 x 128: 336).
@@ -14,22 +15,8 @@ from mmengine.structures import InstanceData
 
 from detr_plugin.registry import MODELS
 
-BASE = 'configs/_base_/models/dfine_hgnetv2.py'
-# The original's dfine_hgnetv2_{n,s}_coco.yml over the D-FINE-L base model.
-SIZES = dict(
-    n=dict(
-        backbone=dict(arch='B0', out_indices=(2, 3), use_lab=True, frozen_stages=-1,
-                      norm_cfg=dict(type='BN')),
-        neck=dict(in_channels=[512, 1024], embed_dims=128, encoder_levels=[1], ffn_dims=512,
-                  expansion=0.34, depth_mult=0.5),
-        decoder=dict(in_channels=[128, 128], embed_dims=128, num_layers=3,
-                     layer_cfg=dict(num_levels=2, num_points=[6, 6], ffn_dims=512)),
-        bbox_head=dict(embed_dims=128)),
-    s=dict(
-        backbone=dict(arch='B0', out_indices=(1, 2, 3), use_lab=True, frozen_stages=-1,
-                      norm_cfg=dict(type='BN')),
-        neck=dict(in_channels=[256, 512, 1024], embed_dims=256, depth_mult=0.34, expansion=0.5),
-        decoder=dict(num_layers=3)))
+CONFIGS = dict(n='configs/dfine/dfine_hgnetv2-n_8xb16-160e_coco.py',
+               s='configs/dfine/dfine_hgnetv2-s_8xb4-132e_coco.py')
 INPUT_SIZE = dict(n=256, s=128)
 # Parameters of the original (Peterande/D-FINE, DFINE(HGNetv2, HybridEncoder, DFINETransformer)
 # built from dfine_hgnetv2_{n,s}_coco.yml, 80 classes, counted once per tensor): backbone,
@@ -39,9 +26,10 @@ ORIGINAL_PARAMETERS = dict(n=(1850396, 703824, 1228473), s=(1850396, 4021504, 44
 
 
 def model_cfg(size: str) -> Config:
-    cfg = Config.fromfile(BASE)
-    cfg.merge_from_dict(dict(model=SIZES[size]))
-    return cfg.model
+    """The COCO config's model, without its multi-scale batch resize (inputs stay small)."""
+    cfg = Config.fromfile(CONFIGS[size]).model
+    cfg.data_preprocessor.batch_augments = None
+    return cfg
 
 
 @pytest.fixture(scope='module', params=['n', 's'])

@@ -72,7 +72,7 @@ optim_wrapper = dict(
         # the original's groups: '^(?=.*backbone)(?!.*norm|bn).*$' at 1.25e-5 (the whole
         # trainable backbone: its norms are frozen) and '^(?=.*(?:encoder|decoder))
         # (?=.*(?:norm|bn)).*$' without decay; every module of ours named so is a norm layer
-        # (tests/test_configs/test_dfine_deim_configs.py checks each tensor against the regexes)
+        # (tests/test_runtime/test_dfine_deim_configs.py checks each tensor against the regexes)
         custom_keys={'backbone': dict(lr_mult=0.05)},
         norm_decay_mult=0.0))
 

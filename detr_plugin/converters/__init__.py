@@ -1,8 +1,8 @@
 """The original authors' checkpoints -> detr_plugin state dicts.
 
 :func:`convert_original_checkpoint` recognises a checkpoint of facebookresearch/detr,
-fundamentalvision/Deformable-DETR or lyuwenyu/RT-DETR (rtdetr_pytorch and rtdetrv2_pytorch) by its
-keys and
+fundamentalvision/Deformable-DETR, lyuwenyu/RT-DETR (rtdetr_pytorch and rtdetrv2_pytorch),
+Peterande/D-FINE or ShihuaHuang95/DEIM (its D-FINE models, named as D-FINE's) by its keys and
 renames its weights to ours; the scripts in tools/model_converters/ are command lines around it.
 """
 from collections import OrderedDict
@@ -15,6 +15,7 @@ from ..utils.checkpoint_loading import CheckpointError, read_checkpoint, summari
 from .deformable_detr import (VARIANT_CONFIGS, convert_deformable_detr, deformable_detr_variant,
                               is_deformable_detr)
 from .detr import convert_detr, is_detr
+from .dfine import convert_dfine, is_dfine
 from .hgnetv2 import HGNETV2_URLS, convert_hgnetv2, hgnetv2_rules, load_from_hgnetv2
 from .presnet import PRESNET_URLS, load_from_presnet
 from .reading import original_weights, weights_entry
@@ -22,7 +23,8 @@ from .rtdetr import convert_rtdetr, is_presnet, is_rtdetr, is_rtdetr_v2, v2_num_
 
 __all__ = [
     'CheckpointError', 'PRESNET_URLS', 'VARIANT_CONFIGS', 'check_family', 'convert_deformable_detr',
-    'convert_detr', 'convert_original_checkpoint', 'convert_rtdetr', 'deformable_detr_variant',
+    'convert_detr', 'convert_dfine', 'convert_original_checkpoint', 'convert_rtdetr',
+    'deformable_detr_variant',
     'HGNETV2_URLS', 'convert_hgnetv2', 'hgnetv2_rules', 'load_from_hgnetv2',
     'is_rtdetr_v2',
     'load_original', 'load_from_presnet', 'original_family', 'original_weights',
@@ -31,8 +33,11 @@ __all__ = [
 
 
 def original_family(state_dict: Dict[str, Tensor]) -> Optional[str]:
-    """'DETR', 'Deformable DETR', 'RT-DETR', 'RT-DETRv2' or 'PResNet' (an RT-DETR ImageNet
-    backbone), from the keys of an original state dict; None for any other."""
+    """'DETR', 'Deformable DETR', 'RT-DETR', 'RT-DETRv2', 'PResNet' (an RT-DETR ImageNet
+    backbone) or 'D-FINE' (also DEIM-D-FINE), from the keys of an original state dict; None for
+    any other."""
+    if is_dfine(state_dict):  # before RT-DETR: D-FINE's decoder carries RT-DETRv2's names too
+        return 'D-FINE'
     if is_deformable_detr(state_dict):
         return 'Deformable DETR'
     if is_detr(state_dict):
@@ -73,8 +78,9 @@ def convert_original_checkpoint(checkpoint: dict, source: str) -> Optional[dict]
     """Our state dict (name -> tensor) from an original authors' checkpoint, as ``torch.load``
     returned it; None when it is not in an original layout (e.g. already ours).
 
-    RT-DETR training checkpoints give their EMA weights (what the released ones are evaluated
-    with). Class heads keep the original size (DETR 92, Deformable DETR 91, RT-DETR 80 outputs).
+    RT-DETR and D-FINE / DEIM training checkpoints give their EMA weights (what the released ones
+    are evaluated with). Class heads keep the original size (DETR 92, Deformable DETR 91, RT-DETR
+    and D-FINE 80 outputs).
     ``source`` names the checkpoint in messages. Raises CheckpointError (one line) when the layout
     is recognised but unusable (the weights' entry is missing).
     """
@@ -87,7 +93,7 @@ def convert_original_checkpoint(checkpoint: dict, source: str) -> Optional[dict]
     check_family(weights, 'RT-DETR' if family.startswith('RT-DETR') else family, source)
     convert = {'DETR': convert_detr, 'Deformable DETR': convert_deformable_detr,
                'RT-DETR': convert_rtdetr, 'RT-DETRv2': convert_rtdetr,
-               'PResNet': convert_rtdetr}[family]
+               'PResNet': convert_rtdetr, 'D-FINE': convert_dfine}[family]
     try:
         return convert(weights)
     except KeyError as error:  # a key no rule knows: a variant of the family we do not support

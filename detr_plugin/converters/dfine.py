@@ -78,6 +78,13 @@ def convert_dfine_decoder(state_dict: Dict[str, Tensor]) -> 'OrderedDict[str, Te
                   DECODER_RULES)
 
 
+def is_dfine(state_dict: Dict[str, Tensor]) -> bool:
+    """A D-FINE or DEIM-D-FINE model (the two have the same names): its LQE layers or pre-box
+    head, which RT-DETR's decoder has not."""
+    return any(k.startswith(('decoder.decoder.lqe_layers.', 'decoder.pre_bbox_head.'))
+               for k in state_dict)
+
+
 def convert_dfine(state_dict: Dict[str, Tensor]) -> 'OrderedDict[str, Tensor]':
     """A whole D-FINE / DEIM-D-FINE state dict (``backbone.*`` HGNetv2, ``encoder.*``,
     ``decoder.*``) -> ours. KeyError for a key no rule knows."""

@@ -64,7 +64,8 @@ def groups(patterns, backbone_lr):
 
 # config: size, family, epochs, stop epoch (D-FINE's policy.epoch / collate stop_epoch; DEIM's
 # third policy epoch), DEIM's (Mosaic/MixUp start and stop: policy epochs / mixup_epochs,
-# flat_epoch, no_aug_epoch, lr_gamma), base_size_repeat (None: no multi-scale), total batch, lr, weight decay, groups
+# flat_epoch, no_aug_epoch, lr_gamma), base_size_repeat (None: no multi-scale), total batch, lr,
+# weight decay, groups
 ORIGINAL = {
     'dfine/dfine_hgnetv2-n_8xb16-160e_coco':
         ('n', 'dfine', 160, 148, None, None, 128, 8e-4, 1e-4, groups(DFINE_NSM, 4e-4)),
@@ -216,7 +217,8 @@ def original_settings(names, lr, wd, groups):
         found = [g for g in groups if re.findall(g[0], name)]
         assert len(found) <= 1, (name, found)  # the original would put it in two groups
         _, group_lr, group_wd = found[0] if found else (None, None, None)
-        settings[name] = (lr if group_lr is None else group_lr, wd if group_wd is None else group_wd)
+        settings[name] = (lr if group_lr is None else group_lr,
+                          wd if group_wd is None else group_wd)
     return settings
 
 

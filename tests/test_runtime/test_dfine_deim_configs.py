@@ -160,6 +160,9 @@ def test_recipe_settings_are_the_originals(name):
     resize = [a for a in augments if a.type == 'BatchMultiScaleResize']
     assert [a.sizes for a in resize] == ([multi_scale_sizes(repeat)] if repeat else [])
     windows = cfg.default_hooks.augmentation_window.windows
+    dataset = cfg.train_dataloader.dataset  # DEIM: MultiImageMixDataset around the COCO dataset
+    transforms = dataset.pipeline + dataset.get('dataset', {}).get('pipeline', [])
+    assert set(windows) <= {t.type for t in transforms} | {a.type for a in augments}
     scale_window = {'BatchMultiScaleResize': (0, stop)} if repeat else {}
     if family == 'dfine':
         assert windows == dict(PhotoMetricDistortion=(0, stop), Expand=(0, stop),

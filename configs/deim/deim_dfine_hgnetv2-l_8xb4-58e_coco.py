@@ -10,7 +10,7 @@
 # (configs/_base_/datasets/coco_detection_dense_o2o.py, configs/_base_/schedules/
 # deim_dense_o2o_58e.py: FlatCosineLR, augmentation windows 4/29/50, restart at 50, EMA).
 # AdamW 5e-4, the backbone at 2.5e-5, weight decay 1.25e-4 except on the encoder's and decoder's
-# norms.
+# norms. The original trains in mixed precision (use_amp: True): add --amp to tools/train.py.
 _base_ = [
     '../_base_/models/dfine_hgnetv2.py', '../_base_/datasets/coco_detection_dense_o2o.py',
     '../_base_/schedules/deim_dense_o2o_58e.py'

@@ -15,6 +15,9 @@
 # epoch that does not improve on the best (RestartFromBestHook restarts once), and sets an EMA
 # decay there that its update never reads.
 #
+# The original trains in mixed precision (use_amp: True, float16 autocast): add --amp to
+# tools/train.py (bfloat16 where the GPU has it; the losses are computed in float32 either way).
+#
 # The backbone starts from the authors' HGNetv2 ImageNet weights (hgnetv2://B4, downloaded once).
 _base_ = [
     '../_base_/models/dfine_hgnetv2.py', '../_base_/datasets/coco_detection.py',

@@ -118,6 +118,11 @@ def test_predict_and_tensor_modes(sized_model):
         batch_feats = model.extract_feat(data['inputs'])
         alone_feats = model.extract_feat(data['inputs'][1:])
     assert logits.shape == (1, 2, 300, 80) and boxes.shape == (1, 2, 300, 4)
+    model.train()
+    with torch.no_grad():  # training mode: every layer, without denoising queries
+        all_logits, all_boxes = model(data['inputs'], mode='tensor')
+    model.eval()
+    assert all_logits.shape == (3, 2, 300, 80) and all_boxes.shape == (3, 2, 300, 4)
     # an image's encoder levels do not depend on the other images of its batch (BatchNorm in
     # eval mode). Not compared after query selection: an untrained encoder's scores are so
     # close that float32 rounding of a batch-size-dependent kernel reorders the top-k (exact

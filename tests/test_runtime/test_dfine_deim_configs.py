@@ -144,7 +144,7 @@ def test_model_settings_are_the_originals(name):
 
 @pytest.mark.parametrize('name', sorted(ORIGINAL))
 def test_recipe_settings_are_the_originals(name):
-    (size, family, epochs, stop, deim, repeat, batch, lr, wd, _) = ORIGINAL[name]
+    (size, family, epochs, stop, deim, repeat, batch, lr, wd, groups_) = ORIGINAL[name]
     cfg = config(name)
     assert cfg.train_cfg.max_epochs == epochs
     assert cfg.train_dataloader.batch_size * 8 == batch == cfg.auto_scale_lr.base_batch_size
@@ -152,6 +152,10 @@ def test_recipe_settings_are_the_originals(name):
     assert (optimizer.type, optimizer.lr, optimizer.weight_decay, optimizer.betas) == (
         'AdamW', lr, wd, (0.9, 0.999))
     assert cfg.optim_wrapper.clip_grad == dict(max_norm=0.1, norm_type=2)
+    # the backbone's rate (every tensor's group: test_built_model_and_groups_are_the_originals)
+    backbone_lr = groups_[0][1]
+    assert cfg.optim_wrapper.paramwise_cfg.custom_keys.backbone.lr_mult * lr == \
+        pytest.approx(backbone_lr, rel=1e-12)
     ema, = [h for h in cfg.custom_hooks if h.type == 'EMAHook']
     assert (ema.ema_type, ema.momentum, ema.gamma) == ('ForeachExpMomentumEMA', 1e-4, 1000)
     assert cfg.default_hooks.restart_from_best.epoch == stop

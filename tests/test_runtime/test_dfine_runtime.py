@@ -186,14 +186,15 @@ def dfine_s_demo_cfg(demo_runs, data, work_dir, image_size: int, batch_size: int
                      max_epochs: int, amp: bool) -> Config:
     """D-FINE S (its COCO config's model with its multi-scale batch resize; 3 classes, no
     pretrained weights) in the D-FINE demo recipe (AdamW 2e-4, gradient clipping 0.1, constant
-    learning rate for the first 13 epochs) on demo data of ``image_size`` square images, with
-    bf16 AMP as ``tools/train.py --amp`` sets it when ``amp``."""
+    learning rate for the first 13 epochs) on the demo data resized to ``image_size``, with bf16
+    AMP as ``tools/train.py --amp`` sets it when ``amp``."""
     cfg = demo_runner_cfg(demo_runs, data, work_dir, max_epochs)
     cfg.model = Config.fromfile(str(demo_runs.REPO_ROOT / DFINE_S)).model
     cfg.model.backbone.init_cfg = None
     cfg.model.bbox_head.num_classes = 3
     cfg.train_dataloader.batch_size = batch_size
-    cfg.train_dataloader.dataset.pipeline[2].scale = (image_size, image_size)
+    resize = next(t for t in cfg.train_dataloader.dataset.pipeline if t.type == 'Resize')
+    resize.scale = (image_size, image_size)
     cfg.default_hooks.checkpoint.interval = max_epochs
     if amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
@@ -204,14 +205,14 @@ def dfine_s_demo_cfg(demo_runs, data, work_dir, image_size: int, batch_size: int
 @pytest.mark.gpu
 def test_dfine_s_trains_500_bf16_amp_iterations_without_nan(tmp_path, demo_runs):
     """The issue's mixed-precision acceptance (the originals' users hit NaN there): D-FINE S for
-    500 iterations (10 epochs of 400 generated 640 x 640 demo images at batch 8) under bf16 AMP
-    on one GPU. Every iteration's loss terms are finite, the decoder ran in bf16, and the loss
-    went down. The first and last 50 iterations' mean losses are printed (pytest -s) for
-    docs/benchmarks.md."""
+    500 iterations (10 epochs of the 400 generated demo images, resized to 640 x 640, then to the
+    config's multi-scale sizes, at batch 8) under bf16 AMP on one GPU. Every iteration's loss
+    terms are finite, the decoder ran in bf16, and the loss went down. The first and last 50
+    iterations' mean losses are printed (pytest -s) for docs/benchmarks.md."""
     from mmengine.runner import Runner
     data = tmp_path / 'demo'
     demo_runs.load_make_demo_dataset().make_demo_dataset(str(data), seed=0, num_train=400,
-                                                         num_val=8, size=640)
+                                                         num_val=8)
     cfg = dfine_s_demo_cfg(demo_runs, data, tmp_path / 'work', image_size=640, batch_size=8,
                            max_epochs=10, amp=True)
     cfg.train_dataloader.num_workers = 4

@@ -126,9 +126,12 @@ def convert_original(checkpoint: dict, source: str) -> Optional[Dict[str, Tensor
 def compare_keys(expected: Dict[str, Tensor], state_dict: Dict[str, Tensor]) -> KeyComparison:
     """Names and shapes of ``state_dict`` against a model's ``expected`` state dict.
 
-    ``ema_*`` entries the model does not have (the EMA buffers of mmdet 2.x's hooks) are ignored.
+    Ignored where the model does not have them: ``ema_*`` entries (the EMA buffers of mmdet 2.x's
+    hooks) and the ``num_batches_tracked`` counter of a norm layer whose ``running_var`` it has
+    (a FrozenBatchNorm2d keeps none; the converters add one for mmdet's BatchNorm layout).
     """
-    given = {key for key in state_dict if key in expected or not key.startswith('ema_')}
+    given = {key for key in state_dict
+             if key in expected or not (key.startswith('ema_') or unkept_counter(key, expected))}
     shared = sorted(expected.keys() & given)
     return KeyComparison(
         missing=sorted(expected.keys() - given),
@@ -136,6 +139,12 @@ def compare_keys(expected: Dict[str, Tensor], state_dict: Dict[str, Tensor]) -> 
         misshaped=[f'{key} {tuple(state_dict[key].shape)} vs {tuple(expected[key].shape)}'
                    for key in shared if state_dict[key].shape != expected[key].shape],
         matching={key for key in shared if state_dict[key].shape == expected[key].shape})
+
+
+def unkept_counter(key: str, expected: Dict[str, Tensor]) -> bool:
+    """``key`` is a BatchNorm counter of a layer the model has without one."""
+    suffix = 'num_batches_tracked'
+    return key.endswith('.' + suffix) and key[:-len(suffix)] + 'running_var' in expected
 
 
 class Fitted(NamedTuple):

@@ -13,9 +13,12 @@ import torch
 from mmengine.config import Config
 
 from detr_plugin.converters import convert_original_checkpoint, original_family
+from detr_plugin.converters.dfine import convert_dfine
 from detr_plugin.engine.hooks.checkpoint_check_hook import CheckpointCheckHook
+from detr_plugin.models.layers.frozen_batch_norm import FrozenBatchNorm2d
 from detr_plugin.registry import MODELS
-from detr_plugin.utils import load_detector_checkpoint
+from detr_plugin.utils import CheckpointError, load_detector_checkpoint
+from detr_plugin.utils.checkpoint_loading import Weights, fit_to_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ORIGINAL_S = json.loads((ROOT / 'tests/data/dfine/original_models.json').read_text())[
@@ -212,3 +215,25 @@ def test_finetuning_a_demo_size_dfine_from_an_80_class_checkpoint(tmp_path):
     source = models[80].state_dict()
     for key, value in models[3].state_dict().items():
         assert torch.equal(value, fresh[key] if key in heads else source[key]), key
+
+
+def test_frozen_batchnorm_checkpoints_fit_without_counters():
+    """D-FINE L/X freeze the backbone's BatchNorms (no num_batches_tracked in the original or in
+    our FrozenBatchNorm2d); the converter adds counters for mmdet's BatchNorm layout. The check
+    passes over a counter only where the model has that layer without one."""
+    model = torch.nn.Sequential(FrozenBatchNorm2d(2), torch.nn.BatchNorm2d(2))
+    converted = convert_dfine({'backbone.stem.stem1.bn.running_var': torch.full((2, ), 2.)})
+    assert 'backbone.stem.stem1.bn.num_batches_tracked' in converted
+    state = {f'0.{k}': v for k, v in model[0].state_dict().items()}
+    state.update({'0.num_batches_tracked': torch.tensor(0), '0.running_var': torch.full((2, ), 2.)})
+    state.update({f'1.{k}': v for k, v in model[1].state_dict().items()})
+    fitted = fit_to_model(model, Weights(state, {}), 'l.pth', partial=False)
+    assert fitted.skipped is None and '0.num_batches_tracked' not in fitted.state_dict
+    model.load_state_dict(fitted.state_dict, strict=True)
+    assert torch.equal(model[0].running_var, torch.full((2, ), 2.))
+    # a counter the model's BatchNorm needs is still missing without it; one of no layer is extra
+    del state['1.num_batches_tracked']
+    state['2.num_batches_tracked'] = torch.tensor(0)
+    with pytest.raises(CheckpointError, match=r'missing keys \[1.num_batches_tracked\].*'
+                                              r'unexpected keys \[2.num_batches_tracked\]'):
+        fit_to_model(model, Weights(state, {}), 'l.pth', partial=False)

@@ -9,7 +9,7 @@ query (its *pre-box*, :meth:`DFINEHead.predict_initial_box`); every layer's pred
 edge distributions around that box (:meth:`DFINEHead.predict_layer`).
 """
 from collections import OrderedDict
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -133,22 +133,17 @@ class DFINEDecoder(RTDETRDecoder):
             head: a :class:`DFINEHead` (``predict_encoder``, ``predict_initial_box``,
                 ``predict_layer``).
         """
-        memory, levels = self.flatten_levels(feats)
-        selection = self.select_queries(memory, levels, head)
-        query, ref_unact, attn_mask = selection.query, selection.ref_boxes_unact, None
-        if denoising is not None:
-            query = torch.cat([denoising.query, query], 1)
-            ref_unact = torch.cat([denoising.ref_boxes_unact, ref_unact], 1)
-            attn_mask = denoising.attn_mask
-        pre, predictions = self.refine(query, ref_unact.sigmoid(), memory, levels, head,
-                                       attn_mask)
+        inputs = self.decoder_inputs(feats, head, denoising)
+        pre, predictions = self.refine(inputs.query, inputs.reference, inputs.memory,
+                                       inputs.levels, head, inputs.attn_mask)
         outputs = DetectionOutputs.from_layers(predictions, denoising)
         return outputs._replace(
-            enc_logits=selection.enc_logits, enc_boxes=selection.enc_boxes,
+            enc_logits=inputs.selection.enc_logits, enc_boxes=inputs.selection.enc_boxes,
             pre=None if pre.logits is None else DetectionOutputs.from_layers([pre], denoising))
 
     def refine(self, query: Tensor, reference: Tensor, memory: Tensor, levels: MultiScaleLevels,
-               head, attn_mask: Optional[Tensor] = None):
+               head, attn_mask: Optional[Tensor] = None
+               ) -> Tuple[LayerPrediction, List[LayerPrediction]]:
         """Runs the decoder layers the head asks for.
 
         Args:

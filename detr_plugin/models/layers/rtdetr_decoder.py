@@ -28,6 +28,16 @@ class QuerySelection(NamedTuple):
     enc_boxes: Tensor        # (bs, Q, 4) encoder boxes, cxcywh in [0, 1] (supervised)
 
 
+class DecoderInputs(NamedTuple):
+    """What the decoder layers start from (Q' = denoising + selected queries)."""
+    query: Tensor                 # (bs, Q', C) initial content queries
+    reference: Tensor             # (bs, Q', 4) their boxes, cxcywh in [0, 1], no gradient
+    attn_mask: Optional[Tensor]   # (Q', Q') bool, True = blocked; None without denoising
+    memory: Tensor                # (bs, N, C) the flattened encoder levels
+    levels: MultiScaleLevels
+    selection: QuerySelection     # the encoder's top-k (for its loss)
+
+
 @MODELS.register_module()
 class RTDETRDecoder(nn.Module):
     """Input projection, query selection and the decoder layers of RT-DETR.
@@ -95,6 +105,15 @@ class RTDETRDecoder(nn.Module):
         Returns:
             The layers' predictions (denoising queries split off) and the encoder's top-k.
         """
+        inputs = self.decoder_inputs(feats, head, denoising)
+        predictions = self.decode(inputs.query, inputs.reference, inputs.memory, inputs.levels,
+                                  head, inputs.attn_mask)
+        return DetectionOutputs.from_layers(predictions, denoising)._replace(
+            enc_logits=inputs.selection.enc_logits, enc_boxes=inputs.selection.enc_boxes)
+
+    def decoder_inputs(self, feats: Sequence[Tensor], head: DecoderHead,
+                       denoising: Optional[DenoisingGroups] = None) -> DecoderInputs:
+        """The flattened levels, the selected queries and, before them, the denoising ones."""
         memory, levels = self.flatten_levels(feats)
         selection = self.select_queries(memory, levels, head)
         query, ref_unact, attn_mask = selection.query, selection.ref_boxes_unact, None
@@ -102,9 +121,7 @@ class RTDETRDecoder(nn.Module):
             query = torch.cat([denoising.query, query], 1)
             ref_unact = torch.cat([denoising.ref_boxes_unact, ref_unact], 1)
             attn_mask = denoising.attn_mask
-        predictions = self.decode(query, ref_unact.sigmoid(), memory, levels, head, attn_mask)
-        return DetectionOutputs.from_layers(predictions, denoising)._replace(
-            enc_logits=selection.enc_logits, enc_boxes=selection.enc_boxes)
+        return DecoderInputs(query, ref_unact.sigmoid(), attn_mask, memory, levels, selection)
 
     def flatten_levels(self, feats: Sequence[Tensor]) -> Tuple[Tensor, MultiScaleLevels]:
         """Per-level 1x1 conv + BN, then all levels' tokens (bs, N, C) concatenated."""

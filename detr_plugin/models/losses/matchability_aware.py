@@ -9,9 +9,10 @@ uses gamma = 1.5). The head divides the summed loss by the number of gt boxes.
 from typing import Optional
 
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from detr_plugin.registry import MODELS
+from .varifocal_loss import IoUTargetClassificationLoss
 
 
 def matchability_aware_loss(logits: Tensor, labels: Tensor, ious: Tensor, gamma: float = 1.5,
@@ -39,45 +40,21 @@ def matchability_aware_loss(logits: Tensor, labels: Tensor, ious: Tensor, gamma:
 
 
 @MODELS.register_module()
-class MatchabilityAwareLoss(nn.Module):
+class MatchabilityAwareLoss(IoUTargetClassificationLoss):
     """``loss_weight * sum(matchability_aware_loss) / avg_factor`` (``reduction='sum'``).
 
     Args:
         gamma: see :func:`matchability_aware_loss` (1.5 in DEIM).
         alpha: weight of the negative terms; None (DEIM's setting) means 1.
-        loss_weight: multiplies the loss.
-        reduction: 'none' (elementwise, (N, K)), 'sum' or 'mean' (over all N * K terms).
+        loss_weight / reduction: see :class:`IoUTargetClassificationLoss`.
     """
+    name = 'matchability_aware'
 
     def __init__(self, gamma: float = 1.5, alpha: Optional[float] = None,
                  loss_weight: float = 1.0, reduction: str = 'sum') -> None:
-        super().__init__()
+        super().__init__(loss_weight, reduction)
         self.gamma = gamma
         self.alpha = alpha
-        self.loss_weight = loss_weight
-        self.reduction = self._check_reduction(reduction)
 
-    def forward(self, logits: Tensor, labels: Tensor, ious: Tensor,
-                avg_factor: Optional[float] = None,
-                reduction_override: Optional[str] = None) -> Tensor:
-        """logits (N, K), labels (N,) in [0, K], ious (N,); see :func:`matchability_aware_loss`."""
-        if logits.dim() != 2 or labels.shape != logits.shape[:1] or ious.shape != labels.shape:
-            raise ValueError(f'matchability_aware: expected logits (N, K), labels (N,) and ious '
-                             f'(N,), got {tuple(logits.shape)}, {tuple(labels.shape)}, '
-                             f'{tuple(ious.shape)}')
-        reduction = self._check_reduction(reduction_override or self.reduction)
-        loss = matchability_aware_loss(logits, labels, ious, self.gamma, self.alpha)
-        if reduction == 'sum':
-            loss = loss.sum()
-        elif reduction == 'mean':
-            loss = loss.mean()
-        if avg_factor is not None:
-            loss = loss / avg_factor
-        return self.loss_weight * loss
-
-    @staticmethod
-    def _check_reduction(reduction: str) -> str:
-        if reduction not in ('none', 'sum', 'mean'):
-            raise ValueError(f"matchability_aware: reduction must be 'none', 'sum' or 'mean', "
-                             f"got {reduction!r}")
-        return reduction
+    def elementwise(self, logits: Tensor, labels: Tensor, ious: Tensor) -> Tensor:
+        return matchability_aware_loss(logits, labels, ious, self.gamma, self.alpha)

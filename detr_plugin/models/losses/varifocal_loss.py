@@ -34,34 +34,36 @@ def varifocal_loss(logits: Tensor, labels: Tensor, ious: Tensor, alpha: float = 
     return F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction='none')
 
 
-@MODELS.register_module()
-class RTDETRVarifocalLoss(nn.Module):
-    """``loss_weight * sum(varifocal_loss) / avg_factor`` (``reduction='sum'`` then divided).
+class IoUTargetClassificationLoss(nn.Module):
+    """``loss_weight * reduce(elementwise loss) / avg_factor`` for the classification losses whose
+    matched-class target comes from the matched box's IoU (varifocal, matchability-aware);
+    subclasses define :meth:`elementwise`.
 
     Args:
-        alpha: weight of the negative terms.
-        gamma: focusing exponent of the negative terms.
         loss_weight: multiplies the loss.
         reduction: 'none' (elementwise, (N, K)), 'sum' or 'mean' (over all N * K terms).
     """
+    name = 'loss'  # names the loss in error messages
 
-    def __init__(self, alpha: float = 0.75, gamma: float = 2.0, loss_weight: float = 1.0,
-                 reduction: str = 'sum') -> None:
+    def __init__(self, loss_weight: float = 1.0, reduction: str = 'sum') -> None:
         super().__init__()
-        self.alpha = alpha
-        self.gamma = gamma
         self.loss_weight = loss_weight
         self.reduction = self._check_reduction(reduction)
+
+    def elementwise(self, logits: Tensor, labels: Tensor, ious: Tensor) -> Tensor:
+        """logits (N, K), labels (N,) in [0, K], ious (N,) -> (N, K)."""
+        raise NotImplementedError
 
     def forward(self, logits: Tensor, labels: Tensor, ious: Tensor,
                 avg_factor: Optional[float] = None,
                 reduction_override: Optional[str] = None) -> Tensor:
-        """logits (N, K), labels (N,) in [0, K], ious (N,); see :func:`varifocal_loss`."""
+        """logits (N, K), labels (N,) in [0, K], ious (N,); see :meth:`elementwise`."""
         if logits.dim() != 2 or labels.shape != logits.shape[:1] or ious.shape != labels.shape:
-            raise ValueError(f'expected logits (N, K), labels (N,) and ious (N,), got '
-                             f'{tuple(logits.shape)}, {tuple(labels.shape)}, {tuple(ious.shape)}')
+            raise ValueError(f'{self.name}: expected logits (N, K), labels (N,) and ious (N,), '
+                             f'got {tuple(logits.shape)}, {tuple(labels.shape)}, '
+                             f'{tuple(ious.shape)}')
         reduction = self._check_reduction(reduction_override or self.reduction)
-        loss = varifocal_loss(logits, labels, ious, self.alpha, self.gamma)
+        loss = self.elementwise(logits, labels, ious)
         if reduction == 'sum':
             loss = loss.sum()
         elif reduction == 'mean':
@@ -70,8 +72,29 @@ class RTDETRVarifocalLoss(nn.Module):
             loss = loss / avg_factor
         return self.loss_weight * loss
 
-    @staticmethod
-    def _check_reduction(reduction: str) -> str:
+    def _check_reduction(self, reduction: str) -> str:
         if reduction not in ('none', 'sum', 'mean'):
-            raise ValueError(f"reduction must be 'none', 'sum' or 'mean', got {reduction!r}")
+            raise ValueError(f"{self.name}: reduction must be 'none', 'sum' or 'mean', got "
+                             f"{reduction!r}")
         return reduction
+
+
+@MODELS.register_module()
+class RTDETRVarifocalLoss(IoUTargetClassificationLoss):
+    """``loss_weight * sum(varifocal_loss) / avg_factor`` (``reduction='sum'`` then divided).
+
+    Args:
+        alpha: weight of the negative terms.
+        gamma: focusing exponent of the negative terms.
+        loss_weight / reduction: see :class:`IoUTargetClassificationLoss`.
+    """
+    name = 'varifocal'
+
+    def __init__(self, alpha: float = 0.75, gamma: float = 2.0, loss_weight: float = 1.0,
+                 reduction: str = 'sum') -> None:
+        super().__init__(loss_weight, reduction)
+        self.alpha = alpha
+        self.gamma = gamma
+
+    def elementwise(self, logits: Tensor, labels: Tensor, ious: Tensor) -> Tensor:
+        return varifocal_loss(logits, labels, ious, self.alpha, self.gamma)

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 
 class End2EndDetector(nn.Module):
-    """Wraps one of our detectors (DETR, Deformable DETR, RT-DETR) in eval mode.
+    """Wraps one of our detectors (DETR, Deformable DETR, RT-DETR(v2), D-FINE, DEIM) in eval mode.
 
     ``forward(images)`` takes a normalized, unpadded batch (bs, 3, H, W), as the detector's data
     preprocessor makes it, and returns the last decoder layer's detections in the pixel frame of

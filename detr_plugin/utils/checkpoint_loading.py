@@ -99,8 +99,9 @@ def weights_of(checkpoint: dict, source: str) -> Weights:
 
     Ours: an mmengine checkpoint (``state_dict`` and ``meta``; when mmengine's EMAHook trained
     the model, ``state_dict`` already holds the averaged weights) or a bare state dict. An
-    original authors' checkpoint (DETR, Deformable DETR, RT-DETR) is converted on the fly by
-    :func:`detr_plugin.converters.convert_original_checkpoint`. ``source`` names the file in errors.
+    original authors' checkpoint (DETR, Deformable DETR, RT-DETR(v2), D-FINE, DEIM) is converted
+    on the fly by :func:`detr_plugin.converters.convert_original_checkpoint`. ``source`` names
+    the file in errors.
     """
     if isinstance(checkpoint.get('state_dict'), dict):
         state_dict, meta = checkpoint['state_dict'], checkpoint.get('meta') or {}
@@ -111,7 +112,8 @@ def weights_of(checkpoint: dict, source: str) -> Weights:
     if not all(isinstance(value, Tensor) for value in state_dict.values()):
         raise CheckpointError(f'checkpoint {source!r} has no state_dict of tensors (top-level keys '
                               f'{summarize(sorted(map(str, checkpoint)))}) and is no original '
-                              'DETR, Deformable DETR or RT-DETR checkpoint that can be converted')
+                              'DETR, Deformable DETR, RT-DETR(v2), D-FINE or DEIM checkpoint '
+                              'that can be converted')
     return Weights({key[len('module.'):] if key.startswith('module.') else key: value
                     for key, value in state_dict.items()}, meta)
 

@@ -17,7 +17,8 @@ class CheckpointCheckHook(Hook):
     (resuming) a checkpoint that does not fit raises CheckpointError (one line); with
     ``partial=True`` (fine-tuning from ``load_from``) the keys that do not fit (the class heads
     of another class count) keep the model's fresh initialisation and one log line says which.
-    An original authors' checkpoint (DETR, Deformable DETR, RT-DETR) is converted on the fly.
+    An original authors' checkpoint (DETR, Deformable DETR, RT-DETR(v2), D-FINE, DEIM) is
+    converted on the fly.
     """
 
     priority = 'VERY_HIGH'  # before EMAHook copies the weights into its averaged model

@@ -1,12 +1,16 @@
-"""Training-trajectory parity: detr_plugin's RT-DETR or RT-DETRv2 trained step by step against the
-original's trajectory saved by tools/model_converters/rtdetr_trajectory_reference.py
-(docs/parity.md).
+"""Training-trajectory parity: detr_plugin's RT-DETR, RT-DETRv2 or D-FINE trained step by step
+against the original's trajectory saved by tools/model_converters/rtdetr_trajectory_reference.py
+or dfine_trajectory_reference.py (docs/parity.md).
 
     python tools/analysis/trajectory_parity.py /work/ref/trajectory/r18vd_fp64.pth \\
         configs/rtdetr/rtdetr_r18vd_8xb2-72e_coco.py [--tol-loss 1e-6] [--tol-ema 1e-6] \\
         [--noise-reference OTHER_RUN_OF_THE_ORIGINAL.pth] [--json out.json]
     python tools/analysis/trajectory_parity.py /work/ref/trajectory/v2_r18vd_fp64.pth \\
         configs/rtdetrv2/rtdetrv2_r18vd_8xb2-120e_coco.py
+    python tools/analysis/trajectory_parity.py /work/ref/trajectory/dfine_s_fp64.pth \\
+        configs/dfine/dfine_hgnetv2-s_8xb4-132e_coco.py
+
+The reference's ``version`` picks the converter and the loss names (``FAMILIES``).
 
 Ours starts from the original's initial weights (converted, loaded strictly) and sees the same
 batches (the file the reference names), in the reference's dtype. Its optimizer is built by
@@ -49,30 +53,35 @@ from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..',
                                 'model_converters'))
+from dfine_parity_check import loss_name as dfine_loss_name  # noqa: E402
 from rtdetr_parity_check import data_samples, loss_name  # noqa: E402
 
-from detr_plugin.converters import convert_rtdetr  # noqa: E402
+from detr_plugin.converters import convert_dfine, convert_rtdetr  # noqa: E402
 from detr_plugin.registry import HOOKS, MODELS  # noqa: E402
 from detr_plugin.utils import register_all_modules  # noqa: E402
 
 REPORT_STEPS = (1, 10, 50, 100, 200)
+# per reference ``version`` (the original it ran): checkpoint converter, loss-name mapping
+FAMILIES = {'v1': (convert_rtdetr, loss_name), 'v2': (convert_rtdetr, loss_name),
+            'dfine': (convert_dfine, dfine_loss_name)}
 # learning-rate factors: the same schedule rounds differently (mmengine's LinearLR multiplies the
 # previous rate by a ratio, the original's LinearWarmup computes (k + 1) / n), nothing more
 LR_TOLERANCE = 1e-12
 
 
-def build_model(cfg: Config, state_dict: Dict[str, torch.Tensor], dtype: torch.dtype) -> nn.Module:
+def build_model(cfg: Config, state_dict: Dict[str, torch.Tensor], dtype: torch.dtype,
+                convert=convert_rtdetr) -> nn.Module:
     """The config's model (80 classes, no pretrained backbone) with the original's weights."""
     cfg.model.backbone.init_cfg = None
     cfg.model.bbox_head.num_classes = 80
     model = MODELS.build(cfg.model)
-    model.load_state_dict(convert_rtdetr(state_dict), strict=True)
+    model.load_state_dict(convert(state_dict), strict=True)
     return model.to(dtype)
 
 
-def our_name(original: str) -> str:
-    """The name ``convert_rtdetr`` gives an original parameter."""
-    return next(iter(convert_rtdetr({original: torch.zeros(1)})))
+def our_name(original: str, convert=convert_rtdetr) -> str:
+    """The name ``convert`` gives an original parameter."""
+    return next(iter(convert({original: torch.zeros(1)})))
 
 
 def group_settings(model: nn.Module, optim_wrapper: OptimWrapper) -> Dict[str, dict]:
@@ -83,11 +92,12 @@ def group_settings(model: nn.Module, optim_wrapper: OptimWrapper) -> Dict[str, d
             for name, p in model.named_parameters() if id(p) in group_of}
 
 
-def group_differences(theirs: Dict[str, dict], ours: Dict[str, dict]) -> List[Tuple[str, ...]]:
+def group_differences(theirs: Dict[str, dict], ours: Dict[str, dict],
+                      convert=convert_rtdetr) -> List[Tuple[str, ...]]:
     """(original name, our name, setting, original's value, ours) for every setting that differs,
     and for parameters only one side trains."""
     rows = []
-    mapped = {our_name(name): name for name in theirs}
+    mapped = {our_name(name, convert): name for name in theirs}
     for ours_name in sorted(set(mapped) | set(ours)):
         original = mapped.get(ours_name, '-')
         if ours_name not in ours or original == '-':
@@ -167,11 +177,14 @@ def train(model: nn.Module, optim_wrapper: OptimWrapper, schedulers: list, hook,
 
 
 def loss_differences(theirs: List[Dict[str, float]], ours: List[Dict[str, float]],
-                     num_layers: int) -> List[dict]:
-    """Per step: both totals, their difference and the largest difference of any term."""
+                     num_layers: int, loss_names=loss_name) -> List[dict]:
+    """Per step: both totals, their difference and the largest difference of any term. An
+    original term that is exactly 0 and that ours lacks is left out (D-FINE's DDF of the last
+    denoising layer with itself)."""
     rows = []
     for original, mine in zip(theirs, ours):
-        terms = {loss_name(k, num_layers): v for k, v in original.items() if k != 'total'}
+        terms = {loss_names(k, num_layers): v for k, v in original.items() if k != 'total'}
+        terms = {k: v for k, v in terms.items() if k in mine or v != 0}
         unpaired = set(terms) ^ (set(mine) - {'total'})
         if unpaired:
             raise AssertionError(f'loss terms of one side only: {sorted(unpaired)}')
@@ -182,14 +195,14 @@ def loss_differences(theirs: List[Dict[str, float]], ours: List[Dict[str, float]
     return rows
 
 
-def state_difference(theirs: Dict[str, torch.Tensor], ours: Dict[str, torch.Tensor]
-                     ) -> Dict[str, Tuple[float, str]]:
+def state_difference(theirs: Dict[str, torch.Tensor], ours: Dict[str, torch.Tensor],
+                     convert=convert_rtdetr) -> Dict[str, Tuple[float, str]]:
     """Largest absolute difference of the floating-point entries of two state dicts (ours named
     as the converted original's) and where it is: over the weights, and over the BatchNorm
     running statistics relative to their magnitude (``|a - b| / max(1, |b|)``; variances of a
     random network reach 1e3)."""
     worst = {'weights': (0.0, ''), 'statistics': (0.0, '')}
-    for name, value in convert_rtdetr(theirs).items():
+    for name, value in convert(theirs).items():
         if not value.dtype.is_floating_point:
             continue
         diff = (value.double() - ours[name].double()).abs()
@@ -211,9 +224,11 @@ def run_ours(cfg: Config, reference: dict, batches: dict, steps: int, dtype: tor
     """Ours trained from the reference's initial weights: optimizer-setting differences (before
     any scheduler scales the learning rates), EMA decays, per-step losses, gradient norms and
     learning-rate factors, final EMA and model weights."""
-    model = build_model(cfg, reference['state_dict'], dtype)
+    convert = FAMILIES[reference.get('version', 'v1')][0]
+    model = build_model(cfg, reference['state_dict'], dtype, convert)
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
-    groups = group_differences(reference['param_groups'], group_settings(model, optim_wrapper))
+    groups = group_differences(reference['param_groups'], group_settings(model, optim_wrapper),
+                               convert)
     schedulers = build_schedulers(cfg, optim_wrapper)
     hook = build_ema_hook(cfg, model)
     losses, grad_norms, lr_factors = train(model, optim_wrapper, schedulers, hook, batches, steps,
@@ -280,12 +295,13 @@ def main() -> None:
     print(f'learning-rate factor: steps 1-{steps} ours {our_factors[0]:g} .. '
           f'{our_factors[-1]:g}, the original {their_factors[0]:g} .. '
           f'{their_factors[-1]:g}; max abs diff {lr_diff:.1e}')
+    convert, loss_names = FAMILIES[reference.get('version', 'v1')]
     rows = loss_differences(reference['losses'][:steps], ours['losses'][:steps],
-                            ours['num_layers'])
+                            ours['num_layers'], loss_names)
     if steps != len(reference['losses']):  # the saved weights are those after the last step
         raise SystemExit(f'--steps {steps}: the reference ran {len(reference["losses"])}')
-    ema = state_difference(reference['ema_state_dict'], ours['ema_state_dict'])
-    final = state_difference(reference['final_state_dict'], ours['final_state_dict'])
+    ema = state_difference(reference['ema_state_dict'], ours['ema_state_dict'], convert)
+    final = state_difference(reference['final_state_dict'], ours['final_state_dict'], convert)
     ema_diff = max(diff for diff, _ in ema.values())
 
     noise = None

@@ -31,11 +31,10 @@ relative rounding of a weight). The second half is tools/analysis/trajectory_par
 """
 import argparse
 import importlib
-import math
 import os
 import sys
 import time
-from typing import Dict, List
+from typing import Dict
 
 import torch
 
@@ -43,7 +42,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dfine_parity_reference import (CONSTANT_BUFFERS, import_full_model,  # noqa: E402
                                     import_original)
 from rtdetr_parity_reference import calibrate_batchnorm, perturb  # noqa: E402
-from rtdetr_trajectory_reference import load_or_make_batches, param_groups  # noqa: E402
+from rtdetr_trajectory_reference import (add_run_arguments, load_or_make_batches,  # noqa: E402
+                                         param_groups, save_trajectory, update)
 
 
 def float64_bbox2distance(points: torch.Tensor, boxes: torch.Tensor, reg_max: int,
@@ -94,14 +94,7 @@ def main() -> None:
     parser.add_argument('--root', required=True, help='path of Peterande/D-FINE')
     parser.add_argument('--config', default='dfine_hgnetv2_s_coco.yml',
                         help='file name under configs/dfine/')
-    parser.add_argument('--batches', required=True, help='batches file (written if missing)')
-    parser.add_argument('--out', required=True)
-    parser.add_argument('--steps', type=int, default=200)
-    parser.add_argument('--num-images', type=int, default=16)
-    parser.add_argument('--size', type=int, default=256)
-    parser.add_argument('--batch-size', type=int, default=2)
-    parser.add_argument('--seed', type=int, default=0, help='data and weight seed')
-    parser.add_argument('--float64', action='store_true')
+    add_run_arguments(parser)
     args = parser.parse_args()
 
     YAMLConfig = import_original(args.root, deim=False)[-1]
@@ -132,42 +125,24 @@ def main() -> None:
     base_lr = optimizer.param_groups[0]['lr']
     warmup, ema, max_norm = cfg.lr_warmup_scheduler, cfg.ema, cfg.clip_max_norm
 
-    losses: List[Dict[str, float]] = []
-    grad_norms, ema_decays, lr_factors = [], [], []
+    records: Dict[str, list] = dict(losses=[], grad_norms=[], ema_decays=[], lr_factors=[])
     model.train()
     criterion.train()
     start = time.time()
     for step, index in enumerate(schedule[:args.steps]):
-        lr_factors.append(optimizer.param_groups[0]['lr'] / base_lr)
+        records['lr_factors'].append(optimizer.param_groups[0]['lr'] / base_lr)
         batch_targets = [dict(labels=targets[int(i)]['labels'],
                               boxes=targets[int(i)]['boxes'].to(dtype)) for i in index]
         torch.manual_seed(step)
         outputs = model(images[index].to(dtype), targets=batch_targets)
         terms = criterion(outputs, batch_targets, epoch=0, step=step, global_step=step,
                           epoch_step=len(schedule))
-        loss = sum(terms.values())
-        optimizer.zero_grad()
-        loss.backward()
-        grad_norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)))
-        optimizer.step()
-        ema.update(model)
-        ema_decays.append(ema.decay_fn(ema.updates))
-        warmup.step()
-        losses.append(dict({k: float(v.detach()) for k, v in terms.items()},
-                           total=float(loss.detach())))
-        if not math.isfinite(losses[-1]['total']):
-            raise SystemExit(f'step {step}: loss {losses[-1]["total"]}')
+        total = update(step, model, terms, optimizer, ema, max_norm, warmup, records)['total']
         if step % 20 == 0 or step == args.steps - 1:
-            print(f'step {step:4d} loss {losses[-1]["total"]:.6f} grad norm '
-                  f'{grad_norms[-1]:.4f} ({time.time() - start:.0f} s)', flush=True)
+            print(f'step {step:4d} loss {total:.6f} ({time.time() - start:.0f} s)', flush=True)
 
-    torch.save(dict(config=args.config, batches=os.path.abspath(args.batches), seed=args.seed,
-                    dtype=str(dtype), steps=args.steps, torch_version=torch.__version__,
-                    version='dfine', state_dict=state_dict, param_groups=groups,
-                    lr_factors=lr_factors, clip_max_norm=max_norm, ema_decay=ema.decay,
-                    ema_warmups=ema.warmups, losses=losses, grad_norms=grad_norms,
-                    ema_decays=ema_decays, ema_state_dict=ema.module.state_dict(),
-                    final_state_dict=model.state_dict()), args.out)
+    save_trajectory(args, 'dfine', dtype, model, ema, max_norm, state_dict=state_dict,
+                    param_groups=groups, **records)
     print(f'{args.config}: {args.steps} steps ({dtype}) -> {args.out}')
 
 

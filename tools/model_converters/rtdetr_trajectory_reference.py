@@ -43,7 +43,7 @@ import math
 import os
 import sys
 import time
-from typing import Dict, List
+from typing import Dict
 
 import torch
 
@@ -105,14 +105,45 @@ def param_groups(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Di
             for name, p in model.named_parameters() if p.requires_grad}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--version', choices=sorted(ORIGINALS), default='v1',
-                        help='v1: rtdetr_pytorch, v2: rtdetrv2_pytorch')
-    parser.add_argument('--rtdetr-root', required=True,
-                        help='path of rtdetr_pytorch/ (v1) or rtdetrv2_pytorch/ (v2)')
-    parser.add_argument('--config', help='file name under configs/rtdetr/ (v1) or '
-                        'configs/rtdetrv2/ (v2); default: the R18-vd one')
+def update(step: int, model: torch.nn.Module, terms: Dict[str, torch.Tensor],
+           optimizer: torch.optim.Optimizer, ema, max_norm: float, warmup,
+           records: Dict[str, list]) -> Dict[str, float]:
+    """The original engine's update after the criterion: ``sum`` of the terms, backward,
+    gradient clipping, optimizer step, ``ModelEMA.update``, the warm-up's ``step()`` (if any).
+    Appends every term and the total as floats to ``records['losses']``, the gradient norm
+    before clipping to ``records['grad_norms']`` and this EMA update's decay to
+    ``records['ema_decays']``; returns the losses. SystemExit on a non-finite loss."""
+    loss = sum(terms.values())
+    optimizer.zero_grad()
+    loss.backward()
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+    optimizer.step()
+    ema.update(model)
+    if warmup is not None:
+        warmup.step()
+    losses = dict({k: float(v.detach()) for k, v in terms.items()}, total=float(loss.detach()))
+    if not math.isfinite(losses['total']):
+        raise SystemExit(f'step {step}: loss {losses["total"]}')
+    records['losses'].append(losses)
+    records['grad_norms'].append(grad_norm)
+    records['ema_decays'].append(ema.decay_fn(ema.updates))
+    return losses
+
+
+def save_trajectory(args: argparse.Namespace, version: str, dtype: torch.dtype,
+                    model: torch.nn.Module, ema, max_norm: float, **records) -> None:
+    """Writes ``args.out``: the run's settings, ``records`` (``state_dict``, ``param_groups``,
+    ``lr_factors``, ``losses``, ``grad_norms``, ``ema_decays``; see the module docstring) and
+    the final EMA and model weights."""
+    torch.save(dict(config=args.config, batches=os.path.abspath(args.batches), seed=args.seed,
+                    dtype=str(dtype), steps=args.steps, torch_version=torch.__version__,
+                    version=version, clip_max_norm=max_norm, ema_decay=ema.decay,
+                    ema_warmups=ema.warmups, ema_state_dict=ema.module.state_dict(),
+                    final_state_dict=model.state_dict(), **records), args.out)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every trajectory reference shares: data, output, length, seed, dtype."""
     parser.add_argument('--batches', required=True, help='batches file (written if missing)')
     parser.add_argument('--out', required=True)
     parser.add_argument('--steps', type=int, default=200)
@@ -121,6 +152,17 @@ def main() -> None:
     parser.add_argument('--batch-size', type=int, default=2)
     parser.add_argument('--seed', type=int, default=0, help='data and weight seed')
     parser.add_argument('--float64', action='store_true')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--version', choices=sorted(ORIGINALS), default='v1',
+                        help='v1: rtdetr_pytorch, v2: rtdetrv2_pytorch')
+    parser.add_argument('--rtdetr-root', required=True,
+                        help='path of rtdetr_pytorch/ (v1) or rtdetrv2_pytorch/ (v2)')
+    parser.add_argument('--config', help='file name under configs/rtdetr/ (v1) or '
+                        'configs/rtdetrv2/ (v2); default: the R18-vd one')
+    add_run_arguments(parser)
     args = parser.parse_args()
 
     original = ORIGINALS[args.version]
@@ -157,8 +199,7 @@ def main() -> None:
     ema = cfg.ema
     max_norm = cfg.clip_max_norm
 
-    losses: List[Dict[str, float]] = []
-    grad_norms, ema_decays, lr_factors = [], [], []
+    records: Dict[str, list] = dict(losses=[], grad_norms=[], ema_decays=[], lr_factors=[])
     model.train()
     criterion.train()
     start = time.time()
@@ -166,36 +207,18 @@ def main() -> None:
         samples = images[schedule[step]].to(dtype)
         batch_targets = [dict(labels=targets[int(i)]['labels'],
                               boxes=targets[int(i)]['boxes'].to(dtype)) for i in schedule[step]]
-        lr_factors.append(optimizer.param_groups[0]['lr'] / base_lr)
+        records['lr_factors'].append(optimizer.param_groups[0]['lr'] / base_lr)
         torch.manual_seed(step)
         outputs = model(samples, batch_targets)
         loss_dict = criterion(outputs, batch_targets)
-        loss = sum(loss_dict.values())
-        optimizer.zero_grad()
-        loss.backward()
-        grad_norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)))
-        optimizer.step()
-        ema.update(model)
-        ema_decays.append(ema.decay_fn(ema.updates))
-        if warmup is not None:
-            warmup.step()
-        losses.append(dict({k: float(v.detach()) for k, v in loss_dict.items()},
-                           total=float(loss.detach())))
-        if not math.isfinite(float(loss)):
-            raise SystemExit(f'step {step}: loss {float(loss)}')
+        total = update(step, model, loss_dict, optimizer, ema, max_norm, warmup, records)['total']
         if step % 20 == 0 or step == args.steps - 1:
-            print(f'step {step:4d} loss {float(loss):.6f} grad norm {grad_norms[-1]:.4f} '
+            print(f'step {step:4d} loss {total:.6f} grad norm {records["grad_norms"][-1]:.4f} '
                   f'({time.time() - start:.0f} s)', flush=True)
 
-    torch.save(dict(config=args.config, batches=os.path.abspath(args.batches), seed=args.seed,
-                    dtype=str(dtype), steps=args.steps, torch_version=torch.__version__,
-                    version=args.version, state_dict=state_dict, param_groups=groups,
-                    lr_factors=lr_factors,
-                    clip_max_norm=max_norm, ema_decay=ema.decay, ema_warmups=ema.warmups,
-                    losses=losses, grad_norms=grad_norms, ema_decays=ema_decays,
-                    ema_state_dict=ema.module.state_dict(), final_state_dict=model.state_dict()),
-               args.out)
-    final = f', final loss {losses[-1]["total"]:.6f}' if losses else ''
+    save_trajectory(args, args.version, dtype, model, ema, max_norm, state_dict=state_dict,
+                    param_groups=groups, **records)
+    final = f', final loss {records["losses"][-1]["total"]:.6f}' if records['losses'] else ''
     print(f'{args.config}: {args.steps} steps ({dtype}){final} -> {args.out}')
 
 

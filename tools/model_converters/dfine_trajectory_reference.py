@@ -24,10 +24,11 @@ rounded to float32; ours computes it). The original's criterion cannot run in do
 ``translate_gt`` builds the FGL bin weights in a float32 tensor (``indices.float()``) and
 assigning double values into it raises; with ``--float64`` the criterion module's
 ``bbox2distance`` is replaced by :func:`float64_bbox2distance`, the same formula (the paper's
-edge distances and the two-bin interpolation) kept in the input's dtype. The FGL loss also
-rounds its IoU weights with ``weight.float()``; that is left as the original has it (a 1e-8
-relative rounding of a weight). The second half is tools/analysis/trajectory_parity.py
-``--family dfine``.
+edge distances and the two-bin interpolation) kept in the input's dtype; and the FGL loss rounds
+its IoU weights to float32 (``weight.float()``, 1e-8 on the FGL terms), so the criterion's
+``unimodal_distribution_focal_loss`` is replaced by :func:`float64_fgl`, the same sum without the
+rounding. The float32 run uses the original as it is. The second half is
+tools/analysis/trajectory_parity.py (it reads the reference's ``version``, 'dfine').
 """
 import argparse
 import importlib
@@ -37,6 +38,7 @@ import time
 from typing import Dict
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dfine_parity_reference import (CONSTANT_BUFFERS, import_full_model,  # noqa: E402
@@ -79,6 +81,19 @@ def float64_bbox2distance(points: torch.Tensor, boxes: torch.Tensor, reg_max: in
             weight_left.detach())
 
 
+def float64_fgl(logits: torch.Tensor, bins: torch.Tensor, weight_right: torch.Tensor,
+                weight_left: torch.Tensor, weight: torch.Tensor, avg_factor: float
+                ) -> torch.Tensor:
+    """FGL of (M, reg_max + 1) edge logits against (M,) fractional bin targets: cross-entropy
+    with the left bin floor(t) times ``weight_left`` plus with floor(t) + 1 times
+    ``weight_right``, times the (M,) IoU ``weight``, summed over ``avg_factor``; in the
+    logits' dtype."""
+    left = bins.long()
+    loss = (F.cross_entropy(logits, left, reduction='none') * weight_left.reshape(-1)
+            + F.cross_entropy(logits, left + 1, reduction='none') * weight_right.reshape(-1))
+    return (loss * weight).sum() / avg_factor
+
+
 def exact_point_scales(model: torch.nn.Module) -> None:
     """Every decoder layer's ``num_points_scale`` set to 1 / P_l in the model's dtype."""
     with torch.no_grad():
@@ -119,6 +134,7 @@ def main() -> None:
         exact_point_scales(model)
         importlib.import_module('src.zoo.dfine.dfine_criterion').bbox2distance = \
             float64_bbox2distance
+        criterion.unimodal_distribution_focal_loss = float64_fgl
     state_dict = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = cfg.optimizer
     groups = param_groups(model, optimizer)  # before the warm-up scales the learning rates

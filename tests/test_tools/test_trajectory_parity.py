@@ -158,3 +158,22 @@ def test_ema_follows_original_formula(tool, repo_root):
                 torch.testing.assert_close(original[name] - averaged[name],
                                            d * (initial[name] - weights[name]), rtol=1e-9, atol=0)
         assert tool.ema_decay(hook, k) == (0.0 if k == 1 else pytest.approx(d, rel=1e-12))
+
+
+def test_dfine_loss_names_and_the_zero_term(tool):
+    """A D-FINE reference's terms under our names (D-FINE's mapping, written out by hand for 3
+    decoder layers); its DDF of the last denoising layer with itself, exactly 0 and not among
+    ours, is left out, a non-zero term ours lacks is an error; the family's converter."""
+    from detr_plugin.converters import convert_dfine
+    convert, names = tool.FAMILIES['dfine']
+    assert convert is convert_dfine
+    theirs = [dict(loss_vfl=1.0, loss_fgl_aux_0=0.5, loss_bbox_dn_pre=0.25, loss_ddf_dn_2=0.0,
+                   total=1.75)]
+    ours = [{'loss_vfl': 1.0, 'd0.loss_fgl': 0.5 + 1e-3, 'pre_dn_loss_bbox': 0.25,
+             'total': 1.75 + 1e-3}]
+    row, = tool.loss_differences(theirs, ours, 3, names)
+    assert row['worst_term'] == 'd0.loss_fgl'
+    assert row['term_diff'] == pytest.approx(1e-3) and row['diff'] == pytest.approx(1e-3)
+    theirs[0]['loss_ddf_dn_2'] = 0.1
+    with pytest.raises(AssertionError, match='dn_loss_ddf'):
+        tool.loss_differences(theirs, ours, 3, names)

@@ -1,0 +1,121 @@
+"""tools/misc/make_coco_like_dataset.py (valid COCO, COCO-like statistics, deterministic) and
+tools/analysis/benchmark_training.py (runs on the CPU and prints its table)."""
+import json
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+NUM_IMAGES, MAX_SIDE = 150, 64
+
+
+@pytest.fixture(scope='module')
+def gen(load_tool):
+    return load_tool('tools/misc/make_coco_like_dataset.py')
+
+
+@pytest.fixture(scope='module')
+def dataset(gen, tmp_path_factory):
+    """(root, COCO dict) of a small dataset with a longer side of 64 px."""
+    root = tmp_path_factory.mktemp('coco_like')
+    gen.main(['--out', str(root), '--num-images', str(NUM_IMAGES), '--seed', '5',
+              '--max-side', str(MAX_SIDE)])
+    ann = root / 'annotations' / 'instances_train2017.json'
+    return root, json.loads(ann.read_text())
+
+
+def test_pycocotools_loads_it_with_coco_categories(dataset):
+    from pycocotools.coco import COCO
+    root, _ = dataset
+    coco = COCO(str(root / 'annotations' / 'instances_train2017.json'))
+    assert len(coco.getImgIds()) == NUM_IMAGES
+    cats = coco.loadCats(coco.getCatIds())
+    assert len(cats) == 80
+    # COCO's ids skip 12, 26, 29, 30, 45, 66, 68, 69, 71, 83
+    by_name = {c['name']: c['id'] for c in cats}
+    assert (by_name['person'], by_name['stop sign'], by_name['backpack'],
+            by_name['toothbrush']) == (1, 13, 27, 90)
+
+
+def test_mmdet_coco_dataset_keeps_every_annotation(dataset):
+    from mmdet.datasets import CocoDataset
+    root, coco = dataset
+    ds = CocoDataset(data_root=str(root), ann_file='annotations/instances_train2017.json',
+                     data_prefix=dict(img='train2017/'), filter_cfg=dict(filter_empty_gt=False),
+                     pipeline=[], test_mode=False)
+    assert len(ds) == NUM_IMAGES
+    labels = [inst['bbox_label'] for i in range(len(ds))
+              for inst in ds.get_data_info(i)['instances']]
+    assert len(labels) == len(coco['annotations'])
+    ids = [a['category_id'] for a in coco['annotations']]
+    assert labels == [sorted(set(range(1, 91)) - {12, 26, 29, 30, 45, 66, 68, 69, 71, 83}).index(i)
+                      for i in ids]
+
+
+def test_images_and_boxes(dataset):
+    root, coco = dataset
+    sizes = {}
+    for im in coco['images']:
+        with Image.open(root / 'train2017' / im['file_name']) as img:
+            assert img.format == 'JPEG' and img.mode == 'RGB'
+            assert img.size == (im['width'], im['height'])
+        assert max(im['width'], im['height']) == MAX_SIDE
+        sizes[im['id']] = (im['width'], im['height'])
+    for a in coco['annotations']:
+        x, y, w, h = a['bbox']
+        width, height = sizes[a['image_id']]
+        assert 0 <= x and 0 <= y and w >= 1 and h >= 1 and x + w <= width and y + h <= height
+        # the demo shapes fill at least about half their box (the triangle)
+        assert 0.4 * w * h <= a['area'] <= w * h
+
+
+def test_size_distribution_is_coco_like(gen):
+    """The sampler at COCO's 640 px against COCO train2017's statistics."""
+    rng = np.random.default_rng(0)
+    sizes = [gen.image_size(rng, 640) for _ in range(2000)]
+    assert all(max(s) == 640 for s in sizes)
+    landscape = np.mean([w > h for h, w in sizes])
+    assert 0.65 < landscape < 0.85   # COCO: about 3 in 4
+    boxes = [gen.random_boxes(rng, h, w, 640) for h, w in sizes]
+    per_image = np.array([len(b) for b in boxes])
+    assert 6.5 < per_image.mean() < 8 and per_image.max() == 20  # COCO: 7.3
+    side = np.array([np.sqrt(b.w * b.h) for image in boxes for b in image])
+    # COCO: 41% small (< 32 px), 24% large (> 96 px); the clipping to the image trims the tail
+    assert np.mean(side < 32) == pytest.approx(0.41, abs=0.03)
+    assert np.mean(side > 96) == pytest.approx(0.24, abs=0.03)
+    assert all(0 <= b.x0 and b.x0 + b.w <= w and 0 <= b.y0 and b.y0 + b.h <= h
+               for (h, w), image in zip(sizes, boxes) for b in image)
+
+
+def test_same_seed_same_bytes(gen, dataset, tmp_path):
+    root, coco = dataset
+    gen.main(['--out', str(tmp_path), '--num-images', '4', '--seed', '5',
+              '--max-side', str(MAX_SIDE)])
+    again = json.loads((tmp_path / 'annotations' / 'instances_train2017.json').read_text())
+    assert again['images'] == coco['images'][:4]
+    assert again['annotations'] == [a for a in coco['annotations'] if a['image_id'] <= 4]
+    for im in again['images']:
+        name = im['file_name']
+        assert (tmp_path / 'train2017' / name).read_bytes() == \
+            (root / 'train2017' / name).read_bytes()
+
+
+def test_benchmark_prints_its_table_on_cpu(load_tool, repo_root, dataset, capsys):
+    bench = load_tool('tools/analysis/benchmark_training.py')
+    root, _ = dataset
+    bench.main([str(repo_root / 'configs/rtdetr/rtdetr_r18vd_1xb8-demo.py'), '--data-root',
+                str(root), '--batch', '2', '--workers', '0', '--iters', '2', '--warmup', '0',
+                '--window', '1', '--amp', 'none', '--device', 'cpu'])
+    lines = capsys.readouterr().out.strip().splitlines()
+    header, row = lines[-3], lines[-1]
+    for field in ('pipeline images/s', 'data wait ms/iter', 'epoch min (118,287 images)',
+                  'model step images/s', 'model step ms', 'peak RSS MiB', 'loss after 2 steps'):
+        assert field in header
+    cells = [c.strip() for c in row.strip('|').split('|')]
+    assert cells[0] == 'ours'
+    rate, wait, epoch, step_rate, step_ms, rss, loss = map(float, cells[1:])
+    assert rate > 0 and wait >= 0 and rss > 100 and np.isfinite(loss) and loss > 0
+    assert epoch == pytest.approx(118287 / rate / 60, rel=0.02)
+    assert step_rate == pytest.approx(2 / step_ms * 1e3, rel=0.02)
+    assert re.search(r'batch 2, AMP none, cpu', lines[-4])

@@ -1,9 +1,11 @@
 """Training throughput as a user sees it: images/s and epoch time with the real data pipeline,
-and of the model step alone, with peak memory and the loss reached.
+and of the model step alone, with peak memory and the loss reached; ours and, optionally, the
+original implementation's in the same run.
 
     python tools/misc/make_coco_like_dataset.py --out data/coco_like --num-images 2000
-    python tools/analysis/benchmark_training.py configs/rtdetr/rtdetr_r50vd_8xb2-72e_coco.py \\
-        --data-root data/coco_like --batch 16 --workers 8 --amp bf16 --iters 500
+    python tools/analysis/benchmark_training.py configs/rtdetrv2/rtdetrv2_r50vd_8xb2-72e_coco.py \\
+        --data-root data/coco_like --batch 16 --workers 8 --amp bf16 --iters 500 \\
+        --original-root /path/to/rtdetrv2_pytorch
 
 (a) pipeline: the config's ``train_dataloader`` (its transforms, sampler and collate) reads the
 COCO-like JPEGs of ``--data-root``; each iteration takes the next batch and runs
@@ -11,42 +13,56 @@ COCO-like JPEGs of ``--data-root``; each iteration takes the next batch and runs
 which is what mmengine's train loop does per iteration, hooks aside. The data preprocessor's
 batch augments stay on: the config's multi-scale resolution schedule. Reported: images/s (median
 over windows of ``--window`` iterations after ``--warmup``), the time per iteration spent blocked
-on the loader, the epoch time for COCO train2017's 118,287 images at that rate, peak memory
-(``torch.cuda.max_memory_allocated`` on a GPU, the process's peak RSS on the CPU), and the loss
-of the last window.
-(b) model step: the same ``train_step`` on one batch of the loader held in device memory
+on the loader, the epoch time for COCO train2017's 118,287 images at that rate, peak memory, and
+the mean loss of the last window.
+(b) model step: the same step on one batch of the loader held in device memory
 (:func:`benchmark_rtdetr.interleaved_ms`), so (a) - (b) is the cost of the data pipeline.
 
-The model starts from the config's initialisation with its backbone checkpoint left out (no
-download) and seed ``--seed``; its class count is the dataset's (80).
-``--original-root`` is the extension point for the original implementation's side in the same
-run (its own loader, transforms and train step on the same files, from the same weights); it is
-not implemented yet, and passing it is an error.
+Ours starts from the config's initialisation (no backbone checkpoint, no download) with seed
+``--seed``; its class count is the dataset's (80). With ``--original-root`` (RT-DETRv2 configs of
+:data:`benchmark_rtdetr.MODELS`: a checkout of lyuwenyu/RT-DETR's ``rtdetrv2_pytorch``, which
+needs torchvision and faster_coco_eval), the original runs beside ours, in turns of
+``--iters / --rounds`` iterations: its model from its YAML config with the weights of
+:func:`benchmark_rtdetr.original_model`, converted into ours (same weights); its own train loader
+(``CocoDetection``, its transforms, ``BatchImageCollateFunction``'s multi-scale) on the same files
+at the same batch; its step as its ``det_engine.train_one_epoch`` takes it (autocast, criterion,
+backward, gradient clipping 0.1, AdamW with its YAML's parameter groups). Neither side runs EMA
+or a learning-rate schedule. Peak memory on a GPU is, per side, its weights, gradients and
+optimizer state plus the largest rise of ``torch.cuda.max_memory_allocated`` within its turns;
+on the CPU the process's peak RSS, shared by both sides.
 """
 import argparse
+import importlib
 import os
 import resource
 import statistics
 import sys
 import time
-from typing import Dict, List, NamedTuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmark_rtdetr import interleaved_ms  # noqa: E402
-
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)  # benchmark_rtdetr, imported where used
 COCO_TRAIN_IMAGES = 118287
-AMP_DTYPES = {'bf16': 'bfloat16', 'fp16': 'float16'}
+AMP_DTYPES = {'bf16': 'bfloat16', 'fp16': 'float16'}  # --amp: torch dtype name
 
 
-class PipelineResult(NamedTuple):
-    """Measurements of the data-pipeline run (a)."""
-    images_per_s: float     # median over windows
-    data_wait_ms: float     # median per iteration, host time blocked on the loader
-    peak_mib: float         # peak device memory (GPU) or peak process RSS (CPU), MiB
-    loss: float             # mean total loss over the last window
-    steps: int              # iterations run, warm-up included
+class Side(NamedTuple):
+    """One implementation under test."""
+    name: str
+    stream: Iterator                # its loader's batches, epoch after epoch
+    step: Callable[[Any], float]    # one training step on a batch; returns the total loss
+    resident: Any                   # one batch already on the device, for the model step alone
+    state_bytes: int                # weights, gradients and optimizer state
+
+
+class Record(NamedTuple):
+    """What the pipeline run (a) of one side collects."""
+    waits: List[float]       # ms blocked on the loader, per iteration
+    rates: List[float]       # images/s, per window
+    losses: List[float]      # total loss, per iteration
+    peak_rise: List[float]   # bytes above the allocation at the start of each turn (GPU)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,22 +71,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--data-root', required=True,
                    help='dataset written by tools/misc/make_coco_like_dataset.py')
     p.add_argument('--batch', type=int, default=16, help='images per step')
-    p.add_argument('--workers', type=int, default=8, help='data loader worker processes')
+    p.add_argument('--workers', type=int, default=8, help='data loader workers (per side)')
     p.add_argument('--amp', choices=['none', *AMP_DTYPES], default='bf16',
                    help='automatic mixed precision dtype (none: fp32)')
     p.add_argument('--iters', type=int, default=200, help='measured iterations of (a) and (b)')
     p.add_argument('--warmup', type=int, default=20, help='iterations before measuring')
     p.add_argument('--window', type=int, default=10, help='iterations per images/s sample')
+    p.add_argument('--rounds', type=int, default=5,
+                   help='turns per side (each runs iters / rounds iterations per turn)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--device', default='cuda', help="'cpu' only to check the script itself")
     p.add_argument('--original-root', default=None,
-                   help='checkout of the original implementation (not implemented yet)')
+                   help='checkout of rtdetrv2_pytorch: run the original beside ours')
     args = p.parse_args(argv)
-    if args.original_root is not None:
-        p.error('--original-root: the original side is not implemented yet')
-    if min(args.iters, args.window, args.batch) < 1 or args.warmup < 0:
-        p.error('--iters, --window and --batch must be >= 1, --warmup >= 0')
+    if min(args.iters, args.window, args.batch, args.rounds) < 1 or args.warmup < 0:
+        p.error('--iters, --window, --batch and --rounds must be >= 1, --warmup >= 0')
+    if args.original_root is not None and original_model_name(args.config) is None:
+        p.error(f'--original-root: {args.config} is not an RT-DETRv2 COCO config of '
+                'tools/analysis/benchmark_rtdetr.py MODELS')
     return args
+
+
+def original_model_name(config: str) -> Optional[str]:
+    """The RT-DETRv2 model name (``r18``...) whose COCO config is ``config``, else None."""
+    from benchmark_rtdetr import MODELS
+    path = os.path.relpath(os.path.abspath(config), os.path.join(HERE, '..', '..'))
+    return next((name for name, (ours, _) in MODELS['v2'].items() if ours == path), None)
 
 
 def benchmark_config(args: argparse.Namespace):
@@ -91,31 +117,122 @@ def benchmark_config(args: argparse.Namespace):
     loader.dataset.pop('metainfo', None)  # COCO's 80 classes, the CocoDataset default
     cfg.model.backbone.init_cfg = None
     cfg.model.bbox_head.num_classes = 80
-    optim = cfg.optim_wrapper
     if args.amp != 'none':
-        optim.update(type='AmpOptimWrapper', dtype=AMP_DTYPES[args.amp])
+        cfg.optim_wrapper.update(type='AmpOptimWrapper', dtype=AMP_DTYPES[args.amp])
     return cfg
 
 
-def build(cfg, seed: int, device: str):
-    """(model on ``device`` in train mode, optimizer wrapper, train dataloader)."""
+def forever(loader) -> Iterator:
+    """The loader's batches, epoch after epoch."""
+    while True:
+        yield from loader
+
+
+def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the weights, their gradients (one per trainable weight) and optimizer state."""
+    params = sum(p.numel() * p.element_size() * (1 + p.requires_grad)
+                 for p in model.parameters())
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    states = sum(t.numel() * t.element_size() for st in optimizer.state.values()
+                 for t in st.values() if torch.is_tensor(t))
+    return params + buffers + states
+
+
+def our_side(cfg, args, weights: Optional[Dict[str, torch.Tensor]]) -> Side:
+    """Our model (``weights`` if given, else the config's seeded initialisation), the config's
+    optimizer wrapper and train loader."""
     from mmengine.optim import build_optim_wrapper
     from mmengine.runner import Runner
 
     from detr_plugin.registry import MODELS
-    torch.manual_seed(seed)
+    torch.manual_seed(args.seed)
     model = MODELS.build(cfg.model)
     model.init_weights()
-    model = model.to(device).train()
+    if weights is not None:
+        model.load_state_dict(weights, strict=True)
+    model = model.to(args.device).train()
     wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
-    loader = Runner.build_dataloader(cfg.train_dataloader, seed=seed)
-    return model, wrapper, loader
+    loader = Runner.build_dataloader(cfg.train_dataloader, seed=args.seed)
+    first = next(iter(loader))
+    resident = dict(first, inputs=[img.to(args.device) for img in first['inputs']])
+
+    def step(data) -> float:
+        # the float() is a host wait, as the runner's per-iteration logging is
+        return float(model.train_step(data, wrapper)['loss'].detach())
+    step(resident)  # creates the optimizer state
+    return Side('ours', forever(loader), step, resident, state_bytes(model, wrapper.optimizer))
 
 
-def batches(loader):
-    """The loader's batches, epoch after epoch."""
-    while True:
-        yield from loader
+def import_original_data(root: str):
+    """The original's YAMLConfig with its train loader's modules registered: its model code
+    (as benchmark_rtdetr imports it), ``CocoDetection``, its transforms and collate functions;
+    its dataset package's ``__init__`` (VOC, CIFAR, evaluators) is not run."""
+    import types
+    sys.path.insert(0, os.path.join(HERE, '..', 'model_converters'))
+    import rtdetrv2_parity_reference as v2
+    YAMLConfig = v2.import_original(root)
+    package = types.ModuleType('src.data.dataset')
+    package.__path__ = [os.path.join(root, 'src', 'data', 'dataset')]
+    sys.modules['src.data.dataset'] = package
+    for name in ('src.data.dataset.coco_dataset', 'src.data.transforms', 'src.data.dataloader'):
+        importlib.import_module(name)
+    return YAMLConfig
+
+
+def original_loader(root: str, yml: str, data_root: str, batch: int, workers: int):
+    """The original's train loader of its config ``yml`` (under configs/rtdetrv2/) reading the
+    COCO-like dataset: ``(images (B, 3, H, W) in [0, 1], targets)`` batches, with targets'
+    ``boxes`` normalized (cx, cy, w, h) and ``labels`` in 0..79."""
+    YAMLConfig = import_original_data(root)
+    cfg = YAMLConfig(os.path.join(root, 'configs', 'rtdetrv2', yml))
+    loader_cfg = cfg.yaml_cfg['train_dataloader']
+    loader_cfg['dataset'].update(img_folder=os.path.join(data_root, 'train2017'),
+                                 ann_file=os.path.join(data_root, 'annotations',
+                                                       'instances_train2017.json'))
+    loader_cfg.update(total_batch_size=batch, num_workers=workers, drop_last=True,
+                      persistent_workers=workers > 0)
+    return cfg, cfg.train_dataloader
+
+
+def to_device(batch: Tuple[torch.Tensor, List[dict]], device: str):
+    images, targets = batch
+    return images.to(device), [{k: v.to(device) for k, v in t.items()} for t in targets]
+
+
+def original_side(args) -> Tuple[Side, Dict[str, torch.Tensor]]:
+    """The original's side and its weights converted into ours."""
+    from benchmark_rtdetr import MODELS, original_model
+
+    from detr_plugin.converters import convert_rtdetr
+    name = original_model_name(args.config)
+    model, criterion, _ = original_model('v2', name, args.original_root)
+    weights = convert_rtdetr(model.state_dict())
+    cfg, loader = original_loader(args.original_root, MODELS['v2'][name][1], args.data_root,
+                                  args.batch, args.workers)
+    model, criterion = model.to(args.device).train(), criterion.to(args.device).train()
+    opt_cfg = {k: v for k, v in cfg.yaml_cfg['optimizer'].items() if k != 'type'}
+    optimizer = torch.optim.AdamW(cfg.get_optim_params(cfg.yaml_cfg['optimizer'], model),
+                                  **{k: v for k, v in opt_cfg.items() if k != 'params'})
+    dtype = getattr(torch, AMP_DTYPES[args.amp]) if args.amp != 'none' else None
+    scaler = torch.amp.GradScaler(args.device, enabled=dtype == torch.float16)
+    clip = cfg.yaml_cfg.get('clip_max_norm', 0.1)
+
+    def step(batch) -> float:
+        images, targets = to_device(batch, args.device)
+        with torch.autocast(args.device, dtype=dtype or torch.float32, enabled=dtype is not None):
+            outputs = model(images, targets=targets)
+            loss = sum(criterion(outputs, targets).values())
+        optimizer.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        scaler.step(optimizer)
+        scaler.update()
+        return float(loss.detach())
+    resident = to_device(next(iter(loader)), args.device)
+    step(resident)  # creates the optimizer state
+    side = Side('original', forever(loader), step, resident, state_bytes(model, optimizer))
+    return side, weights
 
 
 def synchronize(device: str) -> None:
@@ -123,81 +240,87 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def peak_mib(device: str) -> float:
+def run_turn(side: Side, iters: int, args, record: Record) -> None:
+    """``iters`` iterations of next batch + step, timed in windows of ``--window``."""
+    cuda = args.device.startswith('cuda')
+    if cuda:
+        synchronize(args.device)
+        start_bytes = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    for first in range(0, iters, args.window):
+        num = min(args.window, iters - first)
+        synchronize(args.device)
+        start = time.perf_counter()
+        for _ in range(num):
+            t = time.perf_counter()
+            data = next(side.stream)
+            record.waits.append((time.perf_counter() - t) * 1e3)
+            record.losses.append(side.step(data))
+        synchronize(args.device)
+        record.rates.append(args.batch * num / (time.perf_counter() - start))
+    if cuda:
+        record.peak_rise.append(torch.cuda.max_memory_allocated() - start_bytes)
+
+
+def run_pipeline(sides: List[Side], args) -> Dict[str, Record]:
+    """(a): ``--warmup`` iterations per side, then ``--iters`` in ``--rounds`` turns."""
+    records = {side.name: Record([], [], [], []) for side in sides}
+    for side in sides:
+        run_turn(side, args.warmup, args, Record([], [], [], []))
+    for turn in range(args.rounds):
+        iters = args.iters // args.rounds + (turn < args.iters % args.rounds)
+        for side in sides:
+            if iters:
+                run_turn(side, iters, args, records[side.name])
+    return records
+
+
+def peak_mib(side: Side, record: Record, device: str) -> float:
     if device.startswith('cuda'):
-        return torch.cuda.max_memory_allocated() / 2**20
+        return (side.state_bytes + max(record.peak_rise)) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # Linux: KiB
 
 
-def run_pipeline(model, wrapper, loader, args) -> PipelineResult:
-    """(a): ``--warmup`` then ``--iters`` iterations of next batch + ``train_step``."""
-    stream = batches(loader)
-    waits: List[float] = []
-    window_rates: List[float] = []
-    losses: List[float] = []
-    window_start, in_window = 0.0, 0
-    last_step = args.warmup + args.iters - 1
-    for step in range(last_step + 1):
-        if step >= args.warmup and in_window == 0:
-            synchronize(args.device)
-            window_start = time.perf_counter()
-        t = time.perf_counter()
-        data = next(stream)
-        waits.append((time.perf_counter() - t) * 1e3)
-        log_vars = model.train_step(data, wrapper)
-        losses.append(float(log_vars['loss'].detach()))  # a host wait, as the runner's logging
-        if step >= args.warmup:
-            in_window += 1
-            if in_window == args.window or step == last_step:
-                synchronize(args.device)
-                window_rates.append(args.batch * in_window / (time.perf_counter() - window_start))
-                in_window = 0
-    last = losses[-min(args.window, args.iters):]
-    return PipelineResult(statistics.median(window_rates),
-                          statistics.median(waits[args.warmup:]), peak_mib(args.device),
-                          sum(last) / len(last), len(losses))
-
-
-def resident_batch(loader, device: str) -> Dict:
-    """One batch of the loader with its images moved to ``device``."""
-    data = next(iter(loader))
-    return dict(data, inputs=[img.to(device) for img in data['inputs']])
-
-
-def run_model_step(model, wrapper, loader, args) -> float:
-    """(b): milliseconds per ``train_step`` on a batch held on the device (median)."""
-    data = resident_batch(loader, args.device)
-    return interleaved_ms(dict(ours=lambda: model.train_step(data, wrapper)), args.warmup,
-                          args.iters, args.device, rounds=1)['ours']
-
-
-def table(args, pipe: PipelineResult, step_ms: float) -> str:
+def table(args, sides: List[Side], records: Dict[str, Record], step_ms: Dict[str, float]) -> str:
     device = torch.cuda.get_device_name() if args.device.startswith('cuda') else 'cpu'
-    memory = 'peak allocated' if args.device.startswith('cuda') else 'peak RSS'
-    step_rate = args.batch / step_ms * 1e3
-    epoch_min = COCO_TRAIN_IMAGES / pipe.images_per_s / 60
-    return '\n'.join([
+    memory = 'peak MiB' if args.device.startswith('cuda') else 'peak RSS MiB (process)'
+    steps = args.warmup + args.iters + 1
+    lines = [
         f'{os.path.basename(args.config)}, batch {args.batch}, AMP {args.amp}, {device}, '
-        f'torch {torch.__version__}, {args.workers} workers, {args.iters} iterations after '
-        f'{args.warmup} warm-up',
+        f'torch {torch.__version__}, {args.workers} workers per side, {args.iters} iterations '
+        f'in {args.rounds} turns after {args.warmup} warm-up',
         f'| implementation | pipeline images/s | data wait ms/iter | epoch min (118,287 images) '
-        f'| model step images/s | model step ms | {memory} MiB | loss after {pipe.steps} steps |',
-        '|---|---|---|---|---|---|---|---|',
-        f'| ours | {pipe.images_per_s:.1f} | {pipe.data_wait_ms:.1f} | {epoch_min:.1f} | '
-        f'{step_rate:.1f} | {step_ms:.1f} | {pipe.peak_mib:.0f} | {pipe.loss:.4f} |'])
+        f'| model step images/s | model step ms | {memory} | loss after {steps} steps |',
+        '|---|---|---|---|---|---|---|---|']
+    for side in sides:
+        r = records[side.name]
+        rate = statistics.median(r.rates)
+        last = r.losses[-min(args.window, args.iters):]
+        lines.append(
+            f'| {side.name} | {rate:.1f} | {statistics.median(r.waits):.1f} | '
+            f'{COCO_TRAIN_IMAGES / rate / 60:.1f} | {args.batch / step_ms[side.name] * 1e3:.1f} | '
+            f'{step_ms[side.name]:.1f} | {peak_mib(side, r, args.device):.0f} | '
+            f'{sum(last) / len(last):.4f} |')
+    return '\n'.join(lines)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    from benchmark_rtdetr import interleaved_ms
+
     from detr_plugin.utils import register_all_modules
     register_all_modules()
     cfg = benchmark_config(args)
-    model, wrapper, loader = build(cfg, args.seed, args.device)
-    if args.device.startswith('cuda'):
-        torch.cuda.reset_peak_memory_stats()
-    pipe = run_pipeline(model, wrapper, loader, args)
-    step_ms = run_model_step(model, wrapper, loader, args)
-    print(table(args, pipe, step_ms))
+    sides, weights = [], None
+    if args.original_root is not None:
+        original, weights = original_side(args)
+        sides.append(original)
+    sides.insert(0, our_side(cfg, args, weights))
+    records = run_pipeline(sides, args)
+    # (b): the model step alone, on the resident batch; the same number of steps as (a)
+    step_ms = interleaved_ms({s.name: (lambda s=s: s.step(s.resident)) for s in sides},
+                             args.warmup, args.iters, args.device, args.rounds)
+    print(table(args, sides, records, step_ms))
 
 
 if __name__ == '__main__':

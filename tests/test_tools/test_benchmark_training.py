@@ -132,3 +132,14 @@ def test_benchmark_prints_its_table_on_cpu(load_tool, repo_root, dataset, capsys
     assert epoch == pytest.approx(118287 / rate / 60, rel=0.02)
     assert step_rate == pytest.approx(2 / step_ms * 1e3, rel=0.02)
     assert re.search(r'batch 2, AMP none, cpu', lines[-4])
+
+
+def test_original_side_takes_rtdetrv2_coco_configs_only(load_tool, dataset):
+    bench = load_tool('tools/analysis/benchmark_training.py')
+    root, _ = dataset
+    assert bench.original_model_name('configs/rtdetrv2/rtdetrv2_r50vd_8xb2-72e_coco.py') == 'r50'
+    assert bench.original_model_name('configs/rtdetrv2/rtdetrv2_r18vd_8xb2-120e_coco.py') == 'r18'
+    assert bench.original_model_name('configs/rtdetr/rtdetr_r18vd_1xb8-demo.py') is None
+    with pytest.raises(SystemExit):
+        bench.parse_args(['configs/rtdetr/rtdetr_r18vd_1xb8-demo.py', '--data-root', str(root),
+                          '--original-root', '/nonexistent'])

@@ -143,3 +143,17 @@ def test_original_side_takes_rtdetrv2_coco_configs_only(load_tool, dataset):
     with pytest.raises(SystemExit):
         bench.parse_args(['configs/rtdetr/rtdetr_r18vd_1xb8-demo.py', '--data-root', str(root),
                           '--original-root', '/nonexistent'])
+
+
+def test_our_step_runs_the_batch_multi_scale(load_tool, repo_root, dataset, one_thread):
+    """BatchSyncRandomResize reads the iteration count that the runner would set."""
+    bench = load_tool('tools/analysis/benchmark_training.py')
+    root, _ = dataset
+    args = bench.parse_args([str(repo_root / 'configs/rtdetr/rtdetr_r18vd_1xb8-demo.py'),
+                             '--data-root', str(root), '--batch', '2', '--workers', '0',
+                             '--amp', 'none', '--device', 'cpu'])
+    cfg = bench.benchmark_config(args)
+    cfg.model.data_preprocessor.batch_augments = [dict(
+        type='BatchSyncRandomResize', random_size_range=(64, 96), size_divisor=32, interval=1)]
+    side = bench.our_side(cfg, args, None)
+    assert np.isfinite(side.step(side.resident))

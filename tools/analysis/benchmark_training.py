@@ -141,6 +141,7 @@ def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int
 def our_side(cfg, args, weights: Optional[Dict[str, torch.Tensor]]) -> Side:
     """Our model (``weights`` if given, else the config's seeded initialisation), the config's
     optimizer wrapper and train loader."""
+    from mmengine.logging import MessageHub
     from mmengine.optim import build_optim_wrapper
     from mmengine.runner import Runner
 
@@ -156,7 +157,11 @@ def our_side(cfg, args, weights: Optional[Dict[str, torch.Tensor]]) -> Side:
     first = next(iter(loader))
     resident = dict(first, inputs=[img.to(args.device) for img in first['inputs']])
 
+    hub, steps = MessageHub.get_current_instance(), iter(range(2**62))
+
     def step(data) -> float:
+        # the iteration count, as the runner's RuntimeInfoHook sets it (batch augments read it)
+        hub.update_info('iter', next(steps))
         # the float() is a host wait, as the runner's per-iteration logging is
         return float(model.train_step(data, wrapper)['loss'].detach())
     step(resident)  # creates the optimizer state

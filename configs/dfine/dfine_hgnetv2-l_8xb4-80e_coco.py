@@ -20,7 +20,7 @@
 #
 # The backbone starts from the authors' HGNetv2 ImageNet weights (hgnetv2://B4, downloaded once).
 _base_ = [
-    '../_base_/models/dfine_hgnetv2.py', '../_base_/datasets/coco_detection.py',
+    '../_base_/models/dfine_hgnetv2.py', '../_base_/datasets/coco_detection_rtdetr.py',
     '../_base_/default_runtime.py'
 ]
 
@@ -35,35 +35,7 @@ model = dict(
              list(range(800, 640, -32)))
     ]))
 
-backend_args = None
-train_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=backend_args),
-    dict(type='LoadAnnotations', with_bbox=True),
-    # RandomPhotometricDistort(p=0.5), RandomZoomOut, RandomIoUCrop(p=0.8), as the RT-DETR
-    # configs write them
-    dict(type='PhotoMetricDistortion', brightness_delta=16, hue_delta=9),
-    dict(type='Expand', mean=[0, 0, 0], to_rgb=True, ratio_range=(1, 4), prob=0.5),
-    dict(type='RandomIoUCrop', prob=0.8),
-    dict(type='FilterAnnotations', min_gt_bbox_wh=(1, 1), keep_empty=False),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='Resize', scale=(640, 640), keep_ratio=False),
-    dict(type='FilterAnnotations', min_gt_bbox_wh=(1, 1), keep_empty=False),
-    dict(type='PackDetInputs')
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=backend_args),
-    dict(type='Resize', scale=(640, 640), keep_ratio=False),
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='PackDetInputs',
-         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))
-]
-train_dataloader = dict(
-    batch_size=4,  # 32 images on 8 GPUs
-    num_workers=4,
-    batch_sampler=None,  # every image is resized to 640 x 640
-    dataset=dict(filter_cfg=dict(filter_empty_gt=False), pipeline=train_pipeline))
-val_dataloader = dict(batch_size=8, dataset=dict(pipeline=test_pipeline))
-test_dataloader = val_dataloader
+train_dataloader = dict(batch_size=4)  # 32 images on 8 GPUs
 
 optim_wrapper = dict(
     type='OptimWrapper',

@@ -1,5 +1,6 @@
-"""The command line shared by detr_to_plugin.py, deformable_detr_to_plugin.py and
-rtdetr_to_plugin.py: SRC, DST, --trust-checkpoint, and a one-line error instead of a traceback."""
+"""The command line shared by detr_to_plugin.py, deformable_detr_to_plugin.py, rtdetr_to_plugin.py
+and dfine_to_plugin.py: SRC, DST, --trust-checkpoint, --ema / --no-ema where the original saves an
+EMA, and a one-line error instead of a traceback."""
 import argparse
 import sys
 from typing import Callable
@@ -15,6 +16,14 @@ def parser(description: str) -> argparse.ArgumentParser:
                         help='read SRC with full unpickling, which can run code in the file: '
                         'only for files you trust (the released checkpoints need no such thing)')
     return parser
+
+
+def add_ema_options(parser: argparse.ArgumentParser) -> None:
+    """``args.ema``: None (the EMA weights when present), True (required) or False ('model')."""
+    ema = parser.add_mutually_exclusive_group()
+    ema.add_argument('--ema', action='store_true', default=None,
+                     help="require the EMA weights ('ema' -> 'module')")
+    ema.add_argument('--no-ema', dest='ema', action='store_false', help="take 'model'")
 
 
 def run(convert: Callable[[argparse.Namespace], str], args: argparse.Namespace) -> None:

@@ -17,7 +17,7 @@ import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from original_checkpoint import parser, run  # noqa: E402
+from original_checkpoint import add_ema_options, parser, run  # noqa: E402
 
 from detr_plugin.converters import (convert_rtdetr, is_rtdetr_v2, load_original,  # noqa: E402
                                     save_converted, v2_num_points)
@@ -36,10 +36,7 @@ def convert(args: argparse.Namespace) -> str:
 
 def main() -> None:
     cli = parser(__doc__.splitlines()[0])
-    ema = cli.add_mutually_exclusive_group()
-    ema.add_argument('--ema', action='store_true', default=None,
-                     help="require the EMA weights ('ema' -> 'module')")
-    ema.add_argument('--no-ema', dest='ema', action='store_false', help="take 'model'")
+    add_ema_options(cli)
     run(convert, cli.parse_args())
 
 

@@ -5,6 +5,7 @@ rank r gets images r and r + 2), so a parameter that only a matched box reaches 
 without gradient there; DDP (find_unused_parameters=False) then fails at the next iteration's
 reduction. Two iterations per rank make that check happen.
 """
+import re
 import subprocess
 import sys
 
@@ -12,8 +13,12 @@ import pytest
 
 DETR_DEMO = 'configs/detr/detr_r18_1xb8-demo.py'
 RTDETR_DEMO = 'configs/rtdetr/rtdetr_r18vd_1xb8-demo.py'
+# D-FINE: only a matched box reaches the FDR branches, the pre-box head and the LQE
+DFINE_DEMO = 'configs/dfine/dfine_r18vd_1xb8-demo.py'
+LOGGED_LOSS = {DETR_DEMO: 'loss_cls', RTDETR_DEMO: 'loss_cls', DFINE_DEMO: 'loss_fgl'}
 
-@pytest.mark.parametrize('config', [DETR_DEMO, RTDETR_DEMO])
+
+@pytest.mark.parametrize('config', [DETR_DEMO, RTDETR_DEMO, DFINE_DEMO])
 def test_two_rank_cpu_ddp_with_an_empty_rank(config, tmp_path, demo_runs):
     data = tmp_path / 'data'
     coco = demo_runs.make_tiny_dataset(data, num_train=4, empty_images=(2, 4))
@@ -41,4 +46,5 @@ def test_two_rank_cpu_ddp_with_an_empty_rank(config, tmp_path, demo_runs):
     # 4 images over 2 ranks at batch 1: 2 iterations per epoch (a single process would take 4).
     assert 'Epoch(train) [1][2/2]' in output, output[-3000:]
     assert 'Epoch(train) [1][3/' not in output
+    assert LOGGED_LOSS[config] in output and not re.search(r'\bnan\b', output.lower())
     assert (work_dir / 'epoch_1.pth').is_file()

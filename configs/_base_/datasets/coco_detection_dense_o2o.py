@@ -12,7 +12,7 @@
 # dataset is mmdet's MultiImageMixDataset: the loading runs in the inner dataset, the
 # augmentations in the wrapper (--cfg-options reach the COCO dataset as
 # train_dataloader.dataset.dataset.*). No copy-blend: DEIM's D-FINE configs have none.
-_base_ = './coco_detection.py'
+_base_ = './coco_detection_rtdetr.py'  # its test pipeline and loaders; the training data below
 
 backend_args = None
 load_pipeline = [
@@ -34,13 +34,6 @@ train_pipeline = [
     dict(type='FilterAnnotations', min_gt_bbox_wh=(1, 1), keep_empty=False),
     dict(type='PackDetInputs')
 ]
-test_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=backend_args),
-    dict(type='Resize', scale=(640, 640), keep_ratio=False),
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='PackDetInputs',
-         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))
-]
 # MixUp before the multi-scale resize, as DEIM's collate function. Multi-scale: one square side
 # per batch from 480-608 and 672-800 in steps of 32 and 640 repeated base_size_repeat times (3 in
 # dataloader.yml; the models' D-FINE configs: S 20, M 6, L 4, X 3, N no multi-scale).
@@ -53,8 +46,6 @@ dense_o2o_batch_augments = [
 
 train_dataloader = dict(
     batch_size=4,  # DEIM: 32 images on 8 GPUs
-    num_workers=4,
-    batch_sampler=None,  # every image is resized to 640 x 640
     dataset=dict(
         _delete_=True,
         type='MultiImageMixDataset',
@@ -67,5 +58,3 @@ train_dataloader = dict(
             pipeline=load_pipeline,
             backend_args=backend_args),
         pipeline=train_pipeline))
-val_dataloader = dict(batch_size=8, dataset=dict(pipeline=test_pipeline))
-test_dataloader = val_dataloader

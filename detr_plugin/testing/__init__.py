@@ -1,0 +1,4 @@
+"""Test and analysis support (not model code)."""
+from .host_sync import HostSyncRecorder, SyncSite
+
+__all__ = ['HostSyncRecorder', 'SyncSite']

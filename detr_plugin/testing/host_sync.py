@@ -27,7 +27,7 @@ written ``.cpu()`` / ``.numpy()`` / ``.tolist()`` / ``copy_`` into a host tensor
 import os
 import sys
 from collections import Counter
-from typing import Iterable, List, NamedTuple, Optional, Tuple
+from typing import Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -71,20 +71,28 @@ class HostSyncRecorder:
 
     Args:
         modules: their parameters and buffers live on the device.
+        optimizers: their states live on the device, except the step counts, which PyTorch's
+            optimizers keep on the host unless a group is ``capturable`` or ``fused``.
         stack_depth: how many Python frames outside torch :meth:`report` shows per site.
 
     Usage::
 
-        with HostSyncRecorder(model) as rec:
+        with HostSyncRecorder(model, optimizers=[optim_wrapper.optimizer]) as rec:
             model.train_step(data, optim_wrapper)
         print(rec.report()); rec.sites  # Counter of SyncSite
     """
 
-    def __init__(self, *modules: nn.Module, stack_depth: int = 3) -> None:
+    def __init__(self, *modules: nn.Module, optimizers: Sequence[torch.optim.Optimizer] = (),
+                 stack_depth: int = 3) -> None:
         self.place = WeakTensorKeyDictionary()  # tensor -> _HOST | _DEVICE
         for module in modules:
-            for t in (*module.parameters(), *module.buffers()):
-                self.place[t] = _DEVICE
+            self.put((*module.parameters(), *module.buffers()), _DEVICE)
+        for optimizer in optimizers:
+            for group in optimizer.param_groups:
+                host_steps = not (group.get('capturable') or group.get('fused'))
+                for p in group['params']:
+                    for key, value in optimizer.state.get(p, {}).items():
+                        self.put([value], _HOST if key == 'step' and host_steps else _DEVICE)
         self.stack_depth = stack_depth
         self.sites: Counter = Counter()     # SyncSite -> count
         self.stacks: Counter = Counter()    # (kind, 'file:line fn <- ...') -> count

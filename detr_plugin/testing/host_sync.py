@@ -138,9 +138,12 @@ class HostSyncRecorder:
 
 def _short_path(path: str) -> str:
     path = os.path.abspath(path)
+    installed = 'site-packages' + os.sep
+    if installed in path:
+        return path.split(installed)[-1]
     if path.startswith(_REPO_ROOT + os.sep):
         return os.path.relpath(path, _REPO_ROOT)
-    return path.split('site-packages' + os.sep)[-1]
+    return path
 
 
 def _outside_frames() -> List[Tuple[str, int, str]]:

@@ -121,7 +121,9 @@ class DETRHead(BaseModule):
         The same on every rank, as in the original DETR: a rank with few (or no) boxes does not
         weigh its few matches more than the others, so DDP's averaged gradient equals that of one
         process holding the whole batch."""
-        return reduce_mean(like.new_tensor(float(len(gt.all_labels)))).clamp(min=1.0)
+        # a fill, not a copy of a host value: no host wait
+        count = torch.full((), float(len(gt.all_labels)), dtype=like.dtype, device=like.device)
+        return reduce_mean(count).clamp(min=1.0)
 
     @classmethod
     def frame_size(cls, metainfo: dict) -> Tuple[int, int]:
@@ -133,12 +135,14 @@ class DETRHead(BaseModule):
         """Normalizes every image's gt boxes (xyxy pixels) by its frame to cxcywh in [0, 1], in
         the dtype of ``like`` but at least float32 (never rounded to half precision under AMP)."""
         dtype = torch.promote_types(like.dtype, torch.float32)
+        # every frame's (w, h, w, h) in one copy that the host does not wait for
+        frames = [cls.frame_size(sample.metainfo) for sample in batch_data_samples]
+        scales = torch.tensor([(w, h, w, h) for h, w in frames], dtype=dtype)
+        scales = scales.to(like.device, non_blocking=True)  # (bs, 4)
         labels, boxes = [], []
-        for sample in batch_data_samples:
-            h, w = cls.frame_size(sample.metainfo)
+        for sample, scale in zip(batch_data_samples, scales):
             gt_boxes = sample.gt_instances.bboxes
             gt_boxes = gt_boxes.tensor if hasattr(gt_boxes, 'tensor') else gt_boxes
-            scale = gt_boxes.new_tensor([w, h, w, h])
             boxes.append(bbox_xyxy_to_cxcywh(gt_boxes.to(dtype) / scale))
             labels.append(sample.gt_instances.labels.long())
         return GroundTruth(labels, boxes, torch.cat(labels), torch.cat(boxes).reshape(-1, 4))

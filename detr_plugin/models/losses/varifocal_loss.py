@@ -9,6 +9,7 @@ here: the head divides by the number of gt boxes.
 """
 from typing import Optional
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -26,8 +27,9 @@ def varifocal_loss(logits: Tensor, labels: Tensor, ious: Tensor, alpha: float = 
     Returns:
         (N, K) loss of every logit.
     """
-    num_classes = logits.shape[-1]
-    one_hot = F.one_hot(labels, num_classes + 1)[..., :num_classes].to(logits.dtype)  # (N, K)
+    classes = torch.arange(logits.shape[-1], device=labels.device)
+    # one-hot without F.one_hot's range check (on CPU two reads into Python); K: all zero
+    one_hot = (labels[..., None] == classes).to(logits.dtype)  # (N, K)
     target = one_hot * ious.detach()[..., None].to(logits.dtype)
     prob = logits.detach().sigmoid()
     weight = alpha * prob.pow(gamma) * (1 - one_hot) + target

@@ -2,9 +2,10 @@
 
 mmdet's ``HungarianAssigner`` matches one image of one decoder layer per call, so a 6-layer
 decoder with batch size 8 pays 48 device-to-host synchronizations per step. Here the costs of all
-layers and all images come out of a few batched tensor ops, cross one device-to-host copy, are
-solved per (layer, image) by ``scipy.optimize.linear_sum_assignment`` on the host, and the indices
-go back in one host-to-device copy.
+layers and all images come out of a few batched tensor ops, cross one device-to-host copy (the
+one host wait: SciPy solves on the host), are solved per (layer, image) by
+``scipy.optimize.linear_sum_assignment``, and the indices go back in one host-to-device copy that
+the host does not wait for.
 """
 from typing import List, NamedTuple, Sequence, Tuple, Union
 
@@ -81,7 +82,7 @@ class HungarianAssigner:
     @torch.no_grad()
     def match(self, pred_logits: Tensor, pred_boxes: Tensor, gt_labels: Sequence[Tensor],
               gt_boxes: Sequence[Tensor]) -> Matches:
-        """Match every layer's queries to each image's gts, with one sync each way.
+        """Match every layer's queries to each image's gts, with one host wait (the copy of the costs).
 
         Args:
             pred_logits: (L, bs, Q, K) raw class logits of L decoder layers (L may be 1).
@@ -101,7 +102,8 @@ class HungarianAssigner:
             host_costs = self._image_cost_blocks(pred_logits, pred_boxes, gt_labels, gt_boxes,
                                                  num_gts).cpu().numpy()  # the one D2H copy
         host_indices, sizes = _solve(host_costs, num_layers, num_queries, num_gts)
-        indices = torch.from_numpy(host_indices).to(pred_logits.device)  # the one H2D copy
+        # the one H2D copy; the host does not wait for it (pageable memory is staged at once)
+        indices = torch.from_numpy(host_indices).to(pred_logits.device, non_blocking=True)
         chunks = indices.split(sizes, dim=1)  # views, (4, min(Q, G_b)) per (layer, image)
         pairs = [[(chunk[0], chunk[1]) for chunk in chunks[l * batch_size:(l + 1) * batch_size]]
                  for l in range(num_layers)]

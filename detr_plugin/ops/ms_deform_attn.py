@@ -29,6 +29,19 @@ weights laid out as ``(..., sum(P_l), 2)`` / ``(..., sum(P_l))``, level l's poin
 (RT-DETRv2's ``num_points_list`` layout). With P points on every level the
 ``(..., L, P, 2)`` / ``(..., L, P)`` layout of Deformable DETR is the same memory and is accepted
 as well.
+
+Deterministic backward (``deterministic``): the CUDA backward's default kernel sums the value
+gradient with floating-point atomics, whose order varies from run to run (last-bit differences that
+training amplifies). With ``deterministic=True`` the CUDA backend uses instead a backward without
+float atomics (detr_plugin/ops/csrc/ms_deform_attn_deterministic.cu: the sampling corners sorted by
+value row, each row summed in a fixed order), bitwise the same on every run, at the cost of time
+and of about 20 bytes per sampling corner of one batch element (204 MB for Deformable DETR's
+encoder). ``deterministic=None`` follows ``torch.are_deterministic_algorithms_enabled()``, which
+``torch.use_deterministic_algorithms(True)`` and mmengine's ``randomness=dict(deterministic=True)``
+turn on. The forward is deterministic in every backend. The PyTorch backend has no switch of its
+own: on CPU it is deterministic; on CUDA, grid_sample's backward (bilinear) uses atomics, and under
+``torch.use_deterministic_algorithms(True)`` torch raises an error for it, while the gather's
+backward (discrete) is made deterministic by that same global mode only.
 """
 import importlib
 import os
@@ -277,14 +290,15 @@ class _MSDeformAttnCUDA(torch.autograd.Function):
 
     sampling_locations (bs, Q, heads, sum(P_l), 2) and attention_weights (bs, Q, heads, sum(P_l));
     num_points (P_0, ...) on the host. For discrete sampling the locations get no gradient.
+    ``deterministic`` (a bool, resolved at the call) picks the backward without float atomics.
     """
 
     @staticmethod
     def forward(ctx, value, spatial_shapes, level_start_index, sampling_locations,
-                attention_weights, num_points, discrete):
+                attention_weights, num_points, discrete, deterministic):
         ctx.save_for_backward(value, spatial_shapes, level_start_index, sampling_locations,
                               attention_weights)
-        ctx.num_points, ctx.discrete = num_points, discrete
+        ctx.num_points, ctx.discrete, ctx.deterministic = num_points, discrete, deterministic
         return _cuda_ext().ms_deform_attn_forward(value, spatial_shapes, level_start_index,
                                                   sampling_locations, attention_weights,
                                                   list(num_points), discrete)
@@ -292,11 +306,18 @@ class _MSDeformAttnCUDA(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):
-        grad_value, grad_locations, grad_weights = _cuda_ext().ms_deform_attn_backward(
+        ext = _cuda_ext()
+        backward = ext.ms_deform_attn_backward
+        if ctx.deterministic:
+            backward = getattr(ext, 'ms_deform_attn_backward_deterministic', None)
+            if backward is None:
+                raise RuntimeError('detr_plugin._ext predates the deterministic MSDA backward; '
+                                   'rebuild it with `pip install --no-build-isolation -e .`')
+        grad_value, grad_locations, grad_weights = backward(
             *ctx.saved_tensors, grad_output.contiguous(), list(ctx.num_points), ctx.discrete)
         if ctx.discrete:
             grad_locations = None
-        return grad_value, None, None, grad_locations, grad_weights, None, None
+        return grad_value, None, None, grad_locations, grad_weights, None, None, None
 
 
 def _resolve_backend(backend: Optional[str], device: torch.device) -> str:
@@ -317,11 +338,22 @@ def _resolve_backend(backend: Optional[str], device: torch.device) -> str:
     return 'cuda'
 
 
+def resolve_deterministic(deterministic: Optional[bool]) -> bool:
+    """The op's ``deterministic`` argument as a bool: None follows
+    ``torch.are_deterministic_algorithms_enabled()``; True / False force it."""
+    if deterministic is None:
+        return torch.are_deterministic_algorithms_enabled()
+    if not isinstance(deterministic, bool):
+        raise TypeError(f'deterministic must be None, True or False, got {deterministic!r}')
+    return deterministic
+
+
 def multi_scale_deformable_attention(value: Tensor, spatial_shapes: Tensor,
                                      level_start_index: Tensor, sampling_locations: Tensor,
                                      attention_weights: Tensor, backend: Optional[str] = None,
                                      num_points: Optional[Sequence[int]] = None,
-                                     method: str = 'default') -> Tensor:
+                                     method: str = 'default',
+                                     deterministic: Optional[bool] = None) -> Tensor:
     """Samples each level at the given locations and sums with attention weights.
 
     Args:
@@ -338,6 +370,13 @@ def multi_scale_deformable_attention(value: Tensor, spatial_shapes: Tensor,
             for the second layout, optional (and checked) for the first.
         method: 'default' (bilinear) or 'discrete' (nearest cell, no gradient for the locations),
             as the module docstring says.
+        deterministic: whether the CUDA backend's backward must be bitwise reproducible (no float
+            atomics; slower, more memory). None (default) follows
+            ``torch.are_deterministic_algorithms_enabled()`` at this call: on under
+            ``torch.use_deterministic_algorithms(True)`` or mmengine's
+            ``randomness=dict(deterministic=True)``. The PyTorch backend ignores it (module
+            docstring: deterministic on CPU; on CUDA grid_sample's backward is not, and torch's
+            deterministic mode raises an error for it).
 
     Returns:
         (bs, num_query, heads * dim): for each query and head, the weighted sum over levels and
@@ -346,6 +385,7 @@ def multi_scale_deformable_attention(value: Tensor, spatial_shapes: Tensor,
     """
     counts = _check_inputs(value, spatial_shapes, level_start_index, sampling_locations,
                            attention_weights, num_points, method)
+    deterministic = resolve_deterministic(deterministic)
     shapes = level_layout(spatial_shapes, level_start_index, value.shape[1])
     if method == 'discrete':  # rounding to cells has no gradient (the original's .to(int64))
         sampling_locations = sampling_locations.detach()
@@ -355,6 +395,6 @@ def multi_scale_deformable_attention(value: Tensor, spatial_shapes: Tensor,
             attention_weights = attention_weights.flatten(3, 4)
         return _MSDeformAttnCUDA.apply(value, spatial_shapes, level_start_index,
                                        sampling_locations, attention_weights, counts,
-                                       method == 'discrete')
+                                       method == 'discrete', deterministic)
     return ms_deform_attn_pytorch(value, shapes, sampling_locations, attention_weights, counts,
                                   method)

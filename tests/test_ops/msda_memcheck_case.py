@@ -4,14 +4,16 @@
 
 Covers the 16-byte fast paths (dim 32, 64), the generic path with one and several channel slabs
 (dims 5, 16, 40), every dtype, points off the map and a non-contiguous input, each with the same
-points on every level and with uneven counts per level, bilinear and discrete. Prints one line.
+points on every level and with uneven counts per level, bilinear and discrete, each with the default
+and the deterministic backward. Prints one line.
 """
 import torch
 
 from detr_plugin.ops import multi_scale_deformable_attention as msda
 
 
-def run_case(dtype, dim, points=(3, 3, 3), method='default', bs=2, num_query=9, heads=3):
+def run_case(dtype, dim, points=(3, 3, 3), method='default', deterministic=False, bs=2,
+             num_query=9, heads=3):
     shapes = torch.tensor([[5, 7], [3, 4], [1, 2]], device='cuda')
     start = torch.tensor([0, 35, 47], device='cuda')
     value = torch.randn(bs, 49, heads, dim, device='cuda', dtype=dtype)
@@ -21,7 +23,7 @@ def run_case(dtype, dim, points=(3, 3, 3), method='default', bs=2, num_query=9, 
     loc.requires_grad_()
     weight.requires_grad_()
     out = msda(value, shapes, start, loc, weight, backend='cuda', num_points=points,
-               method=method)
+               method=method, deterministic=deterministic)
     out.backward(torch.randn_like(out))
     torch.cuda.synchronize()
     assert torch.isfinite(out).all() and torch.isfinite(value.grad).all()
@@ -33,8 +35,9 @@ def main():
         for dim in (32, 64, 5, 16, 40):
             for points, method in (((3, 3, 3), 'default'), ((1, 6, 2), 'default'),
                                    ((2, 1, 4), 'discrete')):
-                run_case(dtype, dim, points, method)
-                cases += 1
+                for deterministic in (False, True):
+                    run_case(dtype, dim, points, method, deterministic)
+                    cases += 1
     print(f'msda memcheck cases run: {cases}')
 
 

@@ -13,8 +13,12 @@
 // - backward: per corner, a lane dots grad_output with the value vector once; the gradients of
 //   the location and of the attention weight are weighted sums of those dots, reduced over the
 //   group's lanes with xor shuffles (no shared memory, no barriers). grad_value is accumulated
-//   with atomics into an fp32 buffer (float4 vector atomics on sm_90), cast to the storage type at
-//   the end. These atomics bound the backward's speed (docs/msda_notes.md).
+//   with atomics (float4 vector atomics on sm_90) in fp32: for float in the gradient itself, in
+//   one kernel with the other two gradients; for half / bfloat16 in an fp32 scratch that holds a
+//   chunk of value's rows at a time and is converted chunk by chunk (a first kernel per chunk, only
+//   the grad_value atomics), then a second kernel computes the location and weight gradients, so
+//   that the peak memory is that of the 16-bit gradients (Grads). These atomics bound the
+//   backward's speed (docs/msda_notes.md).
 // - levels may have different point counts (Problem::level_points, kernel parameters: no device
 //   array, nothing to copy per call); a head's points are contiguous, level by level.
 // - discrete sampling (RT-DETRv2) is a template flag: one corner, the nearest cell, with weight 1,
@@ -28,6 +32,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstdint>
 #include <type_traits>
@@ -264,6 +269,7 @@ template <int VEC, int G>
 struct LaneWork {
   int64_t query_head;  // (batch * num_query + query) * heads + head
   int64_t value_offset;  // of value[batch, 0, head, channel]
+  int64_t first_token;  // batch * num_value: the lane's batch element's first row of value
   int channel;
   int lane;  // within the group
 
@@ -285,7 +291,8 @@ struct LaneWork {
     }
     lane = threadIdx.x % G;
     channel = slab * (G * VEC) + lane * VEC;
-    value_offset = (batch * p.num_value * p.heads + head) * p.dim + channel;
+    first_token = batch * p.num_value;
+    value_offset = (first_token * p.heads + head) * p.dim + channel;
   }
 };
 
@@ -296,6 +303,11 @@ struct LaneWork {
 // Chunks of 2 (64 registers, 4 blocks per SM) beat chunks of 4 (110 registers, 2 blocks) by 5-9%
 // and single points by 2-7% on an H100 (v5 in the notes).
 constexpr int kBackwardChunk = 2;
+
+// Which gradients a backward kernel computes: all three (float and double), or, for half and
+// bfloat16, grad_value alone (into an fp32 scratch holding a chunk of value's rows) in one kernel
+// per chunk and then the location and weight gradients in another.
+enum class Grads { kAll, kValue, kLocationWeight };
 
 template <typename T, int VEC, int G, bool kDiscrete>
 __global__ void __launch_bounds__(kThreads)
@@ -342,12 +354,15 @@ __global__ void __launch_bounds__(kThreads)
   store_vec<VEC>(output + w.query_head * p.dim + w.channel, acc);
 }
 
-// grad_value_acc: zeroed accumulation buffer shaped like value (fp32; double for double).
+// grad_value_acc: zeroed accumulation buffer (fp32; double for double) for the acc_tokens rows of
+// value (bs * num_value rows of heads * dim, flattened over the batch) from row acc_first_token;
+// kAll: the whole of value (acc_first_token 0). kValue adds only corners in those rows; the launch
+// covers the groups [group_begin, group_end), those of the batch elements that own the rows.
 // With one slab per head (fast paths, dim <= 32) each group owns its points' gradients and writes
 // grad_loc / grad_weight; with several slabs they are summed atomically into the zeroed buffers
 // grad_loc_acc / grad_weight_acc instead. Discrete sampling writes zero location gradients (or
 // leaves the zeroed buffer).
-template <typename T, int VEC, int G, bool kDiscrete>
+template <typename T, int VEC, int G, bool kDiscrete, Grads kGrads>
 __global__ void __launch_bounds__(kThreads) msda_backward_kernel(
     const T* __restrict__ value, const int64_t* __restrict__ spatial_shapes,
     const int64_t* __restrict__ level_start_index, const T* __restrict__ sampling_locations,
@@ -355,10 +370,14 @@ __global__ void __launch_bounds__(kThreads) msda_backward_kernel(
     typename AccType<T>::type* __restrict__ grad_value_acc, T* __restrict__ grad_loc,
     T* __restrict__ grad_weight, typename AccType<T>::type* __restrict__ grad_loc_acc,
     typename AccType<T>::type* __restrict__ grad_weight_acc, const Problem p,
-    const int64_t num_groups, const int num_slabs, const bool head_major) {
+    const int64_t group_begin, const int64_t group_end, const int64_t acc_first_token,
+    const int64_t acc_tokens, const int num_slabs, const bool head_major) {
   using A = typename AccType<T>::type;
-  const int64_t group = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) / G;
-  if (group >= num_groups) return;  // whole groups leave together: the shuffles below stay legal
+  constexpr bool kValueGrad = kGrads != Grads::kLocationWeight;
+  constexpr bool kLocationWeightGrad = kGrads != Grads::kValue;
+  const int64_t group =
+      group_begin + (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) / G;
+  if (group >= group_end) return;  // whole groups leave together: the shuffles below stay legal
   const LaneWork<VEC, G> w(group, num_slabs, p, head_major);
   const unsigned group_mask =
       G == 32 ? 0xffffffffu : ((1u << G) - 1u) << (threadIdx.x % 32 / G * G);
@@ -379,7 +398,10 @@ __global__ void __launch_bounds__(kThreads) msda_backward_kernel(
     const int width = static_cast<int>(__ldg(spatial_shapes + 2 * level + 1));
     const int64_t level_offset = w.value_offset + __ldg(level_start_index + level) * token_stride;
     const T* value_level = value + level_offset;
-    A* grad_value_level = grad_value_acc + level_offset;
+    // grad_value_acc's row of the level's token 0 (outside [0, acc_tokens) in other chunks)
+    const int64_t acc_level_row =
+        w.first_token + __ldg(level_start_index + level) - acc_first_token;
+    const int64_t acc_level_offset = level_offset - acc_first_token * token_stride;
     const T* loc = sampling_locations + 2 * level_first_point;
     const T* weight = attention_weights + level_first_point;
     for (int first = 0; first < points; first += kBackwardChunk) {
@@ -406,50 +428,60 @@ __global__ void __launch_bounds__(kThreads) msda_backward_kernel(
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
           if (!f[j].inside[k]) continue;
-          A v[VEC];
-          load_vec<VEC>(value_level + f[j].offset[k] * token_stride, v);
-          A dot = A(0);  // grad_output . value at this corner
+          if constexpr (kLocationWeightGrad) {
+            A v[VEC];
+            load_vec<VEC>(value_level + f[j].offset[k] * token_stride, v);
+            A dot = A(0);  // grad_output . value at this corner
 #pragma unroll
-          for (int i = 0; i < VEC; ++i) dot = fma(grad[i], v[i], dot);
-          sum_w[j] = fma(corner_weight[k], dot, sum_w[j]);
-          if constexpr (!kDiscrete) {
-            sum_x[j] = fma(d_dx[k], dot, sum_x[j]);
-            sum_y[j] = fma(d_dy[k], dot, sum_y[j]);
-          }
-          atomic_add_vec<VEC>(grad_value_level + f[j].offset[k] * token_stride, grad,
-                              a[j] * corner_weight[k]);
-        }
-      }
-      // sum over the group's lanes: 3 * kBackwardChunk independent shuffle chains
-#pragma unroll
-      for (int offset = G / 2; offset > 0; offset /= 2) {
-#pragma unroll
-        for (int j = 0; j < kBackwardChunk; ++j) {
-          sum_w[j] += __shfl_xor_sync(group_mask, sum_w[j], offset);
-          if constexpr (!kDiscrete) {
-            sum_x[j] += __shfl_xor_sync(group_mask, sum_x[j], offset);
-            sum_y[j] += __shfl_xor_sync(group_mask, sum_y[j], offset);
-          }
-        }
-      }
-      if (w.lane == 0) {
-#pragma unroll
-        for (int j = 0; j < kBackwardChunk; ++j) {
-          const int64_t point = level_first_point + first + j;
-          if (first + j >= points) break;
-          // d pixel / d loc = size; points off the map have a = 0 and zero sums
-          const A grad_x = kDiscrete ? A(0) : a[j] * static_cast<A>(width) * sum_x[j];
-          const A grad_y = kDiscrete ? A(0) : a[j] * static_cast<A>(height) * sum_y[j];
-          if (num_slabs == 1) {
-            grad_loc[2 * point] = from_acc<T>(grad_x);
-            grad_loc[2 * point + 1] = from_acc<T>(grad_y);
-            grad_weight[point] = from_acc<T>(sum_w[j]);
-          } else if (on_map[j]) {
+            for (int i = 0; i < VEC; ++i) dot = fma(grad[i], v[i], dot);
+            sum_w[j] = fma(corner_weight[k], dot, sum_w[j]);
             if constexpr (!kDiscrete) {
-              atomicAdd(grad_loc_acc + 2 * point, grad_x);
-              atomicAdd(grad_loc_acc + 2 * point + 1, grad_y);
+              sum_x[j] = fma(d_dx[k], dot, sum_x[j]);
+              sum_y[j] = fma(d_dy[k], dot, sum_y[j]);
             }
-            atomicAdd(grad_weight_acc + point, sum_w[j]);
+          }
+          if constexpr (kValueGrad) {
+            const int64_t acc_row = acc_level_row + f[j].offset[k];
+            if (kGrads == Grads::kAll || (acc_row >= 0 && acc_row < acc_tokens)) {
+              atomic_add_vec<VEC>(
+                  grad_value_acc + acc_level_offset + f[j].offset[k] * token_stride, grad,
+                  a[j] * corner_weight[k]);
+            }
+          }
+        }
+      }
+      if constexpr (kLocationWeightGrad) {  // (the kValue kernel has no sums to reduce)
+        // sum over the group's lanes: 3 * kBackwardChunk independent shuffle chains
+#pragma unroll
+        for (int offset = G / 2; offset > 0; offset /= 2) {
+#pragma unroll
+          for (int j = 0; j < kBackwardChunk; ++j) {
+            sum_w[j] += __shfl_xor_sync(group_mask, sum_w[j], offset);
+            if constexpr (!kDiscrete) {
+              sum_x[j] += __shfl_xor_sync(group_mask, sum_x[j], offset);
+              sum_y[j] += __shfl_xor_sync(group_mask, sum_y[j], offset);
+            }
+          }
+        }
+        if (w.lane == 0) {
+#pragma unroll
+          for (int j = 0; j < kBackwardChunk; ++j) {
+            const int64_t point = level_first_point + first + j;
+            if (first + j >= points) break;
+            // d pixel / d loc = size; points off the map have a = 0 and zero sums
+            const A grad_x = kDiscrete ? A(0) : a[j] * static_cast<A>(width) * sum_x[j];
+            const A grad_y = kDiscrete ? A(0) : a[j] * static_cast<A>(height) * sum_y[j];
+            if (num_slabs == 1) {
+              grad_loc[2 * point] = from_acc<T>(grad_x);
+              grad_loc[2 * point + 1] = from_acc<T>(grad_y);
+              grad_weight[point] = from_acc<T>(sum_w[j]);
+            } else if (on_map[j]) {
+              if constexpr (!kDiscrete) {
+                atomicAdd(grad_loc_acc + 2 * point, grad_x);
+                atomicAdd(grad_loc_acc + 2 * point + 1, grad_y);
+              }
+              atomicAdd(grad_weight_acc + point, sum_w[j]);
+            }
           }
         }
       }
@@ -488,25 +520,6 @@ constexpr bool head_major_order() {
 }
 
 bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
-
-// The 16-bit gradient written over the front half of its fp32 accumulation buffer `acc`, so that
-// the backward's peak memory is the buffer alone instead of the buffer plus a 16-bit copy.
-// Element i moves from bytes [4i, 4i + 4) to [2i, 2i + 2). A chunk of elements [a, a + len),
-// len <= a, reads bytes [4a, 4a + 4 len) and writes into [2a, 4a), which held only elements
-// [a / 2, a), all converted by earlier chunks: chunks that double in size are race-free. The
-// first chunk goes through a small temporary (1/32 of the buffer).
-at::Tensor narrow_in_place(const at::Tensor& acc, at::ScalarType dtype) {
-  const int64_t n = acc.numel();
-  const at::Tensor src = acc.view(-1);
-  at::Tensor out = src.view(dtype).narrow(0, 0, n);  // the same storage, 2-byte elements
-  int64_t done = std::min<int64_t>(n, std::max<int64_t>((n + 31) / 32, 1));
-  out.narrow(0, 0, done).copy_(src.narrow(0, 0, done).to(dtype));
-  for (; done < n; done *= 2) {
-    const int64_t len = std::min(done, n - done);
-    out.narrow(0, done, len).copy_(src.narrow(0, done, len));
-  }
-  return out.view(acc.sizes());
-}
 
 void check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
                   const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
@@ -591,6 +604,63 @@ Launch launch_of(const Problem& p, int vec, int group_size) {
   return Launch{groups, (groups * group_size + kThreads - 1) / kThreads, slabs};
 }
 
+// A 16-bit grad_value's fp32 scratch may always take 1/kScratchParts of a whole fp32 buffer, so
+// that few-query calls (decoders: the location and weight gradients are small) need at most
+// about kScratchParts chunks.
+constexpr int64_t kScratchParts = 8;
+
+// Rows of value (over the flattened batch) in one chunk of a 16-bit backward's fp32 scratch: as
+// many as fit in grad_bytes (the location and weight gradients, allocated once the scratch is
+// freed, so that the scratch adds nothing to the peak) or 1/kScratchParts of value's rows, if
+// more; whole batch elements when one fits (no batch element is then visited twice), else equal
+// pieces of one.
+int64_t scratch_rows(const Problem& p, int64_t grad_bytes) {
+  const int64_t rows = static_cast<int64_t>(p.batch) * p.num_value;
+  const int64_t row_bytes = static_cast<int64_t>(p.heads) * p.dim * sizeof(float);
+  const int64_t budget =
+      std::max<int64_t>({grad_bytes / row_bytes, (rows + kScratchParts - 1) / kScratchParts, 1});
+  if (budget >= p.num_value) return std::min(rows, budget / p.num_value * p.num_value);
+  const int64_t pieces = (p.num_value + budget - 1) / budget;
+  return (p.num_value + pieces - 1) / pieces;
+}
+
+// grad_value of a 16-bit backward (grad_value: 16-bit, contiguous, like value), accumulated in
+// fp32 one chunk of rows at a time: zero the scratch, add the chunk's corner updates (only the
+// chunk's batch elements are launched), convert the chunk into grad_value.
+template <typename T, int VEC, int G, bool kDiscrete>
+void grad_value_in_chunks(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                          const at::Tensor& level_start_index,
+                          const at::Tensor& sampling_locations,
+                          const at::Tensor& attention_weights, const at::Tensor& grad_output,
+                          const at::Tensor& grad_value, const Problem& p, const Launch& l,
+                          int64_t chunk_rows, cudaStream_t stream) {
+  const int64_t rows = static_cast<int64_t>(p.batch) * p.num_value;
+  const int64_t row_size = static_cast<int64_t>(p.heads) * p.dim;
+  const int64_t groups_per_batch = l.groups / p.batch;
+  const at::Tensor scratch = at::empty({chunk_rows, row_size}, value.options().dtype(at::kFloat));
+  const at::Tensor grad_rows = grad_value.view({rows, row_size});
+  for (int64_t first = 0, n = 0; first < rows; first += n) {
+    // a piece of one batch element ends with it; whole batch elements start aligned
+    const int64_t end = chunk_rows < p.num_value ? (first / p.num_value + 1) * p.num_value : rows;
+    n = std::min(chunk_rows, end - first);
+    const at::Tensor acc = scratch.narrow(0, 0, n);
+    acc.zero_();
+    const int64_t group_begin = first / p.num_value * groups_per_batch;
+    const int64_t group_end = ((first + n - 1) / p.num_value + 1) * groups_per_batch;
+    const int64_t blocks = ((group_end - group_begin) * G + kThreads - 1) / kThreads;
+    msda_backward_kernel<T, VEC, G, kDiscrete, Grads::kValue><<<blocks, kThreads, 0, stream>>>(
+        reinterpret_cast<const T*>(value.data_ptr()), spatial_shapes.data_ptr<int64_t>(),
+        level_start_index.data_ptr<int64_t>(),
+        reinterpret_cast<const T*>(sampling_locations.data_ptr()),
+        reinterpret_cast<const T*>(attention_weights.data_ptr()),
+        reinterpret_cast<const T*>(grad_output.data_ptr()), acc.data_ptr<float>(), nullptr,
+        nullptr, nullptr, nullptr, p, group_begin, group_end, first, n, l.slabs,
+        head_major_order<T>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    grad_rows.narrow(0, first, n).copy_(acc);
+  }
+}
+
 }  // namespace
 
 at::Tensor ms_deform_attn_forward(const at::Tensor& value_in, const at::Tensor& spatial_shapes_in,
@@ -661,18 +731,36 @@ std::vector<at::Tensor> ms_deform_attn_backward(const at::Tensor& value_in,
 
   const auto acc_dtype = value.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const auto acc_options = value.options().dtype(acc_dtype);
-  at::Tensor grad_value = at::zeros(value.sizes(), acc_options);
+  const auto dtype = value.scalar_type();
+  // 16-bit: the gradient itself, every row written chunk by chunk from an fp32 scratch; else the
+  // zeroed accumulator
+  const bool chunked = c10::elementSize(dtype) == 2;
+  at::Tensor grad_value =
+      chunked ? at::empty(value.sizes(), value.options()) : at::zeros(value.sizes(), acc_options);
   at::Tensor grad_loc, grad_weight;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const auto dtype = value.scalar_type();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "msda_backward", [&] {
     using T = typename CudaType<scalar_t>::type;
     using A = typename AccType<T>::type;
-    const bool aligned = aligned16(value) && aligned16(grad_output) && aligned16(grad_value);
+    constexpr Grads kGrads = sizeof(T) == 2 ? Grads::kLocationWeight : Grads::kAll;
+    // (the fp32 scratch of the 16-bit path is allocated aligned)
+    const bool aligned =
+        aligned16(value) && aligned16(grad_output) && (chunked || aligned16(grad_value));
     with_layout<T, 4>(p.dim, aligned, [&](auto vec, auto group_size) {
       constexpr int VEC = decltype(vec)::value;
       constexpr int G = decltype(group_size)::value;
       const Launch l = launch_of(p, VEC, G);
+      if constexpr (kGrads == Grads::kLocationWeight) {  // grad_value first, before grad_loc
+        if (l.groups > 0) {
+          const int64_t grad_bytes = (sampling_locations.numel() + attention_weights.numel()) *
+                                     static_cast<int64_t>(c10::elementSize(dtype));
+          with_method(discrete, [&](auto discrete_flag) {
+            grad_value_in_chunks<T, VEC, G, decltype(discrete_flag)::value>(
+                value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                grad_output, grad_value, p, l, scratch_rows(p, grad_bytes), stream);
+          });
+        }
+      }
       // One slab per head: the kernel writes every point's gradient. Several: it adds into zeros.
       if (l.slabs == 1) {
         grad_loc = at::empty(sampling_locations.sizes(), value.options());
@@ -682,6 +770,7 @@ std::vector<at::Tensor> ms_deform_attn_backward(const at::Tensor& value_in,
         grad_weight = at::zeros(attention_weights.sizes(), acc_options);
       }
       if (l.groups == 0) {
+        grad_value.zero_();
         grad_loc.zero_();
         grad_weight.zero_();
         return;
@@ -690,23 +779,22 @@ std::vector<at::Tensor> ms_deform_attn_backward(const at::Tensor& value_in,
       T* weight_out = l.slabs == 1 ? reinterpret_cast<T*>(grad_weight.data_ptr()) : nullptr;
       A* loc_acc = l.slabs == 1 ? nullptr : reinterpret_cast<A*>(grad_loc.data_ptr());
       A* weight_acc = l.slabs == 1 ? nullptr : reinterpret_cast<A*>(grad_weight.data_ptr());
+      A* value_acc = chunked ? nullptr : reinterpret_cast<A*>(grad_value.data_ptr());
       with_method(discrete, [&](auto discrete_flag) {
         constexpr bool kDiscrete = decltype(discrete_flag)::value;
-        msda_backward_kernel<T, VEC, G, kDiscrete><<<l.blocks, kThreads, 0, stream>>>(
+        msda_backward_kernel<T, VEC, G, kDiscrete, kGrads><<<l.blocks, kThreads, 0, stream>>>(
             reinterpret_cast<const T*>(value.data_ptr()), spatial_shapes.data_ptr<int64_t>(),
             level_start_index.data_ptr<int64_t>(),
             reinterpret_cast<const T*>(sampling_locations.data_ptr()),
             reinterpret_cast<const T*>(attention_weights.data_ptr()),
-            reinterpret_cast<const T*>(grad_output.data_ptr()),
-            reinterpret_cast<A*>(grad_value.data_ptr()), loc_out, weight_out, loc_acc,
-            weight_acc, p, l.groups, l.slabs, head_major_order<T>());
+            reinterpret_cast<const T*>(grad_output.data_ptr()), value_acc, loc_out, weight_out,
+            loc_acc, weight_acc, p, 0, l.groups, 0, static_cast<int64_t>(p.batch) * p.num_value,
+            l.slabs, head_major_order<T>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     });
   });
-  const at::Tensor grad_value_out =
-      c10::elementSize(dtype) == 2 ? narrow_in_place(grad_value, dtype) : grad_value.to(dtype);
-  return {grad_value_out, grad_loc.to(dtype), grad_weight.to(dtype)};
+  return {grad_value.to(dtype), grad_loc.to(dtype), grad_weight.to(dtype)};
 }
 
 }  // namespace detr_plugin

@@ -3,7 +3,6 @@ how the flag is resolved and reaches the kernels (CPU, with a stand-in extension
 bitwise-equal gradients across runs where many queries sample the same few pixels, and agreement
 with the float64 gather reference and with the default (atomic) kernel."""
 import random
-import types
 
 import pytest
 import torch
@@ -144,6 +143,19 @@ def test_gradients_are_bitwise_reproducible_under_collisions(dtype, dim, method)
             continue
         assert first.abs().sum() > 0, name
         assert all(torch.equal(first, other) for other in others), name
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@on_gpu
+def test_each_batch_element_gets_the_gradients_it_gets_alone(dtype):
+    """Batch elements are reduced separately: a batch's gradients are, bit for bit, those of its
+    elements run one at a time (wrong per-element offsets would mix them up)."""
+    value, shapes, start, loc, weight, grad_out = colliding_case(dtype, 32, num_query=500)
+    batched = gradients(value, shapes, start, loc, weight, grad_out)
+    for b in range(value.shape[0]):
+        one = slice(b, b + 1)
+        alone = gradients(value[one], shapes, start, loc[one], weight[one], grad_out[one])
+        assert all(torch.equal(x[one], y) for x, y in zip(batched, alone)), b
 
 
 @on_gpu

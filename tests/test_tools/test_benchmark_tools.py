@@ -1,11 +1,14 @@
 """The benchmark scripts of tools/analysis on CPU: they run, print their table, and refuse what
 cannot work with one clear line (the figures themselves come from GPU runs, docs/benchmarks.md)."""
+import importlib.util
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
 import pytest
+import torch
 
 RTDETR_DEMO = 'configs/rtdetr/rtdetr_r18vd_1xb8-demo.py'
 
@@ -125,14 +128,23 @@ def test_step_breakdown_sync_recorder_names_the_call_site(load_tool):
 
 def test_benchmark_rtdetr_models_per_version(load_tool, repo_root, monkeypatch, capsys):
     tool = load_tool('tools/analysis/benchmark_rtdetr.py')
-    prefixes = dict(v1='configs/rtdetr/rtdetr_r', v2='configs/rtdetrv2/rtdetrv2_r')
-    for version, prefix in prefixes.items():
-        for ours, theirs in tool.MODELS[version].values():
-            assert ours.startswith(prefix) and (repo_root / ours).is_file(), ours
-            assert theirs.startswith(prefix.split('/')[-1]) and theirs.endswith('_coco.yml')
+    prefixes = dict(v1=('configs/rtdetr/rtdetr_r', 'rtdetr_r'),
+                    v2=('configs/rtdetrv2/rtdetrv2_r', 'rtdetrv2_r'),
+                    dfine=('configs/dfine/dfine_hgnetv2-', 'dfine_hgnetv2_'),
+                    deim=('configs/deim/deim_dfine_hgnetv2-', 'deim_hgnetv2_'))
+    assert set(tool.FAMILIES) == set(prefixes)
+    for version, (our_prefix, their_prefix) in prefixes.items():
+        for name, (ours, theirs) in tool.FAMILIES[version].models.items():
+            assert ours.startswith(our_prefix) and (repo_root / ours).is_file(), ours
+            assert theirs.startswith(their_prefix) and theirs.endswith('_coco.yml')
+            if version in ('dfine', 'deim'):  # the size letter in both names
+                assert ours.startswith(f'{our_prefix}{name}_')
+                assert theirs == f'{their_prefix}{name}_coco.yml'
     root = ['--rtdetr-root', '/nowhere']
     monkeypatch.setattr(sys, 'argv', ['benchmark_rtdetr.py', '--version', 'v2', *root])
     assert tool.parse_args().models == ['r18', 'r50']
+    monkeypatch.setattr(sys, 'argv', ['benchmark_rtdetr.py', '--version', 'dfine', *root])
+    assert tool.parse_args().models == ['s', 'l']
     # RT-DETRv2-M exists in v2 only: refused in one line for v1
     monkeypatch.setattr(sys, 'argv', ['benchmark_rtdetr.py', *root, '--models', 'r18', 'r50m'])
     with pytest.raises(SystemExit) as exit_info:
@@ -140,3 +152,91 @@ def test_benchmark_rtdetr_models_per_version(load_tool, repo_root, monkeypatch, 
     assert exit_info.value.code == 2
     assert ('--models r50m: not a v1 model (choose from r18 r34 r50 r101)'
             in capsys.readouterr().err)
+    monkeypatch.setattr(sys, 'argv', ['benchmark_rtdetr.py', *root, '--size', '100'])
+    with pytest.raises(SystemExit):
+        tool.parse_args()
+    assert '--size 100: not a multiple of 32' in capsys.readouterr().err
+
+
+def test_benchmark_rtdetr_resident_bytes_by_hand(load_tool):
+    tool = load_tool('tools/analysis/benchmark_rtdetr.py')
+    layer = torch.nn.Linear(3, 2)  # 6 + 2 float32 parameters
+    layer.register_buffer('table', torch.zeros(5, dtype=torch.float64))
+    optimizer = torch.optim.AdamW(layer.parameters())
+    assert tool.resident_bytes([layer], optimizer) == 8 * 4 + 5 * 8
+    layer(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    # + gradients (8 floats), exp_avg and exp_avg_sq (8 floats each), a float32 step per tensor
+    assert tool.resident_bytes([layer], optimizer) == 8 * 4 + 5 * 8 + 3 * 8 * 4 + 2 * 4
+    shared = torch.nn.Sequential(layer, layer)  # a tensor held twice is counted once
+    assert tool.resident_bytes([shared, layer], optimizer) == 8 * 4 + 5 * 8 + 3 * 8 * 4 + 2 * 4
+
+
+@pytest.mark.gpu
+def test_benchmark_rtdetr_peak_memory_of_a_known_step(load_tool):
+    tool = load_tool('tools/analysis/benchmark_rtdetr.py')
+    layer = torch.nn.Linear(1024, 1024, bias=False).cuda()  # 4 MiB
+    optimizer = torch.optim.SGD(layer.parameters())
+    other = torch.empty(64, 2**20, device='cuda')  # 256 MiB of another model: not counted
+
+    def step():
+        scratch = torch.ones(16, 2**20, device='cuda')  # 64 MiB at once, then freed
+        return float(scratch.sum())
+    assert tool.peak_mib(step, [layer], optimizer, 'cuda') == pytest.approx(4 + 64, abs=0.01)
+    del other
+
+
+def original_dfine_root(repo_root):
+    """A checkout of Peterande/D-FINE ($DFINE_ROOT, /work/ref/D-FINE or the copy carried to the
+    GPU machine) and the original's imports, else skip."""
+    candidates = [os.environ.get('DFINE_ROOT', '/work/ref/D-FINE'),
+                  repo_root / '.device' / 'ref' / 'D-FINE']
+    root = next((pathlib.Path(c) for c in candidates
+                 if (pathlib.Path(c) / 'src' / 'zoo' / 'dfine').is_dir()), None)
+    if root is None:
+        pytest.skip('no checkout of Peterande/D-FINE ($DFINE_ROOT, /work/ref/D-FINE)')
+    missing = [m for m in ('torchvision', 'tensorboard', 'scipy', 'yaml')
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f'the original D-FINE imports {", ".join(missing)}, not installed here')
+    return root
+
+
+def table_row(stdout: str, first_cells: str):
+    line = next(line for line in stdout.splitlines() if line.startswith(first_cells))
+    return [cell.strip() for cell in line.strip('|').split('|')]
+
+
+def test_benchmark_rtdetr_dfine_next_to_the_original_on_cpu(load_tool, repo_root, monkeypatch,
+                                                           capsys):
+    root = original_dfine_root(repo_root)
+    tool = load_tool('tools/analysis/benchmark_rtdetr.py')
+    monkeypatch.setattr(sys, 'path', list(sys.path))
+    modules, threads = set(sys.modules), torch.get_num_threads()
+    torch.set_num_threads(1)  # the machine's cores are shared: one thread is the fastest here
+    args = ['benchmark_rtdetr.py', '--version', 'dfine', '--root', str(root), '--models', 's',
+            '--size', '128', '--batch', '2', '--dtype', 'fp32', '--boxes', '3', '--iters', '1',
+            '--warmup', '0', '--rounds', '1', '--device', 'cpu']
+    try:
+        monkeypatch.setattr(sys, 'argv', args)
+        tool.main()
+        infer = capsys.readouterr().out
+        monkeypatch.setattr(sys, 'argv', args + ['--mode', 'train'])
+        tool.main()
+        train = capsys.readouterr().out
+    finally:
+        torch.set_num_threads(threads)
+        for name in set(sys.modules) - modules:  # the original's packages, named src.*
+            if name.split('.')[0] == 'src':
+                del sys.modules[name]
+    assert 'D-FINE infer, 128x128, cpu' in infer
+    *_, their_ms, their_graph, our_ms, our_graph, _, _, score_diff = table_row(infer, '| s | 2 |')
+    assert float(their_ms) > 0 and float(our_ms) > 0 and their_graph == our_graph == 'n/a'
+    # the original's deploy form and ours on the same converted weights: the same top-300 scores
+    assert float(score_diff) < 1e-4
+    assert 'D-FINE train, 128x128, cpu' in train
+    cells = table_row(train, '| s | 2 | fp32 |')
+    their_ms, our_ms, their_rate, our_rate = (float(c) for c in cells[3:7])
+    assert their_rate == pytest.approx(2e3 / their_ms, abs=0.06)
+    assert our_rate == pytest.approx(2e3 / our_ms, abs=0.06)
+    assert cells[8:] == ['n/a', 'n/a']  # peak memory: GPU only

@@ -20,7 +20,7 @@ the mean loss of the last window.
 
 Ours starts from the config's initialisation (no backbone checkpoint, no download) with seed
 ``--seed``; its class count is the dataset's (80). With ``--original-root`` (RT-DETRv2 configs of
-:data:`benchmark_rtdetr.MODELS`: a checkout of lyuwenyu/RT-DETR's ``rtdetrv2_pytorch``, which
+:data:`benchmark_rtdetr.FAMILIES`: a checkout of lyuwenyu/RT-DETR's ``rtdetrv2_pytorch``, which
 needs torchvision and faster_coco_eval), the original runs beside ours, in turns of
 ``--iters / --rounds`` iterations: its model from its YAML config with the weights of
 :func:`benchmark_rtdetr.original_model`, converted into ours (same weights); its own train loader
@@ -88,15 +88,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error('--iters, --window, --batch and --rounds must be >= 1, --warmup >= 0')
     if args.original_root is not None and original_model_name(args.config) is None:
         p.error(f'--original-root: {args.config} is not an RT-DETRv2 COCO config of '
-                'tools/analysis/benchmark_rtdetr.py MODELS')
+                'tools/analysis/benchmark_rtdetr.py FAMILIES')
     return args
 
 
 def original_model_name(config: str) -> Optional[str]:
     """The RT-DETRv2 model name (``r18``...) whose COCO config is ``config``, else None."""
-    from benchmark_rtdetr import MODELS
+    from benchmark_rtdetr import FAMILIES
     path = os.path.relpath(os.path.abspath(config), os.path.join(HERE, '..', '..'))
-    return next((name for name, (ours, _) in MODELS['v2'].items() if ours == path), None)
+    return next((name for name, (ours, _) in FAMILIES['v2'].models.items() if ours == path),
+                None)
 
 
 def benchmark_config(args: argparse.Namespace):
@@ -206,14 +207,15 @@ def to_device(batch: Tuple[torch.Tensor, List[dict]], device: str):
 
 def original_side(args) -> Tuple[Side, Dict[str, torch.Tensor]]:
     """The original's side and its weights converted into ours."""
-    from benchmark_rtdetr import MODELS, original_model
+    from benchmark_rtdetr import FAMILIES, original_model
 
     from detr_plugin.converters import convert_rtdetr
     name = original_model_name(args.config)
-    model, criterion, _ = original_model('v2', name, args.original_root)
+    original = original_model('v2', name, args.original_root, size=640)
+    model, criterion = original.model, original.criterion
     weights = convert_rtdetr(model.state_dict())
-    cfg, loader = original_loader(args.original_root, MODELS['v2'][name][1], args.data_root,
-                                  args.batch, args.workers)
+    cfg, loader = original_loader(args.original_root, FAMILIES['v2'].models[name][1],
+                                  args.data_root, args.batch, args.workers)
     model, criterion = model.to(args.device).train(), criterion.to(args.device).train()
     opt_cfg = {k: v for k, v in cfg.yaml_cfg['optimizer'].items() if k != 'type'}
     optimizer = torch.optim.AdamW(cfg.get_optim_params(cfg.yaml_cfg['optimizer'], model),

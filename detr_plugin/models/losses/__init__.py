@@ -2,6 +2,7 @@ from .decoupled_distillation import (DecoupledDistillationLoss, DistillationBala
                                      decoupled_distillation_loss, distillation_balance)
 from .fine_grained_localization import (FineGrainedLocalizationLoss,
                                         fine_grained_localization_loss)
+from .giou_loss import GIoULoss
 from .matchability_aware import MatchabilityAwareLoss, matchability_aware_loss
 from .varifocal_loss import RTDETRVarifocalLoss, varifocal_loss
 
@@ -9,5 +10,5 @@ __all__ = [
     'RTDETRVarifocalLoss', 'varifocal_loss', 'FineGrainedLocalizationLoss',
     'fine_grained_localization_loss', 'DecoupledDistillationLoss', 'DistillationBalance',
     'decoupled_distillation_loss', 'distillation_balance', 'MatchabilityAwareLoss',
-    'matchability_aware_loss'
+    'matchability_aware_loss', 'GIoULoss'
 ]

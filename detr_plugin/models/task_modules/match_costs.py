@@ -11,10 +11,11 @@ Hungarian assigner score all decoder layers and all images of a batch in one cal
 only the inputs it needs; the others may be anything (e.g. ``None``).
 """
 import torch
-from mmdet.structures.bbox import bbox_cxcywh_to_xyxy, bbox_overlaps
+from mmdet.structures.bbox import bbox_cxcywh_to_xyxy
 from torch import Tensor
 
 from detr_plugin.registry import TASK_UTILS
+from .box_overlaps import box_overlaps
 
 
 def _at_least_float32(pred_boxes: Tensor, gt_boxes: Tensor) -> tuple:
@@ -105,8 +106,9 @@ class BBoxL1Cost(MatchCost):
 class IoUCost(MatchCost):
     """Minus the GIoU (``iou_mode='giou'``) or IoU (``iou_mode='iou'``) of the boxes in xyxy.
 
-    mmdet's ``bbox_overlaps`` clamps union and enclosing area to ``eps``, so zero-width or
-    zero-height boxes give a finite cost instead of NaN.
+    :func:`box_overlaps` (mmdet's ``bbox_overlaps`` without its host wait) clamps union and
+    enclosing area to ``eps``, so zero-width or zero-height boxes give a finite cost instead of
+    NaN.
     """
 
     def __init__(self, weight: float = 1.0, iou_mode: str = 'giou') -> None:
@@ -120,7 +122,7 @@ class IoUCost(MatchCost):
         pred_boxes, gt_boxes = _at_least_float32(pred_boxes, gt_boxes)
         pred_xyxy = bbox_cxcywh_to_xyxy(pred_boxes.reshape(-1, 4))  # (prod(...) * Q, 4)
         gt_xyxy = bbox_cxcywh_to_xyxy(gt_boxes)  # (G, 4)
-        overlaps = bbox_overlaps(pred_xyxy, gt_xyxy, mode=self.iou_mode)  # (prod(...) * Q, G)
+        overlaps = box_overlaps(pred_xyxy, gt_xyxy, mode=self.iou_mode)  # (prod(...) * Q, G)
         return -overlaps.reshape(*lead, num_queries, gt_boxes.shape[0])
 
     def __repr__(self) -> str:

@@ -16,8 +16,9 @@ On CPU every tensor is a CPU tensor, so the recorder tracks where each tensor *w
 * **device**: the given modules' parameters and buffers, results of ``.to(device)`` /
   ``new_tensor`` of a device tensor / factories with a ``device`` argument, and everything
   computed from a device tensor; tensors no recorded op made (autograd's) count as device;
-* a tensor made before recording (the data loader's batch) or by ``torch.from_numpy`` is on the
-  host when it is moved (``.to(device)``: a host-to-device copy) or read (``.tolist()``).
+* a tensor made before recording (the data loader's batch), by ``torch.from_numpy`` or by a
+  constructor Python does not see (``torch.LongTensor(2)``) is on the host when it is moved
+  (``.to(device)``: a host-to-device copy) or read (``.tolist()``), on the device otherwise.
 
 Only operations touching a device tensor are recorded. Limits: a device-to-host copy must be
 written ``.cpu()`` / ``.numpy()`` / ``.tolist()`` / ``copy_`` into a host tensor to be seen
@@ -240,7 +241,7 @@ class _DispatchLevel(TorchDispatchMode):
         out = func(*args, **kwargs)
         if func in _CONSTANTS or all_host:
             rec.put(tree_flatten(out)[0], _HOST)
-        else:  # in-place ops keep their destination's place
+        elif inputs:  # in-place ops keep their destination's place; factories stay unseen
             rec.put([t for t in tree_flatten(out)[0]
                      if isinstance(t, Tensor) and not any(t is i for i in inputs)], _DEVICE)
         return out

@@ -8,7 +8,9 @@ model = dict(
         mean=[0., 0., 0.],
         std=[255., 255., 255.],
         bgr_to_rgb=True,
-        pad_size_divisor=32),
+        pad_size_divisor=32,
+        # images and gts go to the GPU without the host waiting for each copy (same values)
+        non_blocking=True),
     backbone=dict(
         type='ResNetVd',
         depth=50,

@@ -5,7 +5,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from mmdet.models.layers import inverse_sigmoid
-from mmdet.structures.bbox import bbox_cxcywh_to_xyxy, bbox_overlaps
+from mmdet.structures.bbox import bbox_cxcywh_to_xyxy
 from mmdet.utils import reduce_mean
 from torch import Tensor, nn
 
@@ -15,7 +15,7 @@ from ..layers.box_distribution import (boxes_to_bins, distances_to_boxes,
                                        distribution_to_distances, weighting_function)
 from ..layers.predictions import DetectionOutputs, LayerPrediction
 from ..losses.decoupled_distillation import DistillationBalance, distillation_balance
-from ..task_modules import Matches
+from ..task_modules import Matches, box_overlaps
 from ..task_modules.matching_union import matching_union
 from .detr_head import GroundTruth, at_least_float32
 from .rtdetr_head import RTDETRHead
@@ -176,7 +176,8 @@ class DFINEHead(RTDETRHead):
                                at_least_float32(outputs.enc_boxes[None])])
         loss_cls, pairs = self.classification_losses(all_logits, all_boxes, gt, num_boxes)
         pred_index, gt_index = self.flat_pairs(matching_union(pairs), num_queries, gt)
-        num_union = reduce_mean(boxes.new_tensor(float(len(pred_index)))).clamp(min=1.0)
+        num_union = reduce_mean(torch.full((), float(len(pred_index)), dtype=boxes.dtype,
+                                           device=boxes.device)).clamp(min=1.0)
         union = self.repeat_matches(pred_index, gt_index, num_layers + 2, bs * num_queries)
         loss_bbox, loss_iou = self.loss_boxes_per_layer(all_boxes, gt, union, num_union)
         reference = outputs.pre.boxes[0].detach()
@@ -244,7 +245,7 @@ class DFINEHead(RTDETRHead):
         fgl, ddf = [], []
         for i, (layer_corners, layer_boxes) in enumerate(zip(corners, boxes)):
             matched = bbox_cxcywh_to_xyxy(layer_boxes.flatten(0, 1)[pred_index])
-            ious = bbox_overlaps(matched, target, is_aligned=True).detach()
+            ious = box_overlaps(matched, target, is_aligned=True).detach()
             fgl.append(self.loss_fgl(layer_corners.flatten(0, 1)[pred_index], bins, ious,
                                      avg_factor=num_matched))
             if i < len(corners) - 1:

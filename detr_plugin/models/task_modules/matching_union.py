@@ -44,7 +44,8 @@ def matching_union(matchings: Sequence[Sequence[Pairs]]) -> List[Pairs]:
     sizes = [p.shape[1] for p in per_image]
     host = torch.cat(per_image, dim=1).cpu().split(sizes, dim=1)  # one device-to-host copy
     unions = [_image_union(pairs) for pairs in host]
-    kept = torch.cat(unions, dim=1).to(device).split([u.shape[1] for u in unions], dim=1)
+    kept = torch.cat(unions, dim=1).to(device, non_blocking=True)  # the host need not wait
+    kept = kept.split([u.shape[1] for u in unions], dim=1)
     return [(k[0], k[1]) for k in kept]
 
 

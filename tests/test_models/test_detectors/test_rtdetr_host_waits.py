@@ -7,23 +7,19 @@ step under ``torch.cuda.set_sync_debug_mode`` and counts the synchronising CUDA 
 """
 import logging
 import pathlib
-import types
 import warnings
 from collections import Counter
 
-import numpy as np
 import pytest
 import torch
-from mmdet.datasets.transforms import PackDetInputs
 from mmengine.config import Config
-from mmengine.hooks import RuntimeInfoHook
-from mmengine.logging import MessageHub, MMLogger
+from mmengine.logging import MMLogger
 from mmengine.model import BaseModel
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import DefaultScope
 
 from detr_plugin.registry import MODELS
-from detr_plugin.testing import HostSyncRecorder, SyncSite
+from detr_plugin.testing import HostSyncRecorder, SyncSite, loader_batch, step_and_log
 from detr_plugin.utils import register_all_modules
 
 register_all_modules(init_default_scope=False)
@@ -58,32 +54,6 @@ def small_model_and_optimizer(config: str, device='cpu'):
         model.init_weights()
         wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     return model.train(), wrapper
-
-
-def loader_batch(seed: int, num_images=2, size=(32, 32)):
-    """What mmdet's PackDetInputs gives the data preprocessor: uint8 images and gt boxes (xyxy
-    pixels) on the host, one image with two objects and one with three."""
-    rng = np.random.default_rng(seed)
-    pack, batch = PackDetInputs(), dict(inputs=[], data_samples=[])
-    for i in range(num_images):
-        n = 2 + i
-        corner = rng.random((n, 2)) * 16
-        boxes = np.concatenate([corner, corner + 4 + rng.random((n, 2)) * 12], 1)
-        packed = pack(dict(img=rng.integers(0, 255, (*size, 3), dtype=np.uint8), img_id=i,
-                           img_path='', ori_shape=size, img_shape=size, scale_factor=(1., 1.),
-                           flip=False, flip_direction=None, gt_bboxes=boxes.astype(np.float32),
-                           gt_bboxes_labels=np.arange(n) % 3, gt_ignore_flags=np.zeros(n, bool)))
-        batch['inputs'].append(packed['inputs'])
-        batch['data_samples'].append(packed['data_samples'])
-    return batch
-
-
-def step_and_log(model, wrapper, batch):
-    """``train_step`` and the runner's reading of its outputs (RuntimeInfoHook)."""
-    outputs = model.train_step(batch, wrapper)
-    runner = types.SimpleNamespace(message_hub=MessageHub.get_current_instance())
-    RuntimeInfoHook().after_train_iter(runner, 0, outputs=outputs)
-    return outputs
 
 
 @pytest.fixture(scope='module', params=['v1', 'v2'])

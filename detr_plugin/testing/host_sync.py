@@ -22,8 +22,10 @@ On CPU every tensor is a CPU tensor, so the recorder tracks where each tensor *w
 
 Only operations touching a device tensor are recorded. Limits: a device-to-host copy must be
 written ``.cpu()`` / ``.numpy()`` / ``.tolist()`` / ``copy_`` into a host tensor to be seen
-(``.to('cpu')`` reads as a move to the device, which it is on CPU), and calls inside C++ or inside a
-``torch.nn.functional`` function are seen only as the aten ops they dispatch.
+(``.to('cpu')`` reads as a move to the device, which it is on CPU); calls inside C++ or inside a
+``torch.nn.functional`` function are seen only as the aten ops they dispatch; and an op whose CPU
+implementation reads values that its CUDA one does not (``F.one_hot``'s range check) is recorded
+although it would not wait on CUDA.
 """
 import os
 import sys

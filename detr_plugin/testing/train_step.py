@@ -18,10 +18,10 @@ def loader_batch(seed: int, num_images: int = 2, size: Tuple[int, int] = (32, 32
         n = 2 + i
         corner = rng.random((n, 2)) * (w / 2, h / 2)
         extent = (0.1 + 0.4 * rng.random((n, 2))) * (w, h)
+        boxes = np.concatenate([corner, corner + extent], 1).astype(np.float32)
         packed = pack(dict(img=rng.integers(0, 255, (h, w, 3), dtype=np.uint8), img_id=i,
                            img_path='', ori_shape=size, img_shape=size, scale_factor=(1., 1.),
-                           flip=False, flip_direction=None,
-                           gt_bboxes=np.concatenate([corner, corner + extent], 1).astype(np.float32),
+                           flip=False, flip_direction=None, gt_bboxes=boxes,
                            gt_bboxes_labels=np.arange(n) % 3, gt_ignore_flags=np.zeros(n, bool)))
         batch['inputs'].append(packed['inputs'])
         batch['data_samples'].append(packed['data_samples'])

@@ -19,7 +19,6 @@ import torch
 from torch import Tensor, nn
 
 from ..registry import MODELS
-from .level_index import point_level_tensors
 from .ms_deform_attn import METHODS, multi_scale_deformable_attention
 
 
@@ -30,6 +29,10 @@ class SamplingPoints(nn.Module):
     own so that a forward hook sees exactly the locations and weights handed to the op (e.g.
     tools/analysis/visualize_sampling_points.py); hooks receive the inputs too.
 
+    Its two buffers (for uneven point counts) are derived from ``level_points`` and not saved:
+    checkpoints keep their keys, and ``.to(device)`` moves them with the model, so no forward
+    copies them to the device.
+
     Args:
         level_points: (P_0, ..., P_{L-1}) sampling points per level.
     """
@@ -37,6 +40,11 @@ class SamplingPoints(nn.Module):
     def __init__(self, level_points: Tuple[int, ...]):
         super().__init__()
         self.level_points = level_points
+        counts = torch.tensor(level_points, dtype=torch.long)
+        levels = torch.repeat_interleave(torch.arange(len(level_points)), counts)
+        # (sum(P_l),) long: each point's level, and its level's point count P_l
+        self.register_buffer('point_level', levels, persistent=False)
+        self.register_buffer('point_count', counts[levels], persistent=False)
 
     def forward(self, reference_points: Tensor, offsets: Tensor, logits: Tensor,
                 spatial_shapes: Tensor) -> Tuple[Tensor, Tensor]:
@@ -61,12 +69,11 @@ class SamplingPoints(nn.Module):
             size_xy = spatial_shapes.flip(-1)[None, None, None, :, None, :]  # (W_l, H_l)
             points = offsets.shape[4]
         else:  # per point: its level's reference, map size and point count
-            levels, counts = point_level_tensors(self.level_points, offsets.device)
             if reference_points.shape[2] > 1:
-                reference_points = reference_points.index_select(2, levels)
+                reference_points = reference_points.index_select(2, self.point_level)
             ref = reference_points[:, :, None]  # (bs, Q, 1, sum(P_l) or 1, 2|4)
-            size_xy = spatial_shapes.flip(-1).index_select(0, levels)  # (sum(P_l), 2)
-            points = counts[:, None]  # (sum(P_l), 1)
+            size_xy = spatial_shapes.flip(-1).index_select(0, self.point_level)  # (sum(P_l), 2)
+            points = self.point_count[:, None]  # (sum(P_l), 1)
         if reference_points.shape[-1] == 2:
             # offsets are in pixels of each level: (W_l, H_l) normalizes them
             return ref + offsets / size_xy.to(offsets.dtype), weights

@@ -107,7 +107,7 @@ def test_forward_matches_hand_computation(msda_ref, ref_dims, ref_levels):
 @pytest.mark.parametrize('ref_dims', [2, 4])
 def test_hook_on_sampling_points_sees_what_the_op_gets(ref_dims):
     """The seam for visualization: a forward hook records the op's locations and weights, and
-    the module has no parameter or buffer more (checkpoints keep their keys)."""
+    the module has no parameter and saves nothing (checkpoints keep their keys)."""
     attn = make_module(4)
     query, ref, value, spatial_shapes, start = make_inputs(ref_dims)
     hooked, op_args = [], []
@@ -126,7 +126,7 @@ def test_hook_on_sampling_points_sees_what_the_op_gets(ref_dims):
     assert locations.shape == (2, 3, HEADS, LEVELS, POINTS, 2)
     assert torch.equal(locations, op_locations) and torch.equal(weights, op_weights)
     torch.testing.assert_close(weights.sum((-2, -1)), torch.ones(2, 3, HEADS, dtype=torch.float64))
-    assert not list(attn.sampling_points.parameters()) and not list(attn.sampling_points.buffers())
+    assert not list(attn.sampling_points.parameters()) and not attn.sampling_points.state_dict()
 
 
 def test_shared_reference_equals_per_level_copies():
@@ -285,6 +285,18 @@ def test_uneven_points_hook_sees_the_flat_layout():
     (locations, weights), = hooked
     assert locations.shape == (2, 3, HEADS, 4, 2) and weights.shape == (2, 3, HEADS, 4)
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3, HEADS, dtype=torch.float64))
+
+
+def test_uneven_point_levels_are_unsaved_buffers_moved_with_the_module():
+    """Each point's level and its level's count, fixed at construction: ``.to()`` moves them (no
+    copy per forward), checkpoints do not see them."""
+    attn = MultiScaleDeformableAttention(8, 2, 3, [2, 1, 3])
+    assert attn.sampling_points.point_level.tolist() == [0, 0, 1, 2, 2, 2]
+    assert attn.sampling_points.point_count.tolist() == [2, 2, 1, 3, 3, 3]
+    assert set(attn.state_dict()) == {f'{layer}.{p}' for p in ('weight', 'bias') for layer in (
+        'sampling_offsets', 'attention_weights', 'value_proj', 'output_proj')}
+    attn.to('meta')
+    assert attn.sampling_points.point_level.is_meta and attn.sampling_points.point_count.is_meta
 
 
 def test_uneven_init_matches_the_original_rule():

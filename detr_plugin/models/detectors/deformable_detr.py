@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from detr_plugin.registry import MODELS, build_in_scope
 from detr_plugin.ops import MultiScaleDeformableAttention
 from ..layers.encoder_proposals import EncoderProposals
-from ..layers.multi_scale import MultiScaleLevels, flatten_levels, valid_ratios
+from ..layers.multi_scale import LevelIndex, MultiScaleLevels, flatten_levels, valid_ratios
 from ..layers.predictions import DetectionOutputs
 from .detr import padding_mask
 
@@ -73,6 +73,7 @@ class DeformableDETR(BaseDetector):
         self._check_widths(neck)
 
         self.level_embed = nn.Parameter(torch.zeros(num_feature_levels, embed_dims))
+        self.level_index = LevelIndex()
         if as_two_stage:
             self.proposals = EncoderProposals(embed_dims)
         else:
@@ -131,7 +132,8 @@ class DeformableDETR(BaseDetector):
             pe = self.positional_encoding(mask)
             pos.append(pe.to(feat.dtype).flatten(2).transpose(1, 2) + self.level_embed[lvl])
         ratios = torch.stack([valid_ratios(mask, bs, feats[0].device) for mask in masks], 1)
-        tokens, levels = flatten_levels(feats, ratios, None if masks[0] is None else masks)
+        tokens, levels = flatten_levels(feats, self.level_index, ratios,
+                                        None if masks[0] is None else masks)
         return tokens, torch.cat(pos, 1), levels
 
     def decoder_input(self, memory: Tensor, levels: MultiScaleLevels) -> DecoderInput:

@@ -13,12 +13,13 @@ __all__ = [
 from .deformable_detr_transformer import (DeformableDetrTransformerDecoder,  # noqa: E402
                                           DeformableDetrTransformerEncoder)
 from .encoder_proposals import EncoderProposals  # noqa: E402
-from .multi_scale import LevelAnchors, MultiScaleLevels  # noqa: E402
+from .multi_scale import LevelAnchors, LevelIndex, MultiScaleLevels  # noqa: E402
 from .predictions import DenoisingOutputs, DetectionOutputs, LayerPrediction  # noqa: E402
 
 __all__ += [
     'DeformableDetrTransformerEncoder', 'DeformableDetrTransformerDecoder', 'MultiScaleLevels',
-    'LevelAnchors', 'EncoderProposals', 'DenoisingOutputs', 'DetectionOutputs', 'LayerPrediction'
+    'LevelAnchors', 'LevelIndex', 'EncoderProposals', 'DenoisingOutputs', 'DetectionOutputs',
+    'LayerPrediction'
 ]
 from .csp_rep_layer import ConvNormAct, CSPRepLayer, RepVggBlock  # noqa: E402
 from .denoising import ContrastiveDenoising, DenoisingGroups  # noqa: E402

@@ -7,12 +7,11 @@ the encoder's reference points (Deformable DETR), the two-stage proposals (Defor
 the query-selection anchors (RT-DETR): one box per token, centred on its pixel, of side
 ``base_size * 2 ** level``.
 """
+from collections import OrderedDict
 from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
-
-from detr_plugin.ops import level_index_tensors
 
 Shapes = Tuple[Tuple[int, int], ...]
 
@@ -31,10 +30,12 @@ class MultiScaleLevels(NamedTuple):
 
     @classmethod
     def from_shapes(cls, shapes: Sequence[Tuple[int, int]], valid_ratios: Tensor,
-                    padding_mask: Optional[Tensor] = None) -> 'MultiScaleLevels':
-        """The layout of levels of the given (H_l, W_l), index tensors on the ratios' device."""
+                    index: 'LevelIndex', padding_mask: Optional[Tensor] = None
+                    ) -> 'MultiScaleLevels':
+        """The layout of levels of the given (H_l, W_l), index tensors from ``index`` on the
+        ratios' device."""
         shapes = tuple((int(h), int(w)) for h, w in shapes)
-        spatial_shapes, level_start_index = level_index_tensors(shapes, valid_ratios.device)
+        spatial_shapes, level_start_index = index(shapes, valid_ratios.device)
         return cls(shapes, spatial_shapes, level_start_index, valid_ratios, padding_mask)
 
     def level_sizes(self) -> Tensor:
@@ -42,13 +43,51 @@ class MultiScaleLevels(NamedTuple):
         return self.spatial_shapes.flip(-1).to(self.valid_ratios)
 
 
-def flatten_levels(feats: Sequence[Tensor], valid_ratios: Optional[Tensor] = None,
+class LevelIndex(nn.Module):
+    """The index tensors of flattened levels, kept for the last ``size`` layouts and devices
+    asked for (multi-scale training's input sizes stay cached).
+
+    Made once per layout, so that a model asking on every forward copies nothing host -> device
+    after the first call (inference stays free of host synchronisation, capturable in a CUDA
+    graph). Plain attributes, not buffers: never saved, moved by ``.to()`` or broadcast by DDP.
+
+    Args:
+        size: how many layouts to keep; the least recently used one is dropped first.
+    """
+
+    def __init__(self, size: int = 16) -> None:
+        super().__init__()
+        self.size = size
+        # (shapes, device) -> (spatial_shapes, level_start_index), least recently used first
+        self.tensors: OrderedDict = OrderedDict()
+
+    def forward(self, shapes: Shapes, device: torch.device) -> Tuple[Tensor, Tensor]:
+        """((H_0, W_0), (H_1, W_1), ...) -> spatial_shapes (L, 2) and level_start_index (L,),
+        long, on ``device``. Shared tensors: not to be modified in place."""
+        key = (shapes, device)
+        if key in self.tensors:
+            self.tensors.move_to_end(key)
+            return self.tensors[key]
+        # normal tensors even when first made under inference mode: training reuses them
+        with torch.inference_mode(False):
+            spatial_shapes = torch.tensor(shapes, dtype=torch.long, device=device).reshape(-1, 2)
+            sizes = spatial_shapes.prod(1)
+            level_start_index = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
+        self.tensors[key] = (spatial_shapes, level_start_index)
+        if len(self.tensors) > self.size:
+            self.tensors.popitem(last=False)
+        return self.tensors[key]
+
+
+def flatten_levels(feats: Sequence[Tensor], index: LevelIndex,
+                   valid_ratios: Optional[Tensor] = None,
                    padding_masks: Optional[Sequence[Tensor]] = None
                    ) -> Tuple[Tensor, MultiScaleLevels]:
     """Concatenates the tokens of every level.
 
     Args:
         feats: L maps (bs, C, H_l, W_l), finest first.
+        index: the caller's cache of index tensors.
         valid_ratios: (bs, L, 2) as (w, h); None: no padding (all ones).
         padding_masks: L masks (bs, H_l, W_l) True on padding, or None (no padding).
 
@@ -59,7 +98,8 @@ def flatten_levels(feats: Sequence[Tensor], valid_ratios: Optional[Tensor] = Non
     if valid_ratios is None:
         valid_ratios = torch.ones(bs, len(feats), 2, device=feats[0].device)
     mask = None if padding_masks is None else torch.cat([m.flatten(1) for m in padding_masks], 1)
-    levels = MultiScaleLevels.from_shapes([f.shape[-2:] for f in feats], valid_ratios, mask)
+    levels = MultiScaleLevels.from_shapes([f.shape[-2:] for f in feats], valid_ratios, index,
+                                          mask)
     return torch.cat([f.flatten(2).transpose(1, 2) for f in feats], 1), levels
 
 

@@ -16,7 +16,7 @@ from detr_plugin.registry import MODELS
 from .deformable_transformer import DeformableDecoderLayer
 from .denoising import DenoisingGroups
 from .mlp import MLP
-from .multi_scale import LevelAnchors, MultiScaleLevels, flatten_levels
+from .multi_scale import LevelAnchors, LevelIndex, MultiScaleLevels, flatten_levels
 from .predictions import DecoderHead, DetectionOutputs, LayerPrediction
 
 
@@ -71,6 +71,7 @@ class RTDETRDecoder(nn.Module):
         self.embed_dims = embed_dims
         self.num_queries = num_queries
         self.num_layers = num_layers
+        self.level_index = LevelIndex()
         self.anchors = LevelAnchors(anchor_size, anchor_eps)
         self.input_proj = nn.ModuleList(self.make_input_proj(c) for c in in_channels)
         self.enc_output = nn.Sequential(nn.Linear(embed_dims, embed_dims), nn.LayerNorm(embed_dims))
@@ -127,7 +128,8 @@ class RTDETRDecoder(nn.Module):
         """Per-level 1x1 conv + BN, then all levels' tokens (bs, N, C) concatenated."""
         if len(feats) != len(self.input_proj):
             raise ValueError(f'expected {len(self.input_proj)} feature levels, got {len(feats)}')
-        return flatten_levels([p(feat) for p, feat in zip(self.input_proj, feats)])
+        return flatten_levels([p(feat) for p, feat in zip(self.input_proj, feats)],
+                              self.level_index)
 
     def select_queries(self, memory: Tensor, levels: MultiScaleLevels,
                        head: DecoderHead) -> QuerySelection:

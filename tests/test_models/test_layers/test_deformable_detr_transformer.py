@@ -5,7 +5,8 @@ import torch
 
 from detr_plugin.models.dense_heads import DeformableDETRHead
 from detr_plugin.models.layers import (DeformableDetrTransformerDecoder,
-                                       DeformableDetrTransformerEncoder, MultiScaleLevels)
+                                       DeformableDetrTransformerEncoder, LevelIndex,
+                                       MultiScaleLevels)
 
 
 def padded_mask(shape, valid):
@@ -18,7 +19,7 @@ def padded_mask(shape, valid):
 
 def tiny_levels(bs=2):
     ratios = torch.tensor([[[1.0, 1.0], [1.0, 1.0]], [[0.5, 0.75], [0.5, 1.0]]])[:bs]
-    return MultiScaleLevels.from_shapes([(4, 4), (2, 2)], ratios)
+    return MultiScaleLevels.from_shapes([(4, 4), (2, 2)], ratios, LevelIndex())
 
 
 LAYER = dict(embed_dims=16, num_heads=2, num_levels=2, num_points=2, ffn_dims=32, dropout=0.0)
@@ -95,10 +96,11 @@ def test_encoder_ignores_padding():
         return out
 
     alone = encoder(flat(small), flat(small_pos),
-                    MultiScaleLevels.from_shapes([(2, 2), (1, 1)], torch.ones(1, 2, 2)))
+                    MultiScaleLevels.from_shapes([(2, 2), (1, 1)], torch.ones(1, 2, 2),
+                                                 LevelIndex()))
     masks = [padded_mask((4, 4), [(2, 2)]), padded_mask((2, 2), [(1, 1)])]
     levels = MultiScaleLevels.from_shapes([(4, 4), (2, 2)], torch.full((1, 2, 2), 0.5),
-                                          torch.cat([m.flatten(1) for m in masks], 1))
+                                          LevelIndex(), torch.cat([m.flatten(1) for m in masks], 1))
     padded = encoder(flat(pad(small)), flat(pad(small_pos)), levels)
     valid = ~levels.padding_mask[0]
     torch.testing.assert_close(padded[0, valid], alone[0], atol=1e-5, rtol=1e-5)

@@ -6,7 +6,7 @@ import torch
 from mmengine.registry import DefaultScope
 
 from detr_plugin.models.layers.dfine_decoder import DFINEDecoderLayer, GatedFusion
-from detr_plugin.models.layers.multi_scale import flatten_levels
+from detr_plugin.models.layers.multi_scale import LevelIndex, flatten_levels
 from detr_plugin.ops import MultiScaleDeformableAttention
 from detr_plugin.registry import MODELS
 
@@ -33,7 +33,7 @@ def test_gates_start_at_one_half():
 
 def levels_and_memory(bs=2, c=8, shapes=((4, 4), (2, 2))):
     feats = [torch.randn(bs, c, h, w, dtype=torch.float64) for h, w in shapes]
-    return flatten_levels(feats)
+    return flatten_levels(feats, LevelIndex())
 
 
 def test_attention_without_projections_is_the_projected_one_with_identities():

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from detr_plugin.models.layers import EncoderProposals, MultiScaleLevels
+from detr_plugin.models.layers import EncoderProposals, LevelIndex, MultiScaleLevels
 from detr_plugin.models.layers.encoder_proposals import box_sine_embedding
 
 
@@ -18,7 +18,7 @@ def test_invalid_proposals_are_infinite_and_read_zero_memory():
     mask[1, 3] = mask[1, 5] = True  # the padded columns of image 1
     # padding centres lie beyond 1 anyway; a masked token in the valid range tests the mask itself
     mask[0, 1] = True
-    levels = MultiScaleLevels.from_shapes(shapes, ratios, mask)
+    levels = MultiScaleLevels.from_shapes(shapes, ratios, LevelIndex(), mask)
     assert levels.level_start_index.tolist() == [0, 4, 6]
     module = EncoderProposals(embed_dims=8)
     memory = torch.randn(2, 66, 8)

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from detr_plugin.models.layers.multi_scale import (LevelAnchors, MultiScaleLevels,
+from detr_plugin.models.layers.multi_scale import (LevelAnchors, LevelIndex, MultiScaleLevels,
                                                    encoder_reference_points, flatten_levels,
                                                    level_boxes, valid_ratios)
 
@@ -27,7 +27,7 @@ def test_valid_ratios_by_hand():
 def test_flatten_levels_layout_and_token_order():
     feats = [torch.randn(2, 3, 2, 3), torch.randn(2, 3, 1, 2)]
     masks = [padded_mask((2, 3), [(2, 3), (1, 2)]), padded_mask((1, 2), [(1, 2), (1, 1)])]
-    tokens, levels = flatten_levels(feats, torch.ones(2, 2, 2), masks)
+    tokens, levels = flatten_levels(feats, LevelIndex(), torch.ones(2, 2, 2), masks)
     assert tokens.shape == (2, 8, 3) and levels.shapes == ((2, 3), (1, 2))
     assert levels.spatial_shapes.tolist() == [[2, 3], [1, 2]]
     assert levels.level_start_index.tolist() == [0, 6]
@@ -35,7 +35,7 @@ def test_flatten_levels_layout_and_token_order():
     torch.testing.assert_close(tokens[:, 4], feats[0][:, :, 1, 1])
     torch.testing.assert_close(tokens[:, 7], feats[1][:, :, 0, 1])
     assert levels.padding_mask[1].tolist() == [False, False, True, True, True, True, False, True]
-    _, unpadded = flatten_levels(feats)
+    _, unpadded = flatten_levels(feats, LevelIndex())
     assert unpadded.padding_mask is None and torch.equal(unpadded.valid_ratios, torch.ones(2, 2, 2))
 
 
@@ -50,7 +50,8 @@ def test_encoder_reference_points_by_hand():
             for j in range(w):
                 x, y = (j + 0.5) / valid_w, (i + 0.5) / valid_h
                 expected.append([[x * 2 / 3, y * 1 / 2], [x * 1 / 2, y * 1.0]])
-    points = encoder_reference_points(MultiScaleLevels.from_shapes([(2, 3), (1, 2)], ratios))
+    points = encoder_reference_points(MultiScaleLevels.from_shapes([(2, 3), (1, 2)], ratios,
+                                                                   LevelIndex()))
     assert points.shape == (1, 8, 2, 2)
     torch.testing.assert_close(points[0], torch.tensor(expected))
     # the valid region's first pixel of level 0 sits at its centre on every level
@@ -69,7 +70,7 @@ def test_level_boxes_by_hand():
 
 
 def levels_of(shapes):
-    return MultiScaleLevels.from_shapes(shapes, torch.ones(1, len(shapes), 2))
+    return MultiScaleLevels.from_shapes(shapes, torch.ones(1, len(shapes), 2), LevelIndex())
 
 
 def test_anchors_and_valid_mask_by_hand():
@@ -106,3 +107,32 @@ def test_anchors_kept_per_layout_and_usable_after_inference_mode():
     other, _ = module(levels_of([(3, 2)]))
     assert other.shape == (1, 6, 4)
     assert not any(name == 'anchors' for name, _ in module.named_buffers())
+
+
+def test_level_index_values_by_hand_and_one_object_per_layout():
+    index = LevelIndex()
+    shapes, starts = index(((4, 6), (2, 3), (1, 2)), torch.device('cpu'))
+    assert shapes.tolist() == [[4, 6], [2, 3], [1, 2]] and shapes.dtype == torch.long
+    assert starts.tolist() == [0, 24, 30]  # 0, 4*6, 4*6 + 2*3
+    again = index(((4, 6), (2, 3), (1, 2)), torch.device('cpu'))
+    assert again[0] is shapes and again[1] is starts
+    other = index(((4, 6),), torch.device('cpu'))
+    assert other[0].tolist() == [[4, 6]] and other[1].tolist() == [0]
+    assert not list(index.buffers()) and not index.state_dict()
+
+
+def test_level_index_keeps_the_last_size_layouts():
+    index, cpu = LevelIndex(size=2), torch.device('cpu')
+    a, b, c = ((1, 1),), ((2, 2),), ((3, 3),)
+    first_a, first_b = index(a, cpu), index(b, cpu)
+    assert index(a, cpu) is first_a  # a is now the most recently used: c drops b
+    index(c, cpu)
+    assert index(a, cpu) is first_a
+    assert index(b, cpu)[0] is not first_b[0] and index(b, cpu)[0].tolist() == [[2, 2]]
+    assert len(index.tensors) == 2
+
+
+def test_level_index_made_under_inference_mode_is_a_normal_tensor():
+    with torch.inference_mode():
+        shapes, _ = LevelIndex()(((5, 7), (3, 4)), torch.device('cpu'))
+    assert not shapes.is_inference()

@@ -148,8 +148,13 @@ class DETRHead(BaseModule):
         return GroundTruth(labels, boxes, torch.cat(labels), torch.cat(boxes).reshape(-1, 4))
 
     def match(self, cls_logits: Tensor, boxes: Tensor, gt: GroundTruth) -> Matches:
-        """Hungarian matching of every layer and image (one device-host round trip)."""
-        return self.assigner.match(cls_logits.detach(), boxes.detach(), gt.labels, gt.boxes)
+        """Hungarian matching of every layer and image (one host wait)."""
+        return self.match_sets((cls_logits, boxes, gt))[0]
+
+    def match_sets(self, *sets: Tuple[Tensor, Tensor, GroundTruth]) -> List[Matches]:
+        """:meth:`match` of several (logits, boxes, gt) sets, with one host wait for them all."""
+        return self.assigner.match_sets([(logits.detach(), boxes.detach(), gt.labels, gt.boxes)
+                                         for logits, boxes, gt in sets])
 
     def classification_targets(self, cls_logits: Tensor, gt: GroundTruth,
                                matches: Matches) -> Tensor:

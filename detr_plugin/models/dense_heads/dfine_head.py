@@ -197,9 +197,9 @@ class DFINEHead(RTDETRHead):
         if not self.class_agnostic_encoder:
             matches = self.match(logits, boxes, gt)
             return self.loss_cls_per_layer(logits, boxes, gt, matches, num_boxes), matches.pairs
-        matches = self.match(logits[:-1], boxes[:-1], gt)
         agnostic = gt.class_agnostic()
-        enc_matches = self.match(logits[-1:], boxes[-1:], agnostic)
+        matches, enc_matches = self.match_sets((logits[:-1], boxes[:-1], gt),
+                                               (logits[-1:], boxes[-1:], agnostic))
         loss = torch.cat([
             self.loss_cls_per_layer(logits[:-1], boxes[:-1], gt, matches, num_boxes),
             self.loss_cls_per_layer(logits[-1:], boxes[-1:], agnostic, enc_matches, num_boxes)])

@@ -138,8 +138,11 @@ class RTDETRHead(DETRHead):
         enc_logits = at_least_float32(outputs.enc_logits[None])
         enc_boxes = at_least_float32(outputs.enc_boxes[None])
         if self.class_agnostic_encoder:  # one "object" logit: matched against one class
-            per_layer = self.losses_with_matching(logits, boxes, gt, num_boxes)
-            enc = self.losses_with_matching(enc_logits, enc_boxes, gt.class_agnostic(), num_boxes)
+            agnostic = gt.class_agnostic()
+            matches, enc_matches = self.match_sets((logits, boxes, gt),
+                                                   (enc_logits, enc_boxes, agnostic))
+            per_layer = self.losses_per_layer(logits, boxes, gt, matches, num_boxes)
+            enc = self.losses_per_layer(enc_logits, enc_boxes, agnostic, enc_matches, num_boxes)
             per_layer = {name: torch.cat([per_layer[name], enc[name]]) for name in per_layer}
         else:  # the encoder's top-k is matched with the decoder layers, as one more layer
             per_layer = self.losses_with_matching(

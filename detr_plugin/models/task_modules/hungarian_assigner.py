@@ -79,10 +79,10 @@ class HungarianAssigner:
         """
         return self.match(pred_logits, pred_boxes, gt_labels, gt_boxes).pairs
 
-    @torch.no_grad()
     def match(self, pred_logits: Tensor, pred_boxes: Tensor, gt_labels: Sequence[Tensor],
               gt_boxes: Sequence[Tensor]) -> Matches:
-        """Match every layer's queries to each image's gts, with one host wait (the copy of the costs).
+        """Match every layer's queries to each image's gts, with one host wait (the copy of the
+        costs).
 
         Args:
             pred_logits: (L, bs, Q, K) raw class logits of L decoder layers (L may be 1).
@@ -94,16 +94,34 @@ class HungarianAssigner:
             :class:`Matches`, all tensors on the predictions' device. Costs are computed
             without gradient.
         """
-        num_gts = _check_inputs(pred_logits, pred_boxes, gt_labels, gt_boxes)
-        num_layers, batch_size, num_queries = pred_logits.shape[:3]
-        if num_queries * sum(num_gts) == 0:  # nothing to solve: skip the device round trip
-            host_costs = np.zeros(0, dtype=np.float32)
-        else:
-            host_costs = self._image_cost_blocks(pred_logits, pred_boxes, gt_labels, gt_boxes,
-                                                 num_gts).cpu().numpy()  # the one D2H copy
+        return self.match_sets([(pred_logits, pred_boxes, gt_labels, gt_boxes)])[0]
+
+    @torch.no_grad()
+    def match_sets(self, sets: Sequence[Tuple[Tensor, Tensor, Sequence[Tensor], Sequence[Tensor]]]
+                   ) -> List[Matches]:
+        """:meth:`match` of several ``(pred_logits, pred_boxes, gt_labels, gt_boxes)`` sets (e.g.
+        the decoder layers against the gts' classes and an encoder against one class), the costs
+        of them all in one device-to-host copy: one host wait."""
+        num_gts = [_check_inputs(*s) for s in sets]
+        costs = [self._image_cost_blocks(*s, n) if s[0].shape[2] * sum(n)
+                 else s[0].new_zeros(0, dtype=torch.float32)  # nothing to solve
+                 for s, n in zip(sets, num_gts)]
+        lengths = [len(c) for c in costs]
+        host_costs = (torch.cat(costs).cpu().numpy() if sum(lengths)  # the one D2H copy
+                      else np.zeros(0, dtype=np.float32))
+        starts = np.cumsum([0] + lengths)
+        return [self._matches(host_costs[starts[i]:starts[i + 1]], pred_logits.shape[:3], n,
+                              pred_logits.device)
+                for i, ((pred_logits, *_), n) in enumerate(zip(sets, num_gts))]
+
+    @staticmethod
+    def _matches(host_costs: np.ndarray, grid: Tuple[int, int, int], num_gts: List[int],
+                 device: torch.device) -> Matches:
+        """Solves one set's cost blocks; ``grid``: (L, bs, Q)."""
+        num_layers, batch_size, num_queries = grid
         host_indices, sizes = _solve(host_costs, num_layers, num_queries, num_gts)
         # the one H2D copy; the host does not wait for it (pageable memory is staged at once)
-        indices = torch.from_numpy(host_indices).to(pred_logits.device, non_blocking=True)
+        indices = torch.from_numpy(host_indices).to(device, non_blocking=True)
         chunks = indices.split(sizes, dim=1)  # views, (4, min(Q, G_b)) per (layer, image)
         pairs = [[(chunk[0], chunk[1]) for chunk in chunks[l * batch_size:(l + 1) * batch_size]]
                  for l in range(num_layers)]

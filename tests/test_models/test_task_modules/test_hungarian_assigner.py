@@ -9,6 +9,7 @@ from mmengine.registry import DefaultScope
 from detr_plugin.models.task_modules import (BBoxL1Cost, ClassificationCost, FocalLossCost,
                                              HungarianAssigner, IoUCost, Matches)
 from detr_plugin.registry import TASK_UTILS
+from detr_plugin.testing import HostSyncRecorder
 
 L1_WEIGHT, GIOU_WEIGHT = 5., 2.
 
@@ -224,3 +225,17 @@ def test_rejects_malformed_inputs(change, message):
 def test_rejects_empty_cost_list():
     with pytest.raises(ValueError, match='match_costs'):
         HungarianAssigner([])
+
+
+def test_match_sets_solves_each_set_as_match_does_with_one_wait():
+    layers = _random_case(3, 5, [3, 0, 2], seed=1)
+    encoder = _random_case(1, 5, [3, 0, 2], num_classes=1, seed=2)
+    empty = _random_case(2, 5, [0, 0, 0], seed=3)
+    assigner = _assigner()
+    separately = [assigner.match(*case) for case in (layers, encoder, empty)]
+    with HostSyncRecorder() as rec:
+        together = assigner.match_sets([layers, encoder, empty])
+    for one, other in zip(separately, together):
+        assert torch.equal(one.pred_index, other.pred_index)
+        assert torch.equal(one.gt_index, other.gt_index)
+    assert rec.total == 1, rec.report()  # the costs of the sets, in one copy

@@ -46,7 +46,6 @@ backward (discrete) is made deterministic by that same global mode only.
 import importlib
 import os
 import warnings
-import weakref
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -95,42 +94,38 @@ def _warn_fallback_once() -> None:
 
 # -- input checks ---------------------------------------------------------------------------------
 
-# Level layouts already checked, so that the device -> host copy they need happens once per
-# spatial_shapes tensor rather than once per layer: id -> (refs, versions, num_value, shapes).
-_LAYOUT_CACHE: dict = {}
-
-
-def level_layout(spatial_shapes: Tensor, level_start_index: Tensor,
-                 num_value: int) -> List[Tuple[int, int]]:
+def level_layout(spatial_shapes: Tensor, level_start_index: Tensor, num_value: int,
+                 shapes: Optional[Sequence[Tuple[int, int]]] = None) -> List[Tuple[int, int]]:
     """Checks that the levels tile ``value`` and returns them as ``[(H_l, W_l), ...]``.
 
-    Raises ValueError unless sum(H_l * W_l) == num_value and level_start_index is the exclusive
-    cumulative sum of H_l * W_l (the kernels index value with both).
+    With ``shapes`` (the same levels on the host) the check reads no tensor: ``shapes`` must
+    have one (H_l, W_l) per row of spatial_shapes and sum(H_l * W_l) == num_value, and is trusted
+    to equal spatial_shapes and to give level_start_index. Without it, spatial_shapes and
+    level_start_index are read back from the device (on a GPU the host waits for them) and
+    level_start_index must also be the exclusive cumulative sum of H_l * W_l (the kernels index
+    value with both). Raises ValueError naming what differs.
     """
-    tracing = torch.jit.is_tracing()
-    key = (id(spatial_shapes), id(level_start_index))
-    versions = (spatial_shapes._version, level_start_index._version)
-    hit = None if tracing else _LAYOUT_CACHE.get(key)
-    if (hit is not None and hit[0][0]() is spatial_shapes and hit[0][1]() is level_start_index
-            and hit[1] == versions and hit[2] == num_value):
-        return hit[3]
-    shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
-    starts = [int(s) for s in level_start_index.tolist()]
+    from_host = shapes is not None
+    name = 'shapes' if from_host else 'spatial_shapes'
+    if from_host:
+        shapes = [(int(h), int(w)) for h, w in shapes]
+        if len(shapes) != spatial_shapes.shape[0]:
+            raise ValueError(f'shapes has {len(shapes)} levels but spatial_shapes '
+                             f'{spatial_shapes.shape[0]}')
+    else:
+        shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
     sizes = [h * w for h, w in shapes]
     if any(h <= 0 or w <= 0 for h, w in shapes):
-        raise ValueError(f'spatial_shapes must be positive (H, W) pairs, got {shapes}')
+        raise ValueError(f'{name} must be positive (H, W) pairs, got {shapes}')
     if sum(sizes) != num_value:
-        raise ValueError(f'value has {num_value} tokens but spatial_shapes {shapes} sum to '
-                         f'{sum(sizes)}')
+        raise ValueError(f'value has {num_value} tokens but {name} {shapes} sum to {sum(sizes)}')
+    if from_host:
+        return shapes
+    starts = [int(s) for s in level_start_index.tolist()]
     expected_starts = [sum(sizes[:i]) for i in range(len(sizes))]
     if starts != expected_starts:
         raise ValueError(f'level_start_index {starts} does not match spatial_shapes {shapes} '
                          f'(expected {expected_starts})')
-    if not tracing:
-        if len(_LAYOUT_CACHE) > 64:
-            _LAYOUT_CACHE.clear()
-        refs = (weakref.ref(spatial_shapes), weakref.ref(level_start_index))
-        _LAYOUT_CACHE[key] = (refs, versions, num_value, shapes)
     return shapes
 
 
@@ -353,7 +348,8 @@ def multi_scale_deformable_attention(value: Tensor, spatial_shapes: Tensor,
                                      attention_weights: Tensor, backend: Optional[str] = None,
                                      num_points: Optional[Sequence[int]] = None,
                                      method: str = 'default',
-                                     deterministic: Optional[bool] = None) -> Tensor:
+                                     deterministic: Optional[bool] = None,
+                                     shapes: Optional[Sequence[Tuple[int, int]]] = None) -> Tensor:
     """Samples each level at the given locations and sums with attention weights.
 
     Args:
@@ -377,6 +373,11 @@ def multi_scale_deformable_attention(value: Tensor, spatial_shapes: Tensor,
             ``randomness=dict(deterministic=True)``. The PyTorch backend ignores it (module
             docstring: deterministic on CPU; on CUDA grid_sample's backward is not, and torch's
             deterministic mode raises an error for it).
+        shapes: the levels' (H_l, W_l) on the host, the values of spatial_shapes (e.g.
+            ``MultiScaleLevels.shapes``): then no tensor is read on the host, so the call does not
+            wait for the GPU and can be captured in a CUDA graph. Without it (mmcv-style callers)
+            spatial_shapes and level_start_index are read back from the device at every call to
+            be checked (on a GPU the host waits for them).
 
     Returns:
         (bs, num_query, heads * dim): for each query and head, the weighted sum over levels and
@@ -386,7 +387,7 @@ def multi_scale_deformable_attention(value: Tensor, spatial_shapes: Tensor,
     counts = _check_inputs(value, spatial_shapes, level_start_index, sampling_locations,
                            attention_weights, num_points, method)
     deterministic = resolve_deterministic(deterministic)
-    shapes = level_layout(spatial_shapes, level_start_index, value.shape[1])
+    shapes = level_layout(spatial_shapes, level_start_index, value.shape[1], shapes)
     if method == 'discrete':  # rounding to cells has no gradient (the original's .to(int64))
         sampling_locations = sampling_locations.detach()
     if _resolve_backend(backend, value.device) == 'cuda':

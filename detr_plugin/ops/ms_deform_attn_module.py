@@ -148,7 +148,8 @@ class MultiScaleDeformableAttention(nn.Module):
 
     def forward(self, query: Tensor, reference_points: Tensor, value: Tensor,
                 spatial_shapes: Tensor, level_start_index: Tensor,
-                value_padding_mask: Optional[Tensor] = None) -> Tensor:
+                value_padding_mask: Optional[Tensor] = None,
+                shapes: Optional[Sequence[Tuple[int, int]]] = None) -> Tensor:
         """Attends from each query to P_l points per head and level l around its reference.
 
         Args:
@@ -158,6 +159,9 @@ class MultiScaleDeformableAttention(nn.Module):
             value: (bs, num_value, C), the levels' tokens concatenated.
             spatial_shapes: (L, 2) integer (H_l, W_l); level_start_index: (L,).
             value_padding_mask: (bs, num_value) bool, True on padding (zeroed before sampling).
+            shapes: the (H_l, W_l) of spatial_shapes on the host (``MultiScaleLevels.shapes``);
+                given, the op reads no tensor back from the device (no wait for the GPU, CUDA
+                graph capture); None, it reads spatial_shapes at every call.
 
         Returns:
             (bs, num_query, C), after output_proj (if any).
@@ -196,7 +200,7 @@ class MultiScaleDeformableAttention(nn.Module):
         output = multi_scale_deformable_attention(
             value.to(dtype), spatial_shapes, level_start_index, locations.to(dtype),
             weights.to(dtype), backend=self.backend, num_points=self.level_points,
-            method=self.method)
+            method=self.method, shapes=shapes)
         return self.output_proj(output)  # (bs, num_query, C)
 
 

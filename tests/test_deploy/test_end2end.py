@@ -1,6 +1,7 @@
 """End2EndDetector gives the same detections as the detector's own predict (an independent path:
 data samples, InstanceData, to_pixels) for every family, and rejects what it cannot wrap."""
 import pathlib
+from collections import Counter
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from mmengine.config import Config
 
 from detr_plugin.deploy import End2EndDetector
 from detr_plugin.registry import MODELS
+from detr_plugin.testing import HostSyncRecorder, SyncSite
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIGS = {
@@ -97,3 +99,51 @@ def test_inference_reads_nothing_back_to_the_host(name, monkeypatch):
         boxes, scores, labels = model(images)
     monkeypatch.undo()
     assert boxes.shape[:2] == scores.shape == labels.shape
+
+
+@pytest.mark.parametrize('name', list(CONFIGS))
+def test_inference_waits_only_for_a_new_layouts_index_tensors(name):
+    """The first call of a layout copies its level index tensors to the device (one copy); after
+    that a forward makes the host wait for nothing: no read back (the MSDA op gets the level sizes
+    from the host), no blocking copy."""
+    model = End2EndDetector(small_model(CONFIGS[name]))
+    images = torch.randn(1, 3, 160, 192)
+    with torch.no_grad():
+        with HostSyncRecorder(model) as first:
+            model(images)
+        with HostSyncRecorder(model) as again:
+            model(images)
+    made = SyncSite('copy to device', 'detr_plugin/models/layers/multi_scale.py:forward')
+    expected = Counter() if name == 'detr' else Counter({made: 1})  # DETR: one level, no MSDA
+    assert first.sites == expected, first.report()
+    assert again.sites == Counter(), again.report()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+@pytest.mark.parametrize('name', ['deformable', 'rtdetr'])
+def test_gpu_inference_never_synchronises_and_replays_in_a_cuda_graph(name):
+    """On the GPU: after a layout's first call, a forward under torch's sync debug mode 'error'
+    raises on no synchronising call, and a captured CUDA graph replays the same detections."""
+    model = End2EndDetector(small_model(CONFIGS[name]).cuda())
+    images = torch.randn(1, 3, 160, 192, device='cuda')
+    with torch.no_grad():
+        expected = model(images)  # the layout's first call: its index tensors are made
+        torch.cuda.set_sync_debug_mode('error')  # any synchronising CUDA call raises
+        try:
+            eager = model(images)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        side = torch.cuda.Stream()  # warm-up on a side stream before capture, as torch asks
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            model(images)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = model(images)
+        graph.replay()
+    torch.cuda.synchronize()
+    for out, ref, replayed in zip(eager, expected, captured):
+        torch.testing.assert_close(out, ref)
+        torch.testing.assert_close(replayed, ref)

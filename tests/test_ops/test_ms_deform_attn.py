@@ -145,13 +145,36 @@ def test_bad_inputs_raise_naming_the_argument(name, error, change):
         msda(**inputs)
 
 
-def test_layout_check_sees_in_place_changes():
-    """The checked level layout is cached per tensor; an in-place edit invalidates it."""
+def test_without_host_shapes_every_call_reads_the_index_tensors():
     inputs = valid_inputs()
     msda(**inputs)
-    inputs['spatial_shapes'][1, 0] = 3
+    inputs['spatial_shapes'][1, 0] = 3  # the same tensor, edited in place
     with pytest.raises(ValueError, match='value'):
         msda(**inputs)
+
+
+def test_host_shapes_are_used_and_the_index_tensors_not_read(msda_ref):
+    """Given the level sizes on the host, the op samples with them and never looks at the
+    values of spatial_shapes / level_start_index (here deliberately wrong)."""
+    shapes = [(4, 5), (3, 3), (1, 2)]
+    gen = torch.Generator().manual_seed(3)
+    value, _, _, loc, weight = msda_ref.random_inputs(2, 3, 2, 3, shapes, [2, 1, 3], margin=0.3,
+                                                      generator=gen)
+    wrong_shapes, wrong_starts = torch.full((3, 2), 7), torch.tensor([5, 0, 1])
+    out = msda(value, wrong_shapes, wrong_starts, loc, weight, backend='pytorch',
+               num_points=[2, 1, 3], shapes=shapes)
+    expected = msda_ref.naive_msda(value, shapes, loc, weight, [2, 1, 3])
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('shapes,match', [
+    ([(4, 4), (2, 1)], 'value has 20 tokens'),  # sum(H*W) = 18
+    ([(4, 4), (2, 2), (1, 1)], 'shapes has 3 levels'),
+    ([(5, 4), (0, 2)], 'positive'),
+])
+def test_host_shapes_checked_against_value(shapes, match):
+    with pytest.raises(ValueError, match=match):
+        msda(**valid_inputs(), shapes=shapes)
 
 
 def test_backend_argument_and_environment(monkeypatch):

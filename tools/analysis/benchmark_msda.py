@@ -38,7 +38,7 @@ import inspect
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -63,6 +63,9 @@ MMCV_CANNOT = ("mmcv not timed: its MultiScaleDeformableAttnFunction takes one p
 # the op's deterministic backward (a keyword of multi_scale_deformable_attention, where it exists)
 HAS_DETERMINISTIC = ('deterministic'
                      in inspect.signature(multi_scale_deformable_attention).parameters)
+# the level sizes on the host (a keyword of the op and module, where it exists): without them the
+# op reads spatial_shapes back from the GPU at every call
+HAS_HOST_SHAPES = 'shapes' in inspect.signature(multi_scale_deformable_attention).parameters
 # implementation: dtypes it is timed in
 IMPLS = {'ours': ['fp32', 'bf16'], 'ours_det': ['fp32', 'bf16'], 'grid_sample': ['fp32', 'bf16'],
          'mmcv': ['fp32', 'fp16']}
@@ -142,8 +145,8 @@ def make_inputs(case: dict, kind: str, points: List[int], device: torch.device, 
     return [t.to(device) for t in (value, spatial_shapes, start, loc, weights)]
 
 
-def implementation(name: str, points: List[int], method: str,
-                   device: torch.device) -> Optional[Callable]:
+def implementation(name: str, points: List[int], method: str, device: torch.device,
+                   shapes: List[Tuple[int, int]]) -> Optional[Callable]:
     """fn(value, spatial_shapes, level_start_index, locations, weights) or None if unavailable."""
     if name in ('ours', 'ours_det', 'grid_sample'):
         if name == 'ours_det' and not HAS_DETERMINISTIC:
@@ -153,6 +156,8 @@ def implementation(name: str, points: List[int], method: str,
         # on the CPU 'ours' is the automatic choice, i.e. the PyTorch path
         backend = 'pytorch' if name == 'grid_sample' else 'cuda' if device.type == 'cuda' else None
         extra = dict(deterministic=True) if name == 'ours_det' else {}
+        if HAS_HOST_SHAPES:
+            extra['shapes'] = shapes
         return lambda *a: multi_scale_deformable_attention(*a, backend=backend, num_points=points,
                                                            method=method, **extra)
     if len(set(points)) > 1 or method != 'default':
@@ -349,7 +354,7 @@ def run_op_case(case_name: str, args, device: torch.device, lines: List[str],
         print(f'{case_name}: skipped, --points {args.points} does not match its '
               f'{len(case["shapes"])} levels', file=sys.stderr)
         return
-    impls = {name: implementation(name, points, args.method, device)
+    impls = {name: implementation(name, points, args.method, device, case['shapes'])
              for name in args.impls.split(',')}
     if 'mmcv' in impls and (len(set(points)) > 1 or args.method != 'default'):
         print(MMCV_CANNOT, flush=True)
@@ -461,10 +466,11 @@ def run_module_case(case_name: str, args, device: torch.device, lines: List[str]
         return
     ours, theirs = modules
     query, value, ref, shapes, start = make_module_inputs(case, device)
+    host = dict(shapes=case['shapes']) if HAS_HOST_SHAPES else {}
     leaves = [query.detach().requires_grad_(), value.detach().requires_grad_()]
     calls = {
         # mmcv's module adds the residual (identity = query); ours leaves it to the layer
-        'ours': (ours, lambda q, v: ours(q, ref, v, shapes, start) + q),
+        'ours': (ours, lambda q, v: ours(q, ref, v, shapes, start, **host) + q),
         'mmcv': (theirs, lambda q, v: theirs(q, value=v, reference_points=ref,
                                              spatial_shapes=shapes, level_start_index=start)),
     }

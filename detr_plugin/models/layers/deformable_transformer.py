@@ -38,7 +38,7 @@ class DeformableEncoderLayer(nn.Module):
             (bs, N, C)
         """
         attn = self.self_attn(x + pos, reference_points, x, levels.spatial_shapes,
-                              levels.level_start_index, levels.padding_mask)
+                              levels.level_start_index, levels.padding_mask, levels.shapes)
         x = self.norm1(x + self.dropout1(attn))
         return self.norm2(x + self.dropout2(self.ffn(x)))
 
@@ -81,6 +81,6 @@ class DeformableDecoderLayer(nn.Module):
         q = query + query_pos
         query = self.norm1(query + self.dropout1(self.self_attn(q, q, query, attn_mask=self_attn_mask)))
         attn = self.cross_attn(query + query_pos, reference_points, memory, levels.spatial_shapes,
-                               levels.level_start_index, levels.padding_mask)
+                               levels.level_start_index, levels.padding_mask, levels.shapes)
         query = self.norm2(query + self.dropout2(attn))
         return self.norm3(query + self.dropout3(self.ffn(query)))

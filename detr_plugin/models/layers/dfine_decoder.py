@@ -85,7 +85,7 @@ class DFINEDecoderLayer(nn.Module):
         attn = self.self_attn(q, q, query, attn_mask=self_attn_mask)
         query = self.norm1(query + self.dropout1(attn))
         attn = self.cross_attn(query + query_pos, reference_points, memory, levels.spatial_shapes,
-                               levels.level_start_index, levels.padding_mask)
+                               levels.level_start_index, levels.padding_mask, levels.shapes)
         query = self.gateway(query, self.dropout2(attn))
         query = query + self.dropout4(self.ffn(query))
         return self.norm3(query.clamp(-FP16_MAX, FP16_MAX))

@@ -10,6 +10,7 @@ from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
 from detr_plugin.registry import MODELS
+from detr_plugin.testing import HostSyncRecorder
 from detr_plugin.utils import register_all_modules
 
 register_all_modules(init_default_scope=False)  # mmdet's modules too (the Runner's visualizer)
@@ -196,3 +197,29 @@ def test_bfloat16_autocast(make_batch):
     total.backward()
     assert torch.isfinite(total)
     assert outputs.boxes.dtype == torch.float32
+
+
+def test_index_tensors_made_once_per_layout_and_never_read_back(model, make_batch):
+    """Both attentions get the same index tensors on every forward of a layout (no host -> device
+    copy after the first) and the level sizes on the host, so that the MSDA op reads nothing back
+    from the device (no wait for the GPU; CUDA graph capture)."""
+    inputs, samples = make_batch([(64, 56)], [[]], batch_shape=(72, 64))  # a layout of its own
+    seen = []
+    attns = (model.encoder.layers[0].self_attn, model.decoder.layers[0].cross_attn)
+    hooks = [a.register_forward_pre_hook(lambda m, args: seen.append(args[3:])) for a in attns]
+    model.eval()
+    model.level_index.tensors.clear()  # made while recording: the recorder places them
+    with torch.no_grad():
+        feats = model.extract_feat(inputs)
+        with HostSyncRecorder(model) as rec:
+            model.forward_transformer(feats, samples)
+        model.forward_transformer(feats, samples)
+    model.train()
+    for hook in hooks:
+        hook.remove()
+    assert not [s for s in rec.sites if 'ms_deform_attn' in s.function], rec.report()
+    assert len(seen) == 4
+    # (spatial_shapes, level_start_index, padding_mask, shapes)
+    for args in seen[1:]:
+        assert args[0] is seen[0][0] and args[1] is seen[0][1]
+        assert args[3] == tuple(tuple(f.shape[-2:]) for f in feats)

@@ -1,11 +1,14 @@
 """RT-DETR decoder side with its head: query selection, layer-by-layer refinement (the rule
 written out), look-forward-twice gradients, eval_idx."""
+from collections import Counter
+
 import pytest
 import torch
 
 from detr_plugin.models.dense_heads import RTDETRHead
 from detr_plugin.models.layers.multi_scale import LevelAnchors
 from detr_plugin.models.layers.rtdetr_decoder import RTDETRDecoder
+from detr_plugin.testing import HostSyncRecorder, SyncSite
 
 
 def tiny_decoder(num_layers=3, eval_idx=-1, num_queries=5):
@@ -108,3 +111,26 @@ def test_fewer_encoder_tokens_than_queries_is_reported():
     memory, levels = dec.flatten_levels([torch.randn(2, 8, 2, 1), torch.randn(2, 8, 1, 1)])
     with pytest.raises(ValueError, match=r'num_queries=5 .* only 3 encoder tokens'):
         dec.select_queries(memory, levels, head)  # 3 tokens
+
+
+def test_index_tensors_made_once_per_layout_and_never_read_back():
+    """The first forward of a layout copies its index tensors to the device once; later ones
+    reuse the same tensors, and no forward reads a tensor back to the host: the MSDA op gets the
+    level sizes from the host (no wait for the GPU; CUDA graph capture)."""
+    dec, head = tiny_decoder()
+    dec.eval()
+    head.eval()
+    feats = [torch.randn(1, 8, 3, 5), torch.randn(1, 8, 2, 3)]
+    seen = []
+    dec.layers[0].cross_attn.register_forward_pre_hook(lambda m, args: seen.append(args[3:]))
+    with torch.no_grad():
+        with HostSyncRecorder(dec, head) as first:
+            dec(feats, head)
+        with HostSyncRecorder(dec, head) as again:
+            dec(feats, head)
+    made = SyncSite('copy to device', 'detr_plugin/models/layers/multi_scale.py:forward')
+    assert first.sites == Counter({made: 1}), first.report()
+    assert again.sites == Counter(), again.report()
+    # (spatial_shapes, level_start_index, padding_mask, shapes)
+    assert seen[1][0] is seen[0][0] and seen[1][1] is seen[0][1]
+    assert seen[0][3] == seen[1][3] == ((3, 5), (2, 3))

@@ -45,8 +45,8 @@ def decoupled_distillation_loss(corners: Tensor, teacher_corners: Tensor, teache
         corners: (bs, Q, 4 * (reg_max + 1)) the layer's bin logits.
         teacher_corners: same shape, the last layer's; no gradient flows into it.
         teacher_logits: (bs, Q, K) the last layer's class logits.
-        matched_index: (M,) long, matched queries as indices into the flattened (bs * Q) grid,
-            i.e. ``b * Q + query_idx``.
+        matched_index: (M,) long, distinct matched queries as indices into the flattened
+            (bs * Q) grid, i.e. ``b * Q + query_idx``.
         matched_ious: (M,) IoU of the layer's box at each matched query with its gt.
         balance: mixing weights; None computes them from this call's matches (the original's
             non-denoising call), which the denoising call must then be given.
@@ -70,11 +70,22 @@ def decoupled_distillation_loss(corners: Tensor, teacher_corners: Tensor, teache
     teacher = F.softmax(teacher_corners.detach().reshape(-1, num_bins) / temperature, dim=1)
     kl = F.kl_div(student, teacher, reduction='none').sum(-1)  # (bs * Q * 4,)
     loss = weights.repeat_interleave(4) * temperature ** 2 * kl
-    edge_matched = matched.repeat_interleave(4)
-    matched_mean = loss[edge_matched].mean() if edge_matched.any() else 0
-    unmatched_mean = loss[~edge_matched].mean() if (~edge_matched).any() else 0
+    # the matched and unmatched queries in ascending order, as a boolean mask would select them,
+    # with counts known on the host (no wait for the GPU)
+    num_matched = matched_index.numel()
+    by_mask = torch.sort(matched.to(torch.uint8), stable=True).indices  # unmatched first
+    matched_mean = (edge_mean(loss, by_mask[bs * num_queries - num_matched:])
+                    if num_matched else 0)
+    unmatched_mean = (edge_mean(loss, by_mask[:bs * num_queries - num_matched])
+                      if num_matched < bs * num_queries else 0)
     return ((matched_mean * balance.matched + unmatched_mean * balance.unmatched)
             / (balance.matched + balance.unmatched))
+
+
+def edge_mean(loss: Tensor, queries: Tensor) -> Tensor:
+    """Mean of the (bs * Q * 4,) per-edge ``loss`` over the 4 edges of each of ``queries`` (Z,)."""
+    edges = (queries[:, None] * 4 + torch.arange(4, device=queries.device)).flatten()
+    return loss[edges].mean()
 
 
 @MODELS.register_module()

@@ -6,6 +6,7 @@ import torch
 
 from detr_plugin.models.losses import (DecoupledDistillationLoss, DistillationBalance,
                                        decoupled_distillation_loss, distillation_balance)
+from detr_plugin.testing import HostSyncRecorder
 
 F64 = torch.float64
 BS, Q, BINS, K = 2, 3, 3, 2   # reg_max = 2
@@ -100,3 +101,34 @@ def test_distillation_balance_formula():
     # 3 matched queries * 4 edges, 17 * 4 unmatched edges, batch scale 8 / 4 = 2
     assert balance.matched.item() == pytest.approx(math.sqrt(12 * 2))
     assert balance.unmatched.item() == pytest.approx(math.sqrt(68 * 2))
+
+
+@pytest.mark.parametrize('num_matched', [0, 2, BS * Q])
+def test_ddf_means_are_the_boolean_mask_means_bitwise(num_matched):
+    """The matched / unmatched means taken by index (no host wait) equal, values and gradients
+    bit for bit, the boolean-mask selection written out here."""
+    corners, teacher, logits = (t.float() for t in _inputs(1))
+    index = torch.randperm(BS * Q, generator=torch.Generator().manual_seed(2))[:num_matched]
+    ious = torch.rand(num_matched, generator=torch.Generator().manual_seed(3))
+    ours_in, ref_in = corners.clone().requires_grad_(), corners.clone().requires_grad_()
+    with HostSyncRecorder() as rec:
+        ours = decoupled_distillation_loss(ours_in, teacher, logits, index, ious)
+    assert {s.kind for s in rec.sites} == {'equal'}  # only the teacher-identity check waits
+
+    weights = logits.sigmoid().max(-1).values.reshape(-1)
+    weights[index] = ious
+    matched = torch.zeros(BS * Q, dtype=torch.bool)
+    matched[index] = True
+    kl = torch.nn.functional.kl_div(
+        torch.log_softmax(ref_in.reshape(-1, BINS) / 5.0, 1),
+        torch.softmax(teacher.reshape(-1, BINS) / 5.0, 1), reduction='none').sum(-1)
+    loss = weights.repeat_interleave(4) * 25.0 * kl
+    edge = matched.repeat_interleave(4)
+    means = [loss[edge].mean() if edge.any() else 0, loss[~edge].mean() if (~edge).any() else 0]
+    balance = distillation_balance(matched.reshape(BS, Q))
+    reference = ((means[0] * balance.matched + means[1] * balance.unmatched)
+                 / (balance.matched + balance.unmatched))
+    assert torch.equal(ours, reference)
+    ours.backward()
+    reference.backward()
+    assert torch.equal(ours_in.grad, ref_in.grad)

@@ -291,5 +291,5 @@ class DFINEHead(RTDETRHead):
     def matched_mask(pred_index: Tensor, bs: int, num_queries: int) -> Tensor:
         """(bs, Q) bool, True at the matched queries."""
         mask = torch.zeros(bs * num_queries, dtype=torch.bool, device=pred_index.device)
-        mask[pred_index] = True
+        mask.index_fill_(0, pred_index, True)  # a scalar argument, not a host tensor to copy
         return mask.view(bs, num_queries)

@@ -62,7 +62,7 @@ def decoupled_distillation_loss(corners: Tensor, teacher_corners: Tensor, teache
     weights = teacher_logits.detach().sigmoid().max(-1).values.reshape(-1)  # (bs * Q,)
     weights[matched_index] = matched_ious.detach().to(weights.dtype)
     matched = torch.zeros(bs * num_queries, dtype=torch.bool, device=corners.device)
-    matched[matched_index] = True
+    matched.index_fill_(0, matched_index, True)  # a scalar argument, not a host tensor to copy
     if balance is None:
         balance = distillation_balance(matched.reshape(bs, num_queries))
 

@@ -8,7 +8,7 @@ from mmdet.structures import DetDataSample
 from mmengine.registry import DefaultScope
 from mmengine.structures import InstanceData
 
-from detr_plugin.models.dense_heads.dfine_head import RefinementState
+from detr_plugin.models.dense_heads.dfine_head import DFINEHead, RefinementState
 from detr_plugin.models.layers.denoising import ContrastiveDenoising
 from detr_plugin.models.layers.predictions import (DenoisingOutputs, DetectionOutputs,
                                                    LayerPrediction)
@@ -221,3 +221,15 @@ def test_boxes_are_decoded_in_float32_under_autocast():
     expected = torch.cat([(edges[..., :2] + edges[..., 2:]) / 2, edges[..., 2:] - edges[..., :2]],
                          -1)
     torch.testing.assert_close(out.boxes, expected)
+
+
+def test_matched_mask_marks_each_index_once_duplicates_included():
+    pred_index = torch.randint(0, 3 * 7, (15,), generator=torch.Generator().manual_seed(0))
+    assert pred_index.unique().numel() < pred_index.numel()  # duplicates
+    expected = [[False] * 7 for _ in range(3)]
+    for i in pred_index.tolist():
+        expected[i // 7][i % 7] = True
+    put = torch.zeros(3 * 7, dtype=torch.bool)
+    put[pred_index] = True  # the index_put form
+    mask = DFINEHead.matched_mask(pred_index, 3, 7)
+    assert mask.tolist() == expected and torch.equal(mask, put.view(3, 7))

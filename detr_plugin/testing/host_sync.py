@@ -3,7 +3,8 @@
 On CUDA the host queues kernels ahead of the GPU until an operation needs a result the GPU has not
 produced yet: a value read into Python (``.item()``, ``bool(t)``, ``int(t)``, ``.tolist()``,
 ``.numpy()``), a blocking copy to the host, a blocking copy from pageable host memory (PyTorch
-synchronises the stream after it), or an op whose output size depends on the data (``nonzero``,
+synchronises the stream after it; indexing a device tensor makes one of each host index,
+``x[[2, 1, 0]]``, and of a host value assigned by index, ``x[index] = True``), or an op whose output size depends on the data (``nonzero``,
 ``masked_select``, boolean-mask indexing, ``unique``, ``repeat_interleave`` without
 ``output_size``, ``bincount``) or that reads a device scalar on the host (``masked_fill`` with a
 tensor value, ``equal``). :class:`HostSyncRecorder` records every such operation of a CPU run with
@@ -237,8 +238,7 @@ class _DispatchLevel(TorchDispatchMode):
         rec = self.rec
         inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, Tensor)]
         all_host = bool(inputs) and all(rec.on_host(t, unseen=_DEVICE) for t in inputs)
-        kind = None if all_host else self.waiting_kind(func, args, kwargs)
-        if kind is not None:
+        for kind in () if all_host else self.waiting_kinds(func, args, kwargs):
             rec.record(kind)
         out = func(*args, **kwargs)
         if func in _CONSTANTS or all_host:
@@ -248,30 +248,42 @@ class _DispatchLevel(TorchDispatchMode):
                      if isinstance(t, Tensor) and not any(t is i for i in inputs)], _DEVICE)
         return out
 
-    def waiting_kind(self, func, args: tuple, kwargs: dict) -> Optional[str]:
-        """The kind of wait ``func`` causes on CUDA with a device input, or None."""
+    def waiting_kinds(self, func, args: tuple, kwargs: dict) -> Tuple[str, ...]:
+        """The waits ``func`` causes on CUDA with a device input, one per synchronising call."""
         rec = self.rec
         if func in _WAITING_OPS:
-            return _WAITING_OPS[func]
+            return (_WAITING_OPS[func],)
         if func in (aten.repeat_interleave.Tensor, aten.repeat_interleave.self_Tensor):
-            return None if kwargs.get('output_size') is not None else 'repeat_interleave'
+            return () if kwargs.get('output_size') is not None else ('repeat_interleave',)
         if func in (aten.index.Tensor, aten.index_put.default, aten.index_put_.default,
                     aten._index_put_impl_.default):
-            masks = [i for i in args[1] if i is not None and i.dtype in (torch.bool, torch.uint8)]
-            if not masks:
-                return None
-            if func is not aten.index.Tensor and len(args[1]) == 1 and args[2].dim() == 0 \
-                    and rec.on_host(args[2], unseen=_DEVICE):
-                return None  # x[mask] = scalar: a masked_fill with a host value
-            return 'bool index'
+            return self.indexing_waits(func, args)
         if func in (aten.masked_fill.Tensor, aten.masked_fill_.Tensor):
-            return None if rec.on_host(args[2], unseen=_DEVICE) else 'item'
+            return () if rec.on_host(args[2], unseen=_DEVICE) else ('item',)
         if func is aten.copy_.default:
             dest_host = rec.on_host(args[0], unseen=_DEVICE)
             if dest_host == rec.on_host(args[1], unseen=_DEVICE):
-                return None
+                return ()
             non_blocking = kwargs.get('non_blocking', len(args) > 2 and args[2])
             if dest_host:  # the host waits where it reads the copy, however it was made
-                return 'async copy to host' if non_blocking else 'copy to host'
-            return None if non_blocking else 'copy to device'
-        return None
+                return ('async copy to host' if non_blocking else 'copy to host',)
+            return () if non_blocking else ('copy to device',)
+        return ()
+
+    def indexing_waits(self, func, args: tuple) -> Tuple[str, ...]:
+        """``x[indices]`` / ``x[indices] = values`` with ``x`` on the device: a boolean mask on
+        the device is counted on the host (``nonzero``); an index on the host (a Python list:
+        ``x[[2, 1, 0]]``) and a host value other than a mask's scalar (``x[index] = True``) are
+        copied to the device, blocking."""
+        rec = self.rec
+        if rec.on_host(args[0], unseen=_DEVICE):
+            return ()
+        indices = [i for i in args[1] if i is not None]
+        host = [rec.on_host(i, unseen=_DEVICE) for i in indices]
+        masks = [i.dtype in (torch.bool, torch.uint8) for i in indices]
+        host_value = func is not aten.index.Tensor and rec.on_host(args[2], unseen=_DEVICE)
+        if host_value and len(indices) == 1 and masks[0] and not host[0] and \
+                args[2].numel() == 1:
+            return ()  # one mask on the device and a one-element host value: a masked_fill
+        waits = ['bool index' for on_host, mask in zip(host, masks) if mask and not on_host]
+        return tuple(waits + ['copy to device'] * (sum(host) + host_value))

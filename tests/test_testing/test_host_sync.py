@@ -84,3 +84,27 @@ def test_sites_group_by_function():
         read_twice(model.bias)
     assert rec.sites == {SyncSite('item', 'tests/test_testing/test_host_sync.py:read_twice'): 4}
     assert len(rec.stacks) == 2  # the report keeps the two callers apart
+
+
+def index_copies(model: nn.Module, x: torch.Tensor):
+    y = model(x)
+    index = torch.arange(2, device=y.device)
+    flags = torch.zeros(5, dtype=torch.bool, device=y.device)
+    _ = y[:, index], y[..., [1, 0]]                   # copy-1: the list becomes a host index
+    _ = y[torch.tensor([0, 2])]                       # copy-2: a host index tensor
+    flags[index] = True                               # copy-3: the host value True
+    flags.index_fill_(0, index, True)                 # a scalar argument: no copy
+    flags[flags] = False                              # masked_fill with a host value
+    y[index] = y[index] * 2                           # device index and values: no copy
+    return flags
+
+
+def test_indexing_with_host_indices_or_values_copies_them_to_the_device():
+    torch.manual_seed(0)
+    model = nn.Linear(2, 3)
+    with HostSyncRecorder(model) as rec:
+        index_copies(model, torch.randn(4, 2))
+    lines = lines_of(index_copies, 'copy-1', 'copy-2', 'copy-3')
+    kinds = sorted((kind, int(stack.split(' ')[0].split(':')[1])) for kind, stack in rec.stacks)
+    assert kinds == [('copy to device', line) for line in lines], rec.report()
+    assert rec.total == 3

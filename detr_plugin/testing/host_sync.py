@@ -4,11 +4,12 @@ On CUDA the host queues kernels ahead of the GPU until an operation needs a resu
 produced yet: a value read into Python (``.item()``, ``bool(t)``, ``int(t)``, ``.tolist()``,
 ``.numpy()``), a blocking copy to the host, a blocking copy from pageable host memory (PyTorch
 synchronises the stream after it; indexing a device tensor makes one of each host index,
-``x[[2, 1, 0]]``, and of a host value assigned by index, ``x[index] = True``), or an op whose output size depends on the data (``nonzero``,
-``masked_select``, boolean-mask indexing, ``unique``, ``repeat_interleave`` without
-``output_size``, ``bincount``) or that reads a device scalar on the host (``masked_fill`` with a
-tensor value, ``equal``). :class:`HostSyncRecorder` records every such operation of a CPU run with
-its Python call site, so a test can pin the list without a GPU.
+``x[[2, 1, 0]]``, and of a host value assigned by index, ``x[index] = True``), or an op whose
+output size depends on the data (``nonzero``, ``masked_select``, boolean-mask indexing,
+``unique``, ``repeat_interleave`` without ``output_size``, ``bincount``) or that reads a device
+scalar on the host (``masked_fill`` with a tensor value, ``equal``). :class:`HostSyncRecorder`
+records every such operation of a CPU run with its Python call site, so a test can pin the list
+without a GPU.
 
 On CPU every tensor is a CPU tensor, so the recorder tracks where each tensor *would* live:
 
@@ -31,7 +32,7 @@ although it would not wait on CUDA.
 import os
 import sys
 from collections import Counter
-from typing import Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Iterable, List, NamedTuple, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn

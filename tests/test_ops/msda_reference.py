@@ -165,3 +165,10 @@ def random_inputs(bs: int, num_query: int, heads: int, dim: int, shapes: Shapes,
     level_start_index = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
     return (value.to(device, dtype), spatial_shapes.to(device), level_start_index.to(device),
             locations.to(device, dtype), weights.to(device, dtype))
+
+
+def strided_copy(t: Tensor) -> Tensor:
+    """Same values, non-contiguous layout (every other element of a wider buffer)."""
+    wide = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
+    wide[..., ::2] = t
+    return wide[..., ::2]

@@ -182,12 +182,6 @@ def random_case(seed):
                 method='discrete' if seed % 5 == 4 else 'default', strided=seed % 4 == 2)
 
 
-def strided_copy(t):
-    wide = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
-    wide[..., ::2] = t
-    return wide[..., ::2]
-
-
 @pytest.mark.parametrize('seed', range(60))
 @on_gpu
 def test_matches_float64_reference_and_the_default_kernel(msda_ref, seed):
@@ -199,7 +193,7 @@ def test_matches_float64_reference_and_the_default_kernel(msda_ref, seed):
     grad_out = torch.randn(case['bs'], case['num_query'], case['heads'] * case['dim'],
                            generator=gen, dtype=torch.float64).to('cuda', case['dtype'])
     if case['strided']:
-        value, loc, weight, grad_out = map(strided_copy, (value, loc, weight, grad_out))
+        value, loc, weight, grad_out = map(msda_ref.strided_copy, (value, loc, weight, grad_out))
     num_points = None if isinstance(case['points'], int) else case['points']
     kw = dict(num_points=num_points, method=case['method'])
     deterministic = gradients(value, shapes, start, loc, weight, grad_out, True, **kw)

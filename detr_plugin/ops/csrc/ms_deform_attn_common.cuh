@@ -1,13 +1,16 @@
 // Shared by the MSDA kernels (ms_deform_attn_cuda.cu, ms_deform_attn_deterministic.cu): CUDA
 // scalar types and accumulation types, conversions, and where a sampling point reads the value map
-// (grid_sample's bilinear footprint or the discrete nearest cell).
+// (grid_sample's bilinear footprint or the discrete nearest cell), and the checks of the inputs.
 #pragma once
 
 #include <ATen/ATen.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <climits>
+#include <cstdint>
 #include <type_traits>
+#include <vector>
 
 namespace detr_plugin {
 namespace {
@@ -129,6 +132,71 @@ __device__ __forceinline__ bool point_footprint(T loc_x, T loc_y, int height, in
   } else {
     return footprint(loc_x, loc_y, height, width, f);
   }
+}
+
+// The op's inputs (shapes in ms_deform_attn.h); a one-line error names what is wrong.
+inline void check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                  const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+                  const at::Tensor& attention_weights, const std::vector<int64_t>& level_points) {
+  for (const at::Tensor* t : {&value, &spatial_shapes, &level_start_index, &sampling_locations,
+                              &attention_weights}) {
+    TORCH_CHECK(t->is_cuda(), "ms_deform_attn: every input must be a CUDA tensor");
+    TORCH_CHECK(t->device() == value.device(), "ms_deform_attn: inputs on different devices");
+  }
+  TORCH_CHECK(value.dim() == 4, "value must be (bs, num_value, heads, dim)");
+  TORCH_CHECK(sampling_locations.dim() == 5 && sampling_locations.size(4) == 2,
+              "sampling_locations must be (bs, num_query, heads, sum(num_points), 2)");
+  TORCH_CHECK(attention_weights.dim() == 4,
+              "attention_weights must be (bs, num_query, heads, sum(num_points))");
+  TORCH_CHECK(spatial_shapes.dim() == 2 && spatial_shapes.size(1) == 2,
+              "spatial_shapes must be (levels, 2)");
+  TORCH_CHECK(level_start_index.dim() == 1, "level_start_index must be (levels,)");
+  TORCH_CHECK(sampling_locations.scalar_type() == value.scalar_type() &&
+                  attention_weights.scalar_type() == value.scalar_type(),
+              "value, sampling_locations and attention_weights must share a dtype");
+  const int64_t levels = spatial_shapes.size(0);
+  TORCH_CHECK(level_start_index.size(0) == levels &&
+                  static_cast<int64_t>(level_points.size()) == levels,
+              "number of levels differs between spatial_shapes, level_start_index, num_points");
+  TORCH_CHECK(levels <= kMaxLevels, "ms_deform_attn: at most ", kMaxLevels, " levels, got ",
+              levels);
+  int64_t total_points = 0;
+  for (const int64_t n : level_points) {
+    TORCH_CHECK(n > 0 && n < INT_MAX, "num_points must be positive, got ", n);
+    total_points += n;
+  }
+  TORCH_CHECK(sampling_locations.size(3) == total_points,
+              "sampling_locations has ", sampling_locations.size(3), " points, num_points sum to ",
+              total_points);
+  for (int d = 0; d < 4; ++d) {
+    TORCH_CHECK(attention_weights.size(d) == sampling_locations.size(d),
+                "attention_weights and sampling_locations disagree in dimension ", d);
+  }
+  TORCH_CHECK(value.size(0) == sampling_locations.size(0), "batch sizes differ");
+  TORCH_CHECK(value.size(2) == sampling_locations.size(2), "numbers of heads differ");
+  TORCH_CHECK(value.size(1) * value.size(2) * value.size(3) < INT_MAX,
+              "value is too large per batch element for 32-bit offsets");
+  TORCH_CHECK(sampling_locations.numel() < INT64_MAX / 2 && value.size(0) < INT_MAX &&
+                  sampling_locations.size(1) < INT_MAX && total_points < INT_MAX,
+              "inputs too large");
+}
+
+// The backward's inputs: the op's, and grad_output (bs, num_query, heads * dim) on value's device
+// in its dtype.
+inline void check_backward_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                                  const at::Tensor& level_start_index,
+                                  const at::Tensor& sampling_locations,
+                                  const at::Tensor& attention_weights,
+                                  const at::Tensor& grad_output,
+                                  const std::vector<int64_t>& level_points) {
+  check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+               level_points);
+  TORCH_CHECK(grad_output.device() == value.device() &&
+                  grad_output.scalar_type() == value.scalar_type(),
+              "grad_output must match value's device and dtype");
+  TORCH_CHECK(grad_output.numel() == sampling_locations.size(0) * sampling_locations.size(1) *
+                                         value.size(2) * value.size(3),
+              "grad_output must be (bs, num_query, heads * dim)");
 }
 
 }  // namespace

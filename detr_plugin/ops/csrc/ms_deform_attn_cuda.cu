@@ -406,52 +406,6 @@ constexpr bool head_major_order() {
 
 bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
 
-void check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
-                  const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
-                  const at::Tensor& attention_weights, const std::vector<int64_t>& level_points) {
-  for (const at::Tensor* t : {&value, &spatial_shapes, &level_start_index, &sampling_locations,
-                              &attention_weights}) {
-    TORCH_CHECK(t->is_cuda(), "ms_deform_attn: every input must be a CUDA tensor");
-    TORCH_CHECK(t->device() == value.device(), "ms_deform_attn: inputs on different devices");
-  }
-  TORCH_CHECK(value.dim() == 4, "value must be (bs, num_value, heads, dim)");
-  TORCH_CHECK(sampling_locations.dim() == 5 && sampling_locations.size(4) == 2,
-              "sampling_locations must be (bs, num_query, heads, sum(num_points), 2)");
-  TORCH_CHECK(attention_weights.dim() == 4,
-              "attention_weights must be (bs, num_query, heads, sum(num_points))");
-  TORCH_CHECK(spatial_shapes.dim() == 2 && spatial_shapes.size(1) == 2,
-              "spatial_shapes must be (levels, 2)");
-  TORCH_CHECK(level_start_index.dim() == 1, "level_start_index must be (levels,)");
-  TORCH_CHECK(sampling_locations.scalar_type() == value.scalar_type() &&
-                  attention_weights.scalar_type() == value.scalar_type(),
-              "value, sampling_locations and attention_weights must share a dtype");
-  const int64_t levels = spatial_shapes.size(0);
-  TORCH_CHECK(level_start_index.size(0) == levels &&
-                  static_cast<int64_t>(level_points.size()) == levels,
-              "number of levels differs between spatial_shapes, level_start_index, num_points");
-  TORCH_CHECK(levels <= kMaxLevels, "ms_deform_attn: at most ", kMaxLevels, " levels, got ",
-              levels);
-  int64_t total_points = 0;
-  for (const int64_t n : level_points) {
-    TORCH_CHECK(n > 0 && n < INT_MAX, "num_points must be positive, got ", n);
-    total_points += n;
-  }
-  TORCH_CHECK(sampling_locations.size(3) == total_points,
-              "sampling_locations has ", sampling_locations.size(3), " points, num_points sum to ",
-              total_points);
-  for (int d = 0; d < 4; ++d) {
-    TORCH_CHECK(attention_weights.size(d) == sampling_locations.size(d),
-                "attention_weights and sampling_locations disagree in dimension ", d);
-  }
-  TORCH_CHECK(value.size(0) == sampling_locations.size(0), "batch sizes differ");
-  TORCH_CHECK(value.size(2) == sampling_locations.size(2), "numbers of heads differ");
-  TORCH_CHECK(value.size(1) * value.size(2) * value.size(3) < INT_MAX,
-              "value is too large per batch element for 32-bit offsets");
-  TORCH_CHECK(sampling_locations.numel() < INT64_MAX / 2 && value.size(0) < INT_MAX &&
-                  sampling_locations.size(1) < INT_MAX && total_points < INT_MAX,
-              "inputs too large");
-}
-
 Problem problem_of(const at::Tensor& value, const at::Tensor& sampling_locations,
                    const std::vector<int64_t>& level_points) {
   Problem p{};
@@ -598,11 +552,8 @@ std::vector<at::Tensor> ms_deform_attn_backward(const at::Tensor& value_in,
                                                 const at::Tensor& grad_output_in,
                                                 const std::vector<int64_t>& level_points,
                                                 bool discrete) {
-  check_inputs(value_in, spatial_shapes_in, level_start_index_in, sampling_locations_in,
-               attention_weights_in, level_points);
-  TORCH_CHECK(grad_output_in.device() == value_in.device() &&
-                  grad_output_in.scalar_type() == value_in.scalar_type(),
-              "grad_output must match value's device and dtype");
+  check_backward_inputs(value_in, spatial_shapes_in, level_start_index_in, sampling_locations_in,
+                        attention_weights_in, grad_output_in, level_points);
   const c10::cuda::CUDAGuard guard(value_in.device());
   const at::Tensor value = value_in.contiguous();
   const at::Tensor spatial_shapes = spatial_shapes_in.to(at::kLong).contiguous();
@@ -611,8 +562,6 @@ std::vector<at::Tensor> ms_deform_attn_backward(const at::Tensor& value_in,
   const at::Tensor attention_weights = attention_weights_in.contiguous();
   const at::Tensor grad_output = grad_output_in.contiguous();
   const Problem p = problem_of(value, sampling_locations, level_points);
-  TORCH_CHECK(grad_output.numel() == static_cast<int64_t>(p.batch) * p.num_query * p.heads * p.dim,
-              "grad_output must be (bs, num_query, heads * dim)");
 
   const auto acc_dtype = value.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const auto acc_options = value.options().dtype(acc_dtype);

@@ -212,51 +212,6 @@ int key_bits(uint32_t max_key) {
   return bits;
 }
 
-void check_det_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
-                      const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
-                      const at::Tensor& attention_weights, const at::Tensor& grad_output,
-                      const std::vector<int64_t>& level_points) {
-  for (const at::Tensor* t : {&value, &spatial_shapes, &level_start_index, &sampling_locations,
-                              &attention_weights, &grad_output}) {
-    TORCH_CHECK(t->is_cuda() && t->device() == value.device(),
-                "ms_deform_attn_backward_deterministic: inputs must be CUDA tensors on one device");
-  }
-  TORCH_CHECK(value.dim() == 4 && sampling_locations.dim() == 5 &&
-                  sampling_locations.size(4) == 2 && attention_weights.dim() == 4 &&
-                  spatial_shapes.dim() == 2 && spatial_shapes.size(1) == 2 &&
-                  level_start_index.dim() == 1,
-              "ms_deform_attn_backward_deterministic: shapes as in ms_deform_attn.h");
-  for (const at::Tensor* t : {&sampling_locations, &attention_weights, &grad_output}) {
-    TORCH_CHECK(t->scalar_type() == value.scalar_type(),
-                "ms_deform_attn_backward_deterministic: inputs must share value's dtype");
-  }
-  const int64_t levels = spatial_shapes.size(0);
-  TORCH_CHECK(levels <= kMaxLevels && level_start_index.size(0) == levels &&
-                  static_cast<int64_t>(level_points.size()) == levels,
-              "ms_deform_attn_backward_deterministic: at most ", kMaxLevels,
-              " levels, the same number in spatial_shapes, level_start_index and num_points");
-  int64_t total_points = 0;
-  for (const int64_t n : level_points) {
-    TORCH_CHECK(n > 0 && n < INT_MAX, "num_points must be positive, got ", n);
-    total_points += n;
-  }
-  TORCH_CHECK(sampling_locations.size(3) == total_points,
-              "sampling_locations has ", sampling_locations.size(3), " points, num_points sum to ",
-              total_points);
-  for (int d = 0; d < 4; ++d) {
-    TORCH_CHECK(attention_weights.size(d) == sampling_locations.size(d),
-                "attention_weights and sampling_locations disagree in dimension ", d);
-  }
-  TORCH_CHECK(value.size(0) == sampling_locations.size(0) &&
-                  value.size(2) == sampling_locations.size(2),
-              "value and sampling_locations differ in batch size or heads");
-  TORCH_CHECK(grad_output.numel() == sampling_locations.size(0) * sampling_locations.size(1) *
-                                         value.size(2) * value.size(3),
-              "grad_output must be (bs, num_query, heads * dim)");
-  TORCH_CHECK(value.size(1) * value.size(2) * value.size(3) < INT_MAX,
-              "value is too large per batch element for 32-bit offsets");
-}
-
 }  // namespace
 
 std::vector<at::Tensor> ms_deform_attn_backward_deterministic(
@@ -264,8 +219,8 @@ std::vector<at::Tensor> ms_deform_attn_backward_deterministic(
     const at::Tensor& level_start_index_in, const at::Tensor& sampling_locations_in,
     const at::Tensor& attention_weights_in, const at::Tensor& grad_output_in,
     const std::vector<int64_t>& level_points, bool discrete) {
-  check_det_inputs(value_in, spatial_shapes_in, level_start_index_in, sampling_locations_in,
-                   attention_weights_in, grad_output_in, level_points);
+  check_backward_inputs(value_in, spatial_shapes_in, level_start_index_in, sampling_locations_in,
+                        attention_weights_in, grad_output_in, level_points);
   const c10::cuda::CUDAGuard guard(value_in.device());
   const at::Tensor value = value_in.contiguous();
   const at::Tensor spatial_shapes = spatial_shapes_in.to(at::kLong).contiguous();

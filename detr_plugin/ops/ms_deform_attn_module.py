@@ -64,22 +64,24 @@ class SamplingPoints(nn.Module):
             over each head's sum(P_l) points.
         """
         weights = logits.softmax(-1).view(offsets.shape[:-1])
-        if offsets.dim() == 6:  # P points on every level: broadcast over the points
+        uniform = offsets.dim() == 6
+        if uniform:  # P points on every level: broadcast over the points
             ref = reference_points[:, :, None, :, None, :]  # (bs, Q, 1, L or 1, 1, 2|4)
-            size_xy = spatial_shapes.flip(-1)[None, None, None, :, None, :]  # (W_l, H_l)
-            points = offsets.shape[4]
-        else:  # per point: its level's reference, map size and point count
+        else:  # per point: its level's reference
             if reference_points.shape[2] > 1:
                 reference_points = reference_points.index_select(2, self.point_level)
             ref = reference_points[:, :, None]  # (bs, Q, 1, sum(P_l) or 1, 2|4)
-            size_xy = spatial_shapes.flip(-1).index_select(0, self.point_level)  # (sum(P_l), 2)
-            points = self.point_count[:, None]  # (sum(P_l), 1)
         if reference_points.shape[-1] == 2:
             # offsets are in pixels of each level: (W_l, H_l) normalizes them
+            size_xy = spatial_shapes.flip(-1)  # (L, 2) as (W_l, H_l)
+            # per level (1, 1, 1, L, 1, 2), or per point (sum(P_l), 2)
+            size_xy = (size_xy[None, None, None, :, None, :] if uniform
+                       else size_xy.index_select(0, self.point_level))
             return ref + offsets / size_xy.to(offsets.dtype), weights
         # offsets are in units of the box's half size, divided among the level's points: the
         # original's offsets * (1 / P_l) * wh * offset_scale (0.5), bitwise when P_l is a power
         # of two
+        points = offsets.shape[4] if uniform else self.point_count[:, None]  # P or (sum(P_l), 1)
         return ref[..., :2] + offsets / points * ref[..., 2:] * 0.5, weights
 
 

@@ -23,12 +23,19 @@ from .rtdetr_head import RTDETRHead
 
 class RefinementState(NamedTuple):
     """What FDR carries from one decoder layer to the next (bs images, Q queries, R = reg_max)."""
-    corners: Tensor            # (bs, Q, 4 * (R + 1)) the edge logits so far, with gradient
-                               # (a zero scalar before layer 0)
-    query: Tensor              # (bs, Q, C) the previous layer's output, detached (zero before 0)
+    corners: Optional[Tensor]  # (bs, Q, 4 * (R + 1)) the edge logits so far, with gradient
+                               # (None before layer 0)
+    query: Optional[Tensor]    # (bs, Q, C) the previous layer's output, detached (None before 0)
     initial_reference: Tensor  # (bs, Q, 4) the pre-box, detached: every layer's edges are
                                # offsets from it
     weights: Tensor            # (R + 1,) the bins' offsets W(n)
+
+
+class BinWeights(NamedTuple):
+    """W(n) and what it was computed from (:meth:`DFINEHead.bin_weights`)."""
+    params: Tuple[Tensor, Tensor]  # up, reg_scale: the parameter objects
+    state: tuple                   # their data pointers, versions, dtypes, devices; inference mode
+    weights: Tensor                # (R + 1,)
 
 
 @MODELS.register_module()
@@ -114,6 +121,7 @@ class DFINEHead(RTDETRHead):
         self.up = nn.Parameter(torch.tensor([0.5]), requires_grad=False)
         self.reg_scale = nn.Parameter(torch.tensor([float(self.initial_reg_scale)]),
                                       requires_grad=False)
+        self._bin_weights: Optional[BinWeights] = None
 
     # ------------------------------------------------------------ per layer
     def predict_initial_box(self, query: Tensor, reference: Tensor) -> LayerPrediction:
@@ -122,10 +130,28 @@ class DFINEHead(RTDETRHead):
         (no LQE) in training. Its ``carry`` starts the refinement."""
         boxes = (self.pre_reg_branch(query) + inverse_sigmoid(reference)).sigmoid()
         logits = self.cls_branches[0](query) if self.training else None
-        zero = query.new_zeros(())
-        state = RefinementState(zero, zero, boxes.detach(),
-                                weighting_function(self.reg_max, self.up, self.reg_scale))
+        state = RefinementState(None, None, boxes.detach(), self.bin_weights())
         return LayerPrediction(logits, boxes, boxes.detach(), carry=state)
+
+    def bin_weights(self) -> Tensor:
+        """W(n), (reg_max + 1,), of the current ``up`` and ``reg_scale``.
+
+        Both are frozen, so W is a constant of the model: it is computed again only when one of
+        them is replaced, moved, cast or changed in place (``load_state_dict``, ``copy_``: their
+        version counters), not at every forward (about 50 one-element ops, each a kernel launch
+        on the GPU). Recomputed every time if they are made trainable, and outside inference
+        mode after being computed in it (an inference tensor cannot be saved for backward)."""
+        params = (self.up, self.reg_scale)
+        if any(p.requires_grad for p in params):
+            return weighting_function(self.reg_max, self.up, self.reg_scale)
+        state = (*((p.data_ptr(), p._version, p.dtype, p.device) for p in params),
+                 torch.is_inference_mode_enabled())
+        cached = self._bin_weights
+        if (cached is None or any(a is not b for a, b in zip(cached.params, params))
+                or cached.state != state):
+            cached = self._bin_weights = BinWeights(
+                params, state, weighting_function(self.reg_max, self.up, self.reg_scale))
+        return cached.weights
 
     def predict_layer(self, index: int, query: Tensor, reference: Tensor,
                       previous: Optional[LayerPrediction]) -> LayerPrediction:
@@ -143,7 +169,10 @@ class DFINEHead(RTDETRHead):
             raise ValueError('DFINEHead.predict_layer needs the previous prediction (for layer 0: '
                              'predict_initial_box), as DFINEDecoder passes it')
         state = previous.carry
-        corners = self.reg_branches[index](query + state.query) + state.corners
+        if state.corners is None:  # layer 0: nothing to add
+            corners = self.reg_branches[index](query)
+        else:
+            corners = self.reg_branches[index](query + state.query) + state.corners
         with torch.autocast(query.device.type, enabled=False):  # float32 boxes under AMP
             distances = distribution_to_distances(at_least_float32(corners), state.weights)
         boxes = distances_to_boxes(state.initial_reference, distances, self.reg_scale)
@@ -293,3 +322,4 @@ class DFINEHead(RTDETRHead):
         mask = torch.zeros(bs * num_queries, dtype=torch.bool, device=pred_index.device)
         mask.index_fill_(0, pred_index, True)  # a scalar argument, not a host tensor to copy
         return mask.view(bs, num_queries)
+

@@ -80,8 +80,10 @@ def distances_to_boxes(reference: Tensor, distances: Tensor, reg_scale: Tensor) 
     scale = reg_scale.abs()
     centre, size = reference[..., :2], reference[..., 2:]
     unit = size / scale  # one W unit in image coordinates
-    top_left = centre - (0.5 * scale + distances[..., :2]) * unit
-    bottom_right = centre + (0.5 * scale + distances[..., 2:]) * unit
+    # (..., 2, 2): the distances from the centre of the left and top, then right and bottom edges
+    reach = (0.5 * scale + distances.unflatten(-1, (2, 2))) * unit[..., None, :]
+    top_left = centre - reach[..., 0, :]
+    bottom_right = centre + reach[..., 1, :]
     return torch.cat([(top_left + bottom_right) / 2, bottom_right - top_left], -1)
 
 

@@ -7,6 +7,7 @@ import torch
 from mmdet.structures import DetDataSample
 from mmengine.registry import DefaultScope
 from mmengine.structures import InstanceData
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from detr_plugin.models.dense_heads.dfine_head import DFINEHead, RefinementState
 from detr_plugin.models.layers.denoising import ContrastiveDenoising
@@ -115,6 +116,51 @@ def test_up_and_reg_scale_are_frozen_as_in_the_original():
     assert not head.up.requires_grad and not head.reg_scale.requires_grad
     assert {'up', 'reg_scale'} <= set(head.state_dict())
     assert head.up.item() == 0.5 and head.reg_scale.item() == 4.0
+
+
+class AtenOps(TorchDispatchMode):
+    """The names of the aten ops run inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_bin_weights_are_computed_once_until_up_or_reg_scale_change():
+    head = build_head()
+    weights = head.bin_weights()
+    torch.testing.assert_close(weights, torch.tensor(weights_by_hand(0.5, 4.0, REG_MAX),
+                                                     dtype=torch.float64), rtol=0, atol=1e-15)
+    with AtenOps() as ops:
+        again = head.predict_initial_box(torch.randn(1, 2, C, dtype=torch.float64),
+                                         torch.full((1, 2, 4), 0.5, dtype=torch.float64))
+    assert again.carry.weights is weights and 'pow' not in ops.names
+    # changed in place (load_state_dict copies), cast, made trainable: W of the new values
+    head.load_state_dict({**head.state_dict(), 'reg_scale': torch.tensor([8.0])})
+    expected = torch.tensor(weights_by_hand(0.5, 8.0, REG_MAX), dtype=torch.float64)
+    torch.testing.assert_close(head.bin_weights(), expected, rtol=0, atol=1e-14)
+    with torch.no_grad():
+        head.up.fill_(0.25)
+    expected = torch.tensor(weights_by_hand(0.25, 8.0, REG_MAX), dtype=torch.float64)
+    torch.testing.assert_close(head.bin_weights(), expected, rtol=0, atol=1e-14)
+    assert head.float().bin_weights().dtype == torch.float32
+    head.up.requires_grad_()
+    head.bin_weights()[0].backward()
+    assert head.up.grad.item() == pytest.approx(-2 * 8.0)  # W(0) = -2 up reg_scale
+
+
+def test_bin_weights_of_inference_mode_are_not_kept_for_training():
+    head = build_head()
+    with torch.inference_mode():
+        assert head.bin_weights().is_inference()
+    weights = head.bin_weights()
+    assert not weights.is_inference()
+    corners = torch.randn(1, 4 * (REG_MAX + 1), dtype=torch.float64, requires_grad=True)
+    (corners.unflatten(-1, (4, REG_MAX + 1)).softmax(-1) @ weights).sum().backward()
 
 
 def test_layer_without_previous_is_reported():

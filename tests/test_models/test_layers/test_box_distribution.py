@@ -107,6 +107,23 @@ def test_distances_to_boxes_hand_case():
     torch.testing.assert_close(same, ref[None])
 
 
+@pytest.mark.parametrize('dtype', [torch.float32, F64])
+def test_distances_to_boxes_is_bitwise_the_per_edge_formula(dtype):
+    """Each edge as the original's distance2bbox writes it, then xyxy -> cxcywh."""
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(2, 50, 4, generator=g, dtype=dtype) * 0.5 + 0.1
+    distances = torch.randn(2, 50, 4, generator=g, dtype=dtype) * 3
+    scale = torch.tensor([-4.0], dtype=dtype)
+    s = scale.abs()
+    x0 = ref[..., 0] - (0.5 * s + distances[..., 0]) * (ref[..., 2] / s)
+    y0 = ref[..., 1] - (0.5 * s + distances[..., 1]) * (ref[..., 3] / s)
+    x1 = ref[..., 0] + (0.5 * s + distances[..., 2]) * (ref[..., 2] / s)
+    y1 = ref[..., 1] + (0.5 * s + distances[..., 3]) * (ref[..., 3] / s)
+    expected = torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], -1)
+    out = distances_to_boxes(ref, distances, scale)
+    assert torch.equal(out, expected)
+
+
 def _edge_case(offsets):
     """Reference centred at 0 with one W unit = 4 (exact: 4 + 1e-16 == 4); gt edges at offsets."""
     ref = torch.tensor([[0.0, 0.0, 16.0, 16.0]], dtype=F64)

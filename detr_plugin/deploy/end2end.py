@@ -2,7 +2,6 @@
 from typing import Tuple
 
 import torch
-from mmdet.structures.bbox import bbox_cxcywh_to_xyxy
 from torch import Tensor, nn
 
 
@@ -53,8 +52,8 @@ class End2EndDetector(nn.Module):
         if query is not None:
             boxes = boxes.gather(1, query.unsqueeze(-1).expand(-1, -1, 4))
         h, w = images.shape[-2:]
-        # scaled per coordinate with Python numbers: no host -> device copy (CUDA graphs)
-        x1, y1, x2, y2 = bbox_cxcywh_to_xyxy(boxes).unbind(-1)
-        boxes = torch.stack([(x1 * w).clamp(0, w), (y1 * h).clamp(0, h),
-                             (x2 * w).clamp(0, w), (y2 * h).clamp(0, h)], -1)
-        return boxes, scores, labels
+        # (w, h) filled on the device from Python numbers: no host -> device copy (CUDA graphs)
+        size = torch.stack([boxes.new_full((), w), boxes.new_full((), h)])
+        centre, half = boxes[..., :2], 0.5 * boxes[..., 2:]
+        corners = torch.stack([centre - half, centre + half], -2) * size  # (bs, k, 2, 2)
+        return corners.clamp(min=0).minimum(size).flatten(-2), scores, labels

@@ -2,6 +2,7 @@
 data samples, InstanceData, to_pixels) for every family, and rejects what it cannot wrap."""
 import pathlib
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -70,6 +71,31 @@ def test_channels_last_gives_predicts_detections(name):
     torch.testing.assert_close(scores[0].double(), expected.scores.double(), rtol=0, atol=1e-12)
     torch.testing.assert_close(labels[0], expected.labels)
     torch.testing.assert_close(boxes[0].double(), expected.bboxes.double(), rtol=0, atol=1e-9)
+
+
+class FixedBoxes(torch.nn.Module):
+    """A stand-in detector: one layer of the given (bs, Q, 4) cxcywh boxes, every query kept."""
+
+    def __init__(self, boxes):
+        super().__init__()
+        self.boxes = boxes
+        self.bbox_head = SimpleNamespace(
+            scores_and_labels=lambda logits: (logits[..., 0], logits[..., 0].long(), None))
+
+    def _forward(self, images):
+        return self.boxes.new_zeros(1, *self.boxes.shape[:2], 1), self.boxes[None]
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_pixel_boxes_are_bitwise_each_corner_scaled_and_clamped(dtype):
+    boxes = torch.rand(2, 50, 4, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    boxes = boxes * 1.4 - 0.2  # some corners outside the image
+    out, _, _ = End2EndDetector(FixedBoxes(boxes))(torch.zeros(2, 3, 48, 80))
+    cx, cy, w, h = boxes.float().unbind(-1)
+    expected = torch.stack([((cx - w / 2) * 80).clamp(0, 80), ((cy - h / 2) * 48).clamp(0, 48),
+                            ((cx + w / 2) * 80).clamp(0, 80), ((cy + h / 2) * 48).clamp(0, 48)], -1)
+    assert out.dtype == torch.float32 and torch.equal(out, expected)
+    assert (out == 0).any() and (out[..., 0::2] == 80).any() and (out[..., 1::2] == 48).any()
 
 
 def test_end2end_rejects_bad_input():

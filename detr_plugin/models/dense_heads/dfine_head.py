@@ -31,11 +31,10 @@ class RefinementState(NamedTuple):
     weights: Tensor            # (R + 1,) the bins' offsets W(n)
 
 
-class BinWeights(NamedTuple):
-    """W(n) and what it was computed from (:meth:`DFINEHead.bin_weights`)."""
+class BinWeightsKey(NamedTuple):
+    """What the head's W(n) buffer was computed from (:meth:`DFINEHead.bin_weights`)."""
     params: Tuple[Tensor, Tensor]  # up, reg_scale: the parameter objects
     state: tuple                   # their data pointers, versions, dtypes, devices; inference mode
-    weights: Tensor                # (R + 1,)
 
 
 @MODELS.register_module()
@@ -121,7 +120,9 @@ class DFINEHead(RTDETRHead):
         self.up = nn.Parameter(torch.tensor([0.5]), requires_grad=False)
         self.reg_scale = nn.Parameter(torch.tensor([float(self.initial_reg_scale)]),
                                       requires_grad=False)
-        self._bin_weights: Optional[BinWeights] = None
+        # W(n), (reg_max + 1,): a buffer (device-resident, never saved), computed by bin_weights
+        self.register_buffer('bin_weight_table', None, persistent=False)
+        self._bin_weights_key: Optional[BinWeightsKey] = None
 
     # ------------------------------------------------------------ per layer
     def predict_initial_box(self, query: Tensor, reference: Tensor) -> LayerPrediction:
@@ -146,12 +147,12 @@ class DFINEHead(RTDETRHead):
             return weighting_function(self.reg_max, self.up, self.reg_scale)
         state = (*((p.data_ptr(), p._version, p.dtype, p.device) for p in params),
                  torch.is_inference_mode_enabled())
-        cached = self._bin_weights
-        if (cached is None or any(a is not b for a, b in zip(cached.params, params))
-                or cached.state != state):
-            cached = self._bin_weights = BinWeights(
-                params, state, weighting_function(self.reg_max, self.up, self.reg_scale))
-        return cached.weights
+        key = self._bin_weights_key
+        if (key is None or self.bin_weight_table is None
+                or any(a is not b for a, b in zip(key.params, params)) or key.state != state):
+            self.bin_weight_table = weighting_function(self.reg_max, self.up, self.reg_scale)
+            self._bin_weights_key = BinWeightsKey(params, state)
+        return self.bin_weight_table
 
     def predict_layer(self, index: int, query: Tensor, reference: Tensor,
                       previous: Optional[LayerPrediction]) -> LayerPrediction:

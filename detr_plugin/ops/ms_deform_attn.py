@@ -260,7 +260,8 @@ def _sample_bilinear(value_level: Tensor, shape: Tuple[int, int], location: Tens
     """value_level (bs, H*W, heads, dim), location (bs*heads, Q, P, 2) as (x, y) in [0, 1]
     -> (bs*heads, dim, Q, P), by grid_sample."""
     bs, _, heads, dim = value_level.shape
-    feature = value_level.permute(0, 2, 3, 1).reshape(bs * heads, dim, *shape)
+    # contiguous: CPU grid_sample reads this strided view wrongly in 16 bits (NaN, huge values)
+    feature = value_level.permute(0, 2, 3, 1).reshape(bs * heads, dim, *shape).contiguous()
     grid = 2 * location - 1  # grid_sample's [-1, 1] convention
     return F.grid_sample(feature, grid, mode='bilinear', padding_mode='zeros', align_corners=False)
 

@@ -398,3 +398,18 @@ def test_traced_discrete_graph_gathers_and_matches_the_loop(msda_ref):
     assert 'gather' in graph and 'grid_sampler' not in graph
     torch.testing.assert_close(traced(value, loc, weight).double(),
                                msda_ref.naive_discrete_msda(value, shapes, loc, weight, num_points))
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_pytorch_path_in_16_bits_on_cpu_matches_float64(msda_ref, dtype):
+    """CPU grid_sample reads a strided 16-bit map wrongly (NaN and huge values from 8 heads x
+    32 channels on a 10 x 15 map up, torch 2.13): the path must give it contiguous maps."""
+    shapes = [(10, 15), (5, 8)]
+    gen = torch.Generator().manual_seed(0)
+    value, spatial_shapes, start, loc, weight = msda_ref.random_inputs(
+        1, 200, 8, 32, shapes, 4, margin=0.0, generator=gen)
+    expected = msda_ref.naive_msda(value, shapes, loc, weight)
+    out = msda(value.to(dtype), spatial_shapes, start, loc.to(dtype), weight.to(dtype),
+               backend='pytorch')
+    assert out.isfinite().all()
+    torch.testing.assert_close(out.double(), expected, rtol=0, atol=0.1)

@@ -20,9 +20,9 @@ from typing import Dict
 from torch import Tensor
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from original_checkpoint import add_ema_options, parser, run  # noqa: E402
+from original_checkpoint import add_ema_options, parser, run, save_entry  # noqa: E402
 
-from detr_plugin.converters import convert_dfine, load_original, save_converted  # noqa: E402
+from detr_plugin.converters import convert_dfine, load_original  # noqa: E402
 
 
 def describe(weights: Dict[str, Tensor]) -> str:
@@ -36,8 +36,7 @@ def describe(weights: Dict[str, Tensor]) -> str:
 def convert(args: argparse.Namespace) -> str:
     weights, entry = load_original(args.src, 'D-FINE', args.trust_checkpoint, args.ema)
     converted = convert_dfine(weights)
-    where = f"its '{entry}' weights" if entry else 'a bare state dict'
-    save_converted(converted, args.dst, args.src, weights=entry or 'state_dict')
+    where = save_entry(converted, args, entry)
     return f'D-FINE / DEIM-D-FINE ({describe(weights)}), {where}: {len(converted)} tensors -> ' \
            f'{args.dst}'
 

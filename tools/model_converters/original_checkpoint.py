@@ -1,11 +1,14 @@
 """The command line shared by detr_to_plugin.py, deformable_detr_to_plugin.py, rtdetr_to_plugin.py
 and dfine_to_plugin.py: SRC, DST, --trust-checkpoint, --ema / --no-ema where the original saves an
-EMA, and a one-line error instead of a traceback."""
+EMA, the save of the converted weights with the SRC entry they came from, and a one-line error
+instead of a traceback."""
 import argparse
 import sys
-from typing import Callable
+from typing import Callable, Dict, Optional
 
-from detr_plugin.converters import CheckpointError
+from torch import Tensor
+
+from detr_plugin.converters import CheckpointError, save_converted
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -24,6 +27,15 @@ def add_ema_options(parser: argparse.ArgumentParser) -> None:
     ema.add_argument('--ema', action='store_true', default=None,
                      help="require the EMA weights ('ema' -> 'module')")
     ema.add_argument('--no-ema', dest='ema', action='store_false', help="take 'model'")
+
+
+def save_entry(converted: Dict[str, Tensor], args: argparse.Namespace,
+               entry: Optional[str]) -> str:
+    """Writes ``converted`` to DST, recording SRC and the entry of it the weights came from
+    ('model', 'ema', or a bare state dict when None); returns that entry as the summary line
+    names it."""
+    save_converted(converted, args.dst, args.src, weights=entry or 'state_dict')
+    return f"its '{entry}' weights" if entry else 'a bare state dict'
 
 
 def run(convert: Callable[[argparse.Namespace], str], args: argparse.Namespace) -> None:

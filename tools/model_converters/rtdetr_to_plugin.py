@@ -17,10 +17,10 @@ import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from original_checkpoint import add_ema_options, parser, run  # noqa: E402
+from original_checkpoint import add_ema_options, parser, run, save_entry  # noqa: E402
 
 from detr_plugin.converters import (convert_rtdetr, is_rtdetr_v2, load_original,  # noqa: E402
-                                    save_converted, v2_num_points)
+                                    v2_num_points)
 
 
 def convert(args: argparse.Namespace) -> str:
@@ -29,8 +29,7 @@ def convert(args: argparse.Namespace) -> str:
     if is_rtdetr_v2(weights):
         family = f'RT-DETRv2 (num_points {v2_num_points(weights)})'
     converted = convert_rtdetr(weights)
-    where = f"its '{entry}' weights" if entry else 'a bare state dict'
-    save_converted(converted, args.dst, args.src, weights=entry or 'state_dict')
+    where = save_entry(converted, args, entry)
     return f'{family}, {where}: {len(converted)} tensors -> {args.dst}'
 
 

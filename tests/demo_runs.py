@@ -1,11 +1,14 @@
 """Helpers shared by the tests that run tools/train.py: a tiny demo dataset, its --cfg-options
-and the command line (the ``demo_runs`` fixture of tests/conftest.py)."""
+and the command line, and a stand-in runner for the checkpoint hooks (the ``demo_runs`` fixture of
+tests/conftest.py)."""
 import importlib.util
 import json
+import logging
 import os
 import pathlib
 import socket
 import sys
+import types
 from typing import Iterable, List
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -55,6 +58,37 @@ def tiny_run_options(data_root: pathlib.Path, batch_size: int) -> List[str]:
     for evaluator in ('val_evaluator', 'test_evaluator'):
         options.append(f'{evaluator}.ann_file={data_root}/annotations/instances_val.json')
     return options
+
+
+def read_demo_data(cfg, data_root: pathlib.Path) -> None:
+    """Points a demo config's loaders (no workers) and evaluators at the dataset in ``data_root``,
+    in place: what tiny_run_options says on the command line, for a Config in the test."""
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        cfg[loader].dataset.data_root = f'{data_root}/'
+        cfg[loader].num_workers = 0
+        cfg[loader].persistent_workers = False
+    for evaluator in ('val_evaluator', 'test_evaluator'):
+        cfg[evaluator].ann_file = f'{data_root}/annotations/instances_val.json'
+
+
+class LogLines(logging.Handler):
+    """Keeps the messages logged to it, in ``lines``."""
+
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def fake_runner(model, load_from: str, name: str = 'checkpoint_hook_test'):
+    """What CheckpointCheckHook reads of a Runner: the model, ``cfg.load_from`` and a logger
+    whose messages land in ``runner.logger.handlers[0].lines``."""
+    from mmengine.config import Config
+    logger = logging.getLogger(name)
+    logger.handlers, logger.propagate = [LogLines()], False
+    return types.SimpleNamespace(model=model, cfg=Config(dict(load_from=load_from)), logger=logger)
 
 
 def tool_env() -> dict:

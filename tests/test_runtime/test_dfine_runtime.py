@@ -36,12 +36,7 @@ def demo_runner_cfg(demo_runs, data, work_dir, max_epochs):
     cfg.work_dir = str(work_dir)
     cfg.train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_begin=1000)
     cfg.train_dataloader.batch_size = 2  # 4 images: 2 iterations per epoch
-    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        cfg[loader].dataset.data_root = f'{data}/'
-        cfg[loader].num_workers = 0
-        cfg[loader].persistent_workers = False
-    for evaluator in ('val_evaluator', 'test_evaluator'):
-        cfg[evaluator].ann_file = f'{data}/annotations/instances_val.json'
+    demo_runs.read_demo_data(cfg, data)
     cfg.default_hooks.logger.interval = 1
     cfg.default_hooks.checkpoint.interval = 1
     return cfg

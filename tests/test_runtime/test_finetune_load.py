@@ -1,9 +1,7 @@
 """Fine-tuning from a checkpoint with another number of classes (README: "Fine-tuning from COCO
 weights"), and resuming: CheckpointCheckHook sees the checkpoint the Runner loads before its
 weights reach the model, as mmengine's ``after_load_checkpoint`` hooks do."""
-import logging
 import pathlib
-import types
 
 import pytest
 import torch
@@ -27,31 +25,16 @@ def build(num_classes, seed):
     return model
 
 
-class Recorder(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
-def fake_runner(model, load_from):
-    logger = logging.getLogger('finetune_load_test')
-    logger.handlers, logger.propagate = [Recorder()], False
-    return types.SimpleNamespace(model=model, cfg=Config(dict(load_from=load_from)), logger=logger)
-
-
 @pytest.fixture(scope='module')
 def coco_like():
     with DefaultScope.overwrite_default_scope('detr_plugin'):
         return build(num_classes=80, seed=0)
 
 
-def test_load_from_keeps_fresh_class_heads_and_says_so_in_one_line(coco_like):
+def test_load_from_keeps_fresh_class_heads_and_says_so_in_one_line(coco_like, demo_runs):
     mine = build(num_classes=3, seed=1)
     fresh = {k: v.clone() for k, v in mine.state_dict().items()}
-    runner = fake_runner(mine, 'coco.pth')
+    runner = demo_runs.fake_runner(mine, 'coco.pth')
     checkpoint = {'state_dict': {'module.' + k: v for k, v in coco_like.state_dict().items()},
                   'meta': {}}
     CheckpointCheckHook(partial=True).after_load_checkpoint(runner, checkpoint)
@@ -68,12 +51,12 @@ def test_load_from_keeps_fresh_class_heads_and_says_so_in_one_line(coco_like):
     assert f'{len(skipped)} keys of another shape' in line and skipped[0] in line
 
 
-def test_resume_refuses_a_checkpoint_of_another_model(coco_like):
+def test_resume_refuses_a_checkpoint_of_another_model(coco_like, demo_runs):
     mine = build(num_classes=3, seed=1)
     before = {k: v.clone() for k, v in mine.state_dict().items()}
     checkpoint = {'state_dict': coco_like.state_dict(), 'meta': {}}
     with pytest.raises(CheckpointError, match='keys of another shape') as error:
         CheckpointCheckHook(partial=False).after_load_checkpoint(
-            fake_runner(mine, 'w/epoch_3.pth'), checkpoint)
+            demo_runs.fake_runner(mine, 'w/epoch_3.pth'), checkpoint)
     assert '\n' not in str(error.value) and 'w/epoch_3.pth' in str(error.value)
     assert all(torch.equal(v, before[k]) for k, v in mine.state_dict().items())

@@ -4,9 +4,7 @@ checkpoints, on a synthetic checkpoint with the original D-FINE S's names and sh
 strictly into the model of configs/dfine/dfine_hgnetv2-s_8xb4-132e_coco.py; fine-tuning from it
 with another class count re-initialises exactly the class heads."""
 import json
-import logging
 import pathlib
-import types
 
 import pytest
 import torch
@@ -55,15 +53,6 @@ KEYS = {
 CLASS_HEADS = {f'bbox_head.cls_branches.{i}.{p}' for i in range(3) for p in ('weight', 'bias')} | {
     'bbox_head.enc_cls_branch.weight', 'bbox_head.enc_cls_branch.bias',
     'denoising.label_embed.weight'}
-
-
-class Recorder(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
 
 
 def original_state(offset: float) -> dict:
@@ -168,16 +157,12 @@ def test_loader_recognises_dfine_before_rtdetr_v2():
 
 
 def test_finetuning_from_the_original_checkpoint_reinitialises_only_class_heads(
-        training_checkpoint):
+        training_checkpoint, demo_runs):
     """load_from of a 3-class D-FINE S with the original 80-class checkpoint, as the Runner does
     it (CheckpointCheckHook sees the file's contents first and converts them)."""
     mine = build(3)
     fresh = {k: v.clone() for k, v in mine.state_dict().items() if k in CLASS_HEADS}
-    logger = logging.getLogger('dfine_finetune_test')
-    recorder = Recorder()
-    logger.handlers, logger.propagate = [recorder], False
-    runner = types.SimpleNamespace(model=mine, logger=logger,
-                                   cfg=Config(dict(load_from=str(training_checkpoint))))
+    runner = demo_runs.fake_runner(mine, str(training_checkpoint))
     checkpoint = torch.load(training_checkpoint, weights_only=True)
     CheckpointCheckHook(partial=True).after_load_checkpoint(runner, checkpoint)
     mine.load_state_dict(checkpoint['state_dict'], strict=True)  # as the Runner does next
@@ -186,7 +171,7 @@ def test_finetuning_from_the_original_checkpoint_reinitialises_only_class_heads(
     for key, value in mine.state_dict().items():
         expected = fresh[key] if key in CLASS_HEADS else converted[key]
         assert torch.equal(value, expected.expand_as(value)), key
-    [line] = recorder.lines
+    [line] = runner.logger.handlers[0].lines
     assert line.startswith('fine-tuning: ') and '\n' not in line
     assert f'{len(CLASS_HEADS)} keys of another shape' in line
     assert str(training_checkpoint) in line

@@ -151,7 +151,7 @@ def demo_data(tmp_path_factory, demo_runs):
 
 
 @pytest.mark.parametrize('variant', list(VARIANTS))
-def test_runner_trains_two_iterations(variant, demo_data, tmp_path):
+def test_runner_trains_two_iterations(variant, demo_data, demo_runs, tmp_path):
     from mmengine.runner import Runner
     cfg = Config.fromfile(DEMO_CONFIG)
     cfg.model.with_box_refine, cfg.model.as_two_stage = VARIANTS[variant]
@@ -161,15 +161,11 @@ def test_runner_trains_two_iterations(variant, demo_data, tmp_path):
     cfg.work_dir = str(tmp_path)
     cfg.train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=1, val_begin=2)  # 8 images / 4
     cfg.train_dataloader.batch_size = 4
+    demo_runs.read_demo_data(cfg, demo_data)
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        cfg[loader].dataset.data_root = f'{demo_data}/'
-        cfg[loader].num_workers = 0
-        cfg[loader].persistent_workers = False
         for step in cfg[loader].dataset.pipeline:
             if step.type == 'Resize':
                 step.scale = (64, 64)
-    for evaluator in ('val_evaluator', 'test_evaluator'):
-        cfg[evaluator].ann_file = f'{demo_data}/annotations/instances_val.json'
     cfg.default_hooks.logger.interval = 1
     runner = Runner.from_cfg(cfg)
     before = copy.deepcopy(runner.model.state_dict())

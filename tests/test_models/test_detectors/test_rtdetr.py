@@ -134,12 +134,7 @@ def test_runner_trains_two_iterations(tmp_path, demo_runs):
     cfg.work_dir = str(tmp_path / 'work')
     cfg.train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=1, val_begin=2)  # 8 images / 4
     cfg.train_dataloader.batch_size = 4
-    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        cfg[loader].dataset.data_root = f'{data}/'
-        cfg[loader].num_workers = 0
-        cfg[loader].persistent_workers = False
-    for evaluator in ('val_evaluator', 'test_evaluator'):
-        cfg[evaluator].ann_file = f'{data}/annotations/instances_val.json'
+    demo_runs.read_demo_data(cfg, data)
     cfg.default_hooks.logger.interval = 1
     runner = Runner.from_cfg(cfg)
     before = copy.deepcopy(runner.model.state_dict())

@@ -172,3 +172,18 @@ def strided_copy(t: Tensor) -> Tensor:
     wide = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
     wide[..., ::2] = t
     return wide[..., ::2]
+
+
+def case_inputs(case: dict, seed: int, margin: float, device: str = 'cuda'):
+    """value, spatial_shapes, level_start_index, locations, weights and grad_output
+    (bs, num_query, heads * dim) of a random-case dict (bs, num_query, heads, dim, shapes, points,
+    dtype, strided) drawn from ``seed``; non-contiguous copies of the four when ``strided``."""
+    gen = torch.Generator().manual_seed(seed)
+    value, spatial_shapes, start, loc, weight = random_inputs(
+        case['bs'], case['num_query'], case['heads'], case['dim'], case['shapes'], case['points'],
+        dtype=case['dtype'], device=device, margin=margin, generator=gen)
+    grad_out = torch.randn(case['bs'], case['num_query'], case['heads'] * case['dim'],
+                           generator=gen, dtype=torch.float64).to(device, case['dtype'])
+    if case['strided']:
+        value, loc, weight, grad_out = map(strided_copy, (value, loc, weight, grad_out))
+    return value, spatial_shapes, start, loc, weight, grad_out

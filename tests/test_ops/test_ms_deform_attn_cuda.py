@@ -63,14 +63,7 @@ def random_case(seed):
 @pytest.mark.parametrize('seed', range(240))
 def test_random_cases_match_float64_reference(msda_ref, seed):
     case = random_case(seed)
-    gen = torch.Generator().manual_seed(seed)
-    value, spatial_shapes, start, loc, weight = msda_ref.random_inputs(
-        case['bs'], case['num_query'], case['heads'], case['dim'], case['shapes'], case['points'],
-        dtype=case['dtype'], device='cuda', margin=0.1, generator=gen)
-    grad_out = torch.randn(case['bs'], case['num_query'], case['heads'] * case['dim'],
-                           generator=gen, dtype=torch.float64).to('cuda', case['dtype'])
-    if case['strided']:
-        value, loc, weight, grad_out = map(msda_ref.strided_copy, (value, loc, weight, grad_out))
+    value, spatial_shapes, start, loc, weight, grad_out = msda_ref.case_inputs(case, seed, 0.1)
     check_against_reference(msda_ref, value, spatial_shapes, start, loc, weight, grad_out)
 
 
@@ -153,14 +146,7 @@ def random_uneven_case(seed):
 @pytest.mark.parametrize('seed', range(220))
 def test_random_uneven_cases_match_float64_reference(msda_ref, seed):
     case = random_uneven_case(seed)
-    gen = torch.Generator().manual_seed(seed)
-    value, spatial_shapes, start, loc, weight = msda_ref.random_inputs(
-        case['bs'], case['num_query'], case['heads'], case['dim'], case['shapes'], case['points'],
-        dtype=case['dtype'], device='cuda', margin=0.2, generator=gen)
-    grad_out = torch.randn(case['bs'], case['num_query'], case['heads'] * case['dim'],
-                           generator=gen, dtype=torch.float64).to('cuda', case['dtype'])
-    if case['strided']:
-        value, loc, weight, grad_out = map(msda_ref.strided_copy, (value, loc, weight, grad_out))
+    value, spatial_shapes, start, loc, weight, grad_out = msda_ref.case_inputs(case, seed, 0.2)
     check_against_reference(msda_ref, value, spatial_shapes, start, loc, weight, grad_out,
                             num_points=case['points'], method=case['method'])
 

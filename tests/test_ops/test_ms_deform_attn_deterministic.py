@@ -186,14 +186,7 @@ def random_case(seed):
 @on_gpu
 def test_matches_float64_reference_and_the_default_kernel(msda_ref, seed):
     case = random_case(seed)
-    gen = torch.Generator().manual_seed(seed)
-    value, shapes, start, loc, weight = msda_ref.random_inputs(
-        case['bs'], case['num_query'], case['heads'], case['dim'], case['shapes'], case['points'],
-        dtype=case['dtype'], device='cuda', margin=0.2, generator=gen)
-    grad_out = torch.randn(case['bs'], case['num_query'], case['heads'] * case['dim'],
-                           generator=gen, dtype=torch.float64).to('cuda', case['dtype'])
-    if case['strided']:
-        value, loc, weight, grad_out = map(msda_ref.strided_copy, (value, loc, weight, grad_out))
+    value, shapes, start, loc, weight, grad_out = msda_ref.case_inputs(case, seed, 0.2)
     num_points = None if isinstance(case['points'], int) else case['points']
     kw = dict(num_points=num_points, method=case['method'])
     deterministic = gradients(value, shapes, start, loc, weight, grad_out, True, **kw)

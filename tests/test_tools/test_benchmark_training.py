@@ -5,6 +5,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 NUM_IMAGES, MAX_SIDE = 150, 64
@@ -157,3 +158,24 @@ def test_our_step_runs_the_batch_multi_scale(load_tool, repo_root, dataset, one_
         type='BatchSyncRandomResize', random_size_range=(64, 96), size_divisor=32, interval=1)]
     side = bench.our_side(cfg, args, None)
     assert np.isfinite(side.step(side.resident))
+
+
+def test_cfg_options_edit_our_config_and_set_cudnn_autotuner(load_tool, repo_root, dataset,
+                                                             one_thread):
+    """--cfg-options reaches our config; our steps run with env_cfg's cuDNN autotuner setting."""
+    bench = load_tool('tools/analysis/benchmark_training.py')
+    root, _ = dataset
+    args = bench.parse_args([str(repo_root / 'configs/rtdetr/rtdetr_r18vd_1xb8-demo.py'),
+                             '--data-root', str(root), '--batch', '2', '--workers', '0',
+                             '--amp', 'none', '--device', 'cpu', '--cfg-options',
+                             'env_cfg.cudnn_benchmark=True', 'model.decoder.num_queries=37'])
+    cfg = bench.benchmark_config(args)
+    assert cfg.model.decoder.num_queries == 37 and cfg.env_cfg.cudnn_benchmark is True
+    saved = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        side = bench.our_side(cfg, args, None)
+        assert np.isfinite(side.step(side.resident))
+        assert torch.backends.cudnn.benchmark is True
+    finally:
+        torch.backends.cudnn.benchmark = saved

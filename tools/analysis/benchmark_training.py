@@ -19,7 +19,10 @@ the mean loss of the last window.
 (:func:`benchmark_rtdetr.interleaved_ms`), so (a) - (b) is the cost of the data pipeline.
 
 Ours starts from the config's initialisation (no backbone checkpoint, no download) with seed
-``--seed``; its class count is the dataset's (80). With ``--original-root`` (RT-DETRv2 configs of
+``--seed``; its class count is the dataset's (80); ``--cfg-options`` edits its config (e.g.
+``model.channels_last=True``), and its steps run with cuDNN's autotuner as the config's
+``env_cfg.cudnn_benchmark`` says (the runner's setting; the original's steps run without it, as
+its train script does). With ``--original-root`` (RT-DETRv2 configs of
 :data:`benchmark_rtdetr.FAMILIES`: a checkout of lyuwenyu/RT-DETR's ``rtdetrv2_pytorch``, which
 needs torchvision and faster_coco_eval), the original runs beside ours, in turns of
 ``--iters / --rounds`` iterations: its model from its YAML config with the weights of
@@ -41,6 +44,7 @@ import time
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
+from mmengine.config import DictAction
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)  # benchmark_rtdetr, imported where used
@@ -80,6 +84,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--rounds', type=int, default=5,
                    help='turns per side (each runs iters / rounds iterations per turn)')
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
+                   help='override settings of the config (ours), as tools/train.py does')
     p.add_argument('--device', default='cuda', help="'cpu' only to check the script itself")
     p.add_argument('--original-root', default=None,
                    help='checkout of rtdetrv2_pytorch: run the original beside ours')
@@ -105,6 +111,7 @@ def benchmark_config(args: argparse.Namespace):
     checkpoint, and the model's class count set to the dataset's 80."""
     from mmengine.config import Config
     cfg = Config.fromfile(args.config)
+    cfg.merge_from_dict(args.cfg_options)
     loader = cfg.train_dataloader
     loader.update(batch_size=args.batch, num_workers=args.workers,
                   persistent_workers=args.workers > 0)
@@ -159,8 +166,11 @@ def our_side(cfg, args, weights: Optional[Dict[str, torch.Tensor]]) -> Side:
     resident = dict(first, inputs=[img.to(args.device) for img in first['inputs']])
 
     hub, steps = MessageHub.get_current_instance(), iter(range(2**62))
+    cudnn_benchmark = bool(cfg.get('env_cfg', {}).get('cudnn_benchmark', False))
 
     def step(data) -> float:
+        # the runner sets cuDNN's autotuner from env_cfg; the original leaves it off
+        torch.backends.cudnn.benchmark = cudnn_benchmark
         # the iteration count, as the runner's RuntimeInfoHook sets it (batch augments read it)
         hub.update_info('iter', next(steps))
         # the float() is a host wait, as the runner's per-iteration logging is
@@ -225,6 +235,7 @@ def original_side(args) -> Tuple[Side, Dict[str, torch.Tensor]]:
     clip = cfg.yaml_cfg.get('clip_max_norm', 0.1)
 
     def step(batch) -> float:
+        torch.backends.cudnn.benchmark = False  # its train script leaves cuDNN's default
         images, targets = to_device(batch, args.device)
         with torch.autocast(args.device, dtype=dtype or torch.float32, enabled=dtype is not None):
             outputs = model(images, targets=targets)

@@ -28,6 +28,8 @@ train_dataloader = dict(
     # workers restart each epoch, seeded from (seed, epoch, rank, worker) by RNGStateHook,
     # so that --resume repeats their augmentations; persistent ones could not be restored
     persistent_workers=False,
+    # batches in page-locked memory: the copy to the GPU runs without stopping the host
+    pin_memory=True,
     sampler=dict(type='DefaultSampler', shuffle=True),
     batch_sampler=dict(type='AspectRatioBatchSampler'),
     dataset=dict(

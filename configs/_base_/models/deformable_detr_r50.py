@@ -8,11 +8,13 @@ model = dict(
     with_box_refine=False,
     as_two_stage=False,
     data_preprocessor=dict(
-        type='DetDataPreprocessor',
+        type='DETRDataPreprocessor',  # the BGR -> RGB flip on the GPU, without a host wait
         mean=[123.675, 116.28, 103.53],
         std=[58.395, 57.12, 57.375],
         bgr_to_rgb=True,
-        pad_size_divisor=1),
+        pad_size_divisor=1,
+        # images and gts go to the GPU without the host waiting for each copy (same values)
+        non_blocking=True),
     backbone=dict(
         type='ResNet',
         depth=50,

@@ -117,8 +117,9 @@ def test_benchmark_prints_its_table_on_cpu(load_tool, repo_root, dataset, capsys
     bench = load_tool('tools/analysis/benchmark_training.py')
     root, _ = dataset
     bench.main([str(repo_root / 'configs/rtdetr/rtdetr_r18vd_1xb8-demo.py'), '--data-root',
-                str(root), '--batch', '2', '--workers', '0', '--iters', '2', '--warmup', '0',
-                '--window', '1', '--rounds', '1', '--amp', 'none', '--device', 'cpu'])
+                str(root), '--batch', '2', '--workers', '0', '--iters', '2', '--step-iters', '1',
+                '--warmup', '0', '--window', '1', '--rounds', '1', '--amp', 'none',
+                '--device', 'cpu'])
     lines = capsys.readouterr().out.strip().splitlines()
     header, row = lines[-3], lines[-1]
     for field in ('pipeline images/s', 'data wait ms/iter', 'epoch min (118,287 images)',

@@ -15,8 +15,8 @@ batch augments stay on: the config's multi-scale resolution schedule. Reported: 
 over windows of ``--window`` iterations after ``--warmup``), the time per iteration spent blocked
 on the loader, the epoch time for COCO train2017's 118,287 images at that rate, peak memory, and
 the mean loss of the last window.
-(b) model step: the same step on one batch of the loader held in device memory
-(:func:`benchmark_rtdetr.interleaved_ms`), so (a) - (b) is the cost of the data pipeline.
+(b) model step: the same step (``--step-iters`` times) on one batch of the loader held in device
+memory (:func:`benchmark_rtdetr.interleaved_ms`), so (a) - (b) is the cost of the data pipeline.
 
 Ours starts from the config's initialisation (no backbone checkpoint, no download) with seed
 ``--seed``; its class count is the dataset's (80); ``--cfg-options`` edits its config (e.g.
@@ -78,7 +78,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--workers', type=int, default=8, help='data loader workers (per side)')
     p.add_argument('--amp', choices=['none', *AMP_DTYPES], default='bf16',
                    help='automatic mixed precision dtype (none: fp32)')
-    p.add_argument('--iters', type=int, default=200, help='measured iterations of (a) and (b)')
+    p.add_argument('--iters', type=int, default=200, help='measured iterations of (a)')
+    p.add_argument('--step-iters', type=int, default=None,
+                   help='measured iterations of (b) (default: --iters)')
     p.add_argument('--warmup', type=int, default=20, help='iterations before measuring')
     p.add_argument('--window', type=int, default=10, help='iterations per images/s sample')
     p.add_argument('--rounds', type=int, default=5,
@@ -90,8 +92,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--original-root', default=None,
                    help='checkout of rtdetrv2_pytorch: run the original beside ours')
     args = p.parse_args(argv)
-    if min(args.iters, args.window, args.batch, args.rounds) < 1 or args.warmup < 0:
-        p.error('--iters, --window, --batch and --rounds must be >= 1, --warmup >= 0')
+    if args.step_iters is None:
+        args.step_iters = args.iters
+    if min(args.iters, args.step_iters, args.window, args.batch, args.rounds) < 1 \
+            or args.warmup < 0:
+        p.error('--iters, --step-iters, --window, --batch and --rounds must be >= 1, '
+                '--warmup >= 0')
     if args.original_root is not None and original_model_name(args.config) is None:
         p.error(f'--original-root: {args.config} is not an RT-DETRv2 COCO config of '
                 'tools/analysis/benchmark_rtdetr.py FAMILIES')
@@ -335,9 +341,9 @@ def main(argv=None) -> None:
         sides.append(original)
     sides.insert(0, our_side(cfg, args, weights))
     records = run_pipeline(sides, args)
-    # (b): the model step alone, on the resident batch; the same number of steps as (a)
+    # (b): the model step alone, on the resident batch
     step_ms = interleaved_ms({s.name: (lambda s=s: s.step(s.resident)) for s in sides},
-                             args.warmup, args.iters, args.device, args.rounds)
+                             args.warmup, args.step_iters, args.device, args.rounds)
     print(table(args, sides, records, step_ms))
 
 

@@ -12,11 +12,13 @@ train_pipeline = [
     # probability 0.5 (as mmdet's PhotoMetricDistortion does); hue +-0.05 turn = 9 of OpenCV's
     # 180 units; its brightness factor 0.875-1.125 is about +-16 grey levels
     dict(type='PhotoMetricDistortion', brightness_delta=16, hue_delta=9),
-    dict(type='Expand', mean=[0, 0, 0], to_rgb=True, ratio_range=(1, 4), prob=0.5),  # zoom out
+    # zoom out: mmdet's Expand, bit for bit, without writing the canvas's zeros
+    dict(type='ZeroFillExpand', mean=[0, 0, 0], to_rgb=True, ratio_range=(1, 4), prob=0.5),
     # the original's IoU crop: accept a window when the best box centred in it overlaps enough
     dict(type='RandomIoUCrop', prob=0.8),
     dict(type='FilterAnnotations', min_gt_bbox_wh=(1, 1), keep_empty=False),
-    dict(type='RandomFlip', prob=0.5),
+    # mmdet's RandomFlip, bit for bit, as a contiguous array (Resize reads a flipped view slowly)
+    dict(type='ContiguousRandomFlip', prob=0.5),
     dict(type='Resize', scale=(640, 640), keep_ratio=False),
     # again after the resize, as the original does: a zoomed-out box can shrink below 1 px
     dict(type='FilterAnnotations', min_gt_bbox_wh=(1, 1), keep_empty=False),

@@ -6,6 +6,7 @@ from mmengine.model import is_model_wrapper
 from torch import nn
 
 from detr_plugin.registry import HOOKS
+from .stop_augmentation_hook import type_names
 
 
 @HOOKS.register_module()
@@ -28,7 +29,8 @@ class AugmentationWindowHook(Hook):
     Use it instead of ``StopAugmentationHook`` (both rewrite the pipeline).
 
     Args:
-        windows: transform or batch-augment type name -> (start, stop) epochs.
+        windows: transform or batch-augment type name -> (start, stop) epochs; a transform
+            name also stands for its subclasses (``Expand`` for ``ZeroFillExpand``).
     """
 
     def __init__(self, windows: Dict[str, Sequence[int]]) -> None:
@@ -48,7 +50,7 @@ class AugmentationWindowHook(Hook):
         else:
             self.transforms = [(t, None) for t in owner.pipeline.transforms]
         self.batch_augments = list(_preprocessor(runner).batch_augments or [])
-        names = {type(t).__name__ for t, _ in self.transforms}
+        names = set().union(*(type_names(t) for t, _ in self.transforms))
         names |= {type(a).__name__ for a in self.batch_augments}
         missing = [name for name in self.windows if name not in names]
         if missing:
@@ -79,8 +81,8 @@ class AugmentationWindowHook(Hook):
         self.active = active
 
     def _runs(self, transform, active) -> bool:
-        name = type(transform).__name__
-        return name not in self.windows or name in active
+        windowed = type_names(transform) & self.windows.keys()  # Expand also for ZeroFillExpand
+        return not windowed or bool(windowed & active)
 
 
 def _pipeline_owner(runner):

@@ -1,5 +1,5 @@
 """RT-DETRv2's ``stop_epoch`` policy: the last epochs train without strong augmentation."""
-from typing import Sequence
+from typing import Sequence, Set
 
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
@@ -19,7 +19,8 @@ class StopAugmentationHook(Hook):
     Args:
         stop_epoch: first epoch without the augmentations.
         transforms: type names of the pipeline's transforms to drop (the original drops
-            RandomPhotometricDistort, RandomZoomOut and RandomIoUCrop).
+            RandomPhotometricDistort, RandomZoomOut and RandomIoUCrop); a name also stands for
+            its subclasses (``Expand`` for ``ZeroFillExpand``).
         stop_batch_augments: also stop the data preprocessor's batch augments.
     """
 
@@ -32,7 +33,7 @@ class StopAugmentationHook(Hook):
         self.stopped = False
 
     def before_train(self, runner) -> None:
-        names = {type(t).__name__ for t in self._pipeline(runner).transforms}
+        names = set().union(*map(type_names, self._pipeline(runner).transforms))
         missing = [name for name in self.transforms if name not in names]
         if missing:
             raise ValueError(f'StopAugmentationHook: transforms {missing} are not in the training '
@@ -43,7 +44,7 @@ class StopAugmentationHook(Hook):
             return
         pipeline = self._pipeline(runner)
         pipeline.transforms = [t for t in pipeline.transforms
-                               if type(t).__name__ not in self.transforms]
+                               if not type_names(t) & set(self.transforms)]
         loader = runner.train_dataloader
         if getattr(loader, 'persistent_workers', False):
             loader._iterator = None  # persistent workers hold the old pipeline: start new ones
@@ -62,3 +63,9 @@ class StopAugmentationHook(Hook):
         while not hasattr(dataset, 'pipeline') and hasattr(dataset, 'dataset'):
             dataset = dataset.dataset
         return dataset.pipeline
+
+
+def type_names(obj) -> Set[str]:
+    """The names of ``obj``'s class and its bases: a drop-in subclass (``ZeroFillExpand``) is
+    also known by the name of the transform it stands in for (``Expand``)."""
+    return {cls.__name__ for cls in type(obj).__mro__}

@@ -30,6 +30,15 @@ class RTDETR(BaseDetector):
             the global batch in distributed training, as the original does, with
             :class:`SyncBatchNorm2d` (no host synchronisation, unlike ``nn.SyncBatchNorm``).
             The same as BatchNorm on one process and in eval mode.
+        channels_last: keep every convolution (backbone, hybrid encoder, decoder input
+            projections) and the input batch in ``torch.channels_last`` memory layout, so that on
+            the GPU cuDNN runs its NHWC kernels (BatchNorm included) without a layout transpose
+            around each convolution. The same numbers in another layout: checkpoints load in
+            either direction, EMA copies keep the layout, and the flattened levels are
+            (bs, H * W, C) contiguous as before. Set it with
+            ``--cfg-options model.channels_last=True``. :func:`fuse_for_inference` makes new
+            convolutions in the default layout; ``End2EndDetector(channels_last=True)`` converts
+            them again.
     """
 
     def __init__(self,
@@ -43,7 +52,8 @@ class RTDETR(BaseDetector):
                  test_cfg: Optional[dict] = None,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None,
-                 sync_bn: bool = False) -> None:
+                 sync_bn: bool = False,
+                 channels_last: bool = False) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.backbone = build_in_scope(MODELS, backbone)
         self.neck = build_in_scope(MODELS, neck)
@@ -58,9 +68,14 @@ class RTDETR(BaseDetector):
                                                **denoising) if denoising else None)
         if sync_bn:
             SyncBatchNorm2d.convert(self)
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)  # the 4-D tensors: conv weights
 
     def extract_feat(self, batch_inputs: Tensor) -> Tuple[Tensor, ...]:
         """(bs, 3, H, W) -> the hybrid encoder's levels (bs, C, H / s, W / s), s = 8, 16, 32."""
+        if self.channels_last:
+            batch_inputs = batch_inputs.contiguous(memory_format=torch.channels_last)
         return self.neck(self.backbone(batch_inputs))
 
     def forward_transformer(self, feats: Tuple[Tensor, ...],

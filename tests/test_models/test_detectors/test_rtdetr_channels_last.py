@@ -1,0 +1,243 @@
+"""``RTDETR(channels_last=True)`` (RT-DETR, RT-DETRv2, D-FINE, DEIM): the model with the
+default layout and the same weights is the reference; the channels-last one must give its losses
+and gradients (float32 rounding apart: the CPU runs other convolution kernels for the other
+layout), keep its convolutions, features and gradients in channels-last memory, and exchange
+checkpoints and EMA copies with it.
+
+Two small models cover the family's parts: the RT-DETR demo (ResNet-18-vd, RT-DETR's hybrid
+encoder, decoder input projections) and D-FINE N (HGNetv2-B0 with frozen norms, D-FINE's
+hybrid encoder, decoder and head). The GPU test compares one bf16 training step of the RT-DETRv2
+R18 COCO model in both layouts.
+"""
+import io
+import pathlib
+
+import pytest
+import torch
+from mmdet.structures import DetDataSample
+from mmengine.config import Config
+from mmengine.structures import InstanceData
+
+from detr_plugin.models.layers.ema import ForeachExpMomentumEMA
+from detr_plugin.registry import MODELS
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[3]
+CONFIGS = dict(rtdetr='configs/rtdetr/rtdetr_r18vd_1xb8-demo.py',
+               dfine='configs/dfine/dfine_hgnetv2-n_8xb16-160e_coco.py')
+R18_COCO = 'configs/rtdetrv2/rtdetrv2_r18vd_8xb2-120e_coco.py'
+CHANNELS_LAST = torch.channels_last
+
+
+def small_cfg(name: str, channels_last: bool = False) -> Config:
+    """The config's model with 2 decoder layers, 6 queries, 4 denoising queries, 3 classes and
+    no pretrained backbone."""
+    cfg = Config.fromfile(str(REPO_ROOT / CONFIGS[name])).model
+    cfg.backbone.init_cfg = None
+    cfg.data_preprocessor.batch_augments = None
+    cfg.decoder.update(num_layers=2, num_queries=6)
+    cfg.denoising.num_denoising = 4
+    cfg.bbox_head.num_classes = 3
+    cfg.test_cfg.max_per_img = 5
+    cfg.channels_last = channels_last
+    return cfg
+
+
+def build(cfg: Config, seed: int = 0):
+    torch.manual_seed(seed)
+    model = MODELS.build(cfg)
+    model.init_weights()
+    return model
+
+
+def pair(name: str):
+    """A default model and a channels-last one holding its weights (loaded from its state dict,
+    as a checkpoint would be)."""
+    reference = build(small_cfg(name))
+    model = build(small_cfg(name, channels_last=True), seed=1)
+    model.load_state_dict(reference.state_dict())
+    return reference, model
+
+
+def batch(size=(64, 96)):
+    """Two images, one with two boxes (xyxy pixels) and one with none, preprocessed."""
+    g = torch.Generator().manual_seed(0)
+    samples = []
+    for boxes in ([[2., 3., 30., 40.], [40., 10., 90., 50.]], []):
+        s = DetDataSample(metainfo=dict(img_shape=size, ori_shape=size, scale_factor=(1., 1.),
+                                        batch_input_shape=size, pad_shape=size))
+        boxes = torch.tensor(boxes).reshape(-1, 4)
+        s.gt_instances = InstanceData(bboxes=boxes, labels=torch.arange(len(boxes)) % 3)
+        samples.append(s)
+    images = [torch.rand(3, *size, generator=g) * 255 for _ in samples]
+    return images, samples
+
+
+def preprocessed(model):
+    """:func:`batch` through the model's data preprocessor in training mode."""
+    images, samples = batch()
+    return model.data_preprocessor(dict(inputs=images, data_samples=samples), training=True)
+
+
+def losses_and_grads(model, data):
+    """The loss terms and every trainable parameter's gradient of one training forward; the
+    denoising queries drawn from the same seed for every model."""
+    model.train()
+    model.zero_grad()
+    torch.manual_seed(0)
+    losses = model.loss(data['inputs'], data['data_samples'])
+    sum(losses.values()).backward()
+    return losses, {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+
+def conv_tensors(model):
+    """name -> every 4-D parameter and buffer (the convolution weights)."""
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    return {n: t for n, t in tensors if t.dim() == 4}
+
+
+@pytest.mark.parametrize('name', sorted(CONFIGS))
+def test_float32_losses_are_the_default_layouts(name):
+    reference, model = pair(name)
+    data = preprocessed(reference)
+    assert data['inputs'].is_contiguous()  # the preprocessor's batch: the default layout
+    expected, _ = losses_and_grads(reference, data)
+    losses, _ = losses_and_grads(model, data)
+    assert losses.keys() == expected.keys()
+    for key, value in expected.items():
+        torch.testing.assert_close(losses[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize('name', sorted(CONFIGS))
+def test_float64_gradients_are_the_default_layouts(name):
+    """In float64: in float32 the CPU's channels-last kernels round differently, and the
+    backward of an untrained HGNetv2 (learnable affines before BatchNorms, whose gradient
+    cancels) amplifies that to about 1e-2 relative in its first stages, while float64 agrees to
+    1e-12; a layout mistake (a transposed view, a wrong reshape) shows in either."""
+    reference, model = pair(name)
+    reference.double()
+    model.double()
+    data = preprocessed(reference)
+    data['inputs'] = data['inputs'].double()
+    expected, expected_grads = losses_and_grads(reference, data)
+    losses, grads = losses_and_grads(model, data)
+    for key, value in expected.items():
+        torch.testing.assert_close(losses[key], value, rtol=1e-10, atol=1e-12, msg=key)
+    assert grads.keys() == expected_grads.keys()
+    scale = max(g.abs().max().item() for g in expected_grads.values())
+    for key, value in expected_grads.items():
+        assert grads[key] is not None, key
+        torch.testing.assert_close(grads[key], value, rtol=1e-8, atol=1e-10 * scale, msg=key)
+    # a channels-last parameter gets a channels-last gradient (fused optimizers pair them)
+    tensors = conv_tensors(model)
+    assert tensors
+    for key, tensor in tensors.items():
+        assert tensor.is_contiguous(memory_format=CHANNELS_LAST), key
+        if tensor.requires_grad:
+            assert grads[key].is_contiguous(memory_format=CHANNELS_LAST), key
+
+
+@pytest.mark.parametrize('name', sorted(CONFIGS))
+def test_features_are_channels_last_and_tokens_contiguous(name):
+    _, model = pair(name)
+    inputs = preprocessed(model)['inputs']
+    model.eval()
+    with torch.no_grad():
+        backbone = model.backbone(inputs.contiguous(memory_format=CHANNELS_LAST))
+        levels = model.extract_feat(inputs)
+        memory, _ = model.decoder.flatten_levels(levels)
+    for level in backbone:
+        assert level.is_contiguous(memory_format=CHANNELS_LAST)
+        assert not level.is_contiguous()  # (C, H, W > 1: the two layouts differ)
+    for level in levels:
+        assert level.is_contiguous(memory_format=CHANNELS_LAST)
+    assert memory.is_contiguous()  # (bs, N, C)
+
+
+@pytest.mark.parametrize('name', sorted(CONFIGS))
+def test_checkpoints_move_between_layouts(name):
+    """default -> channels-last -> file -> default: the same tensors, the same outputs."""
+    reference, model = pair(name)
+    saved = io.BytesIO()
+    torch.save(model.state_dict(), saved)
+    saved.seek(0)
+    state = torch.load(saved)
+    assert any(t.is_contiguous(memory_format=CHANNELS_LAST) and not t.is_contiguous()
+               for t in state.values())  # saved as held
+    back = build(small_cfg(name), seed=2)
+    back.load_state_dict(state)
+    for key, value in reference.state_dict().items():
+        loaded = back.state_dict()[key]
+        assert torch.equal(loaded, value), key
+        assert loaded.is_contiguous(), key  # the default model keeps its own layout
+
+    inputs = preprocessed(reference)['inputs']
+    for m in (reference, back, model):
+        m.eval()
+    with torch.no_grad():
+        expected = reference._forward(inputs)  # logits, boxes
+        # bitwise: the same weights in the same layout
+        torch.testing.assert_close(back._forward(inputs), expected, rtol=0, atol=0)
+        torch.testing.assert_close(model._forward(inputs), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_ema_keeps_the_layout():
+    """The EMA copy of a channels-last model stays channels-last and averages position by
+    position: after a copy and one update, average = m * new + (1 - m) * old."""
+    _, model = pair('rtdetr')
+    ema = ForeachExpMomentumEMA(model, momentum=0.1, gamma=1000)
+    ema.update_parameters(model)
+    old = {k: t.clone() for k, t in conv_tensors(model).items()}
+    with torch.no_grad():
+        for t in conv_tensors(model).values():
+            t.add_(torch.randn_like(t))
+    ema.update_parameters(model)
+    m = (1 - 0.1) * torch.tensor(-2. / 1000).exp().item() + 0.1  # the second update's momentum
+    averaged = conv_tensors(ema.module)
+    for key, new in conv_tensors(model).items():
+        assert averaged[key].is_contiguous(memory_format=CHANNELS_LAST), key
+        torch.testing.assert_close(averaged[key], m * new + (1 - m) * old[key], msg=key)
+
+
+def test_cfg_option_turns_it_on():
+    """``--cfg-options model.channels_last=True`` on a COCO config is all it takes."""
+    cfg = Config.fromfile(str(REPO_ROOT / R18_COCO))
+    assert not cfg.model.get('channels_last', False)  # off in the COCO configs
+    cfg.merge_from_dict({'model.channels_last': True})
+    cfg.model.backbone.init_cfg = None
+    model = MODELS.build(cfg.model)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=CHANNELS_LAST) for c in convs)
+
+
+@pytest.mark.gpu
+def test_bf16_training_step_matches_the_default_layout_on_gpu():
+    """One RT-DETRv2 R18 training step (bf16 autocast, batch 4 at 320 x 320) in both layouts
+    from the same weights: the same loss terms within bf16 rounding, gradients close."""
+    device = torch.device('cuda')
+    cfg = Config.fromfile(str(REPO_ROOT / R18_COCO)).model
+    cfg.backbone.init_cfg = None
+    cfg.data_preprocessor.batch_augments = None
+    reference = build(cfg).to(device)
+    model = build(Config(dict(cfg, channels_last=True)), seed=1).to(device)
+    model.load_state_dict(reference.state_dict())
+    images, samples = batch(size=(320, 320))
+    images = images * 2
+    data = reference.data_preprocessor(dict(inputs=[i.to(device) for i in images],
+                                            data_samples=samples), training=True)
+    results = []
+    for m in (reference, model):
+        with torch.autocast('cuda', dtype=torch.bfloat16):
+            results.append(losses_and_grads(m, data))
+    (expected, expected_grads), (losses, grads) = results
+    for key, value in expected.items():
+        torch.testing.assert_close(losses[key].float(), value.float(), rtol=1e-2, atol=1e-3,
+                                   msg=key)
+    total = torch.stack([v for v in expected.values()]).sum()
+    torch.testing.assert_close(torch.stack(list(losses.values())).sum(), total, rtol=1e-2,
+                               atol=0)
+    for key, value in expected_grads.items():
+        cos = torch.nn.functional.cosine_similarity(grads[key].flatten().float(),
+                                                    value.flatten().float(), dim=0)
+        assert cos > 0.99 or value.abs().max() < 1e-6, (key, cos.item())
+    for key, tensor in conv_tensors(model).items():
+        assert tensor.is_contiguous(memory_format=CHANNELS_LAST), key

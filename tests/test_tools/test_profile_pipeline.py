@@ -56,4 +56,5 @@ def test_mosaic_wrapper(tool, data_root, repo_root):
     text = tool.main([str(repo_root / DEIM), '--data-root', data_root, '--images', '6'])
     names = [name for name, *_ in table_rows(text)]
     assert names[:2] == ['LoadImageFromFile', 'LoadAnnotations']
-    assert {'Mosaic images', 'copy', 'Mosaic', 'PhotoMetricDistortion', 'PackDetInputs'} <= set(names)
+    assert {'Mosaic images', 'copy', 'Mosaic', 'PhotoMetricDistortion',
+            'PackDetInputs'} <= set(names)

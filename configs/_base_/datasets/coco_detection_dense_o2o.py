@@ -25,12 +25,14 @@ train_pipeline = [
     # DEIM's RandomPhotometricDistort(p=0.5), as the RT-DETR configs write it
     dict(type='PhotoMetricDistortion', brightness_delta=16, hue_delta=9),
     dict(type='SkipAfterMosaic', transforms=[
-        # mmdet's Expand and RandomFlip bit for bit, faster (coco_detection_rtdetr.py)
+        # mmdet's Expand bit for bit, without writing the canvas's zeros
         dict(type='ZeroFillExpand', mean=[0, 0, 0], to_rgb=True, ratio_range=(1, 4), prob=0.5),
         dict(type='RandomIoUCrop', prob=0.8),
     ]),
     dict(type='FilterAnnotations', min_gt_bbox_wh=(1, 1), keep_empty=False),
-    dict(type='ContiguousRandomFlip', prob=0.5),
+    # mmdet's flip (a view): MultiImageMixDataset copies the results before each transform, so
+    # ContiguousRandomFlip's own copy would gain nothing here
+    dict(type='RandomFlip', prob=0.5),
     dict(type='Resize', scale=(640, 640), keep_ratio=False),
     dict(type='FilterAnnotations', min_gt_bbox_wh=(1, 1), keep_empty=False),
     dict(type='PackDetInputs')

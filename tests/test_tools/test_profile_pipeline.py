@@ -41,6 +41,12 @@ def test_rows_are_the_pipelines_transforms(tool, data_root, repo_root, capsys):
     assert re.search(r'^[\d.]+ images/s in one process$', text, re.M)
 
 
+def test_cfg_options_swap_a_transform(tool, data_root, repo_root):
+    text = tool.main([str(repo_root / RTDETR), '--data-root', data_root, '--images', '4',
+                      '--cfg-options', 'train_dataloader.dataset.pipeline.3.type=Expand'])
+    assert [name for name, *_ in table_rows(text)][3] == 'Expand'
+
+
 def test_times_add_up_to_the_whole_pipeline(tool, data_root, repo_root):
     args = tool.parse_args([str(repo_root / RTDETR), '--data-root', data_root])
     dataset, cfg = tool.build_dataset(args)

@@ -8,9 +8,11 @@ image in a single process.
 The config's ``train_dataloader.dataset`` reads ``--data-root`` (its data_root, ann_file and
 data_prefix overridden as tools/analysis/benchmark_training.py does). Images are taken in order,
 ``--images`` of them (cycling through the dataset), with numpy's, Python's and torch's random
-streams seeded from ``--seed``. The process runs as a loader worker does: one torch thread and
-OpenCV's thread count from the config's ``env_cfg.mp_cfg.opencv_num_threads`` (``--cv2-threads``
-overrides it).
+streams seeded from ``--seed``; ``--cfg-options`` edits the config (e.g. mmdet's ``Expand`` and
+``RandomFlip`` in place of ours: ``train_dataloader.dataset.pipeline.3.type=Expand
+train_dataloader.dataset.pipeline.6.type=RandomFlip``). The process runs as a loader worker
+does: one torch thread and OpenCV's thread count from the config's
+``env_cfg.mp_cfg.opencv_num_threads`` (``--cv2-threads`` overrides it).
 
 Each row is one transform of the pipeline, in order: its median and mean ms per image over the
 images it ran on, and its share of the summed time. A transform that returns None (an image left
@@ -30,6 +32,7 @@ import time
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
+from mmengine.config import DictAction
 
 Timings = Dict[str, List[float]]  # row name -> seconds, one entry per image it ran on
 
@@ -50,6 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--cv2-threads', type=int, default=None,
                    help="OpenCV threads (default: the config's env_cfg.mp_cfg.opencv_num_threads)")
+    p.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
+                   help='override settings of the config, e.g. '
+                        'train_dataloader.dataset.pipeline.3.type=Expand')
     args = p.parse_args(argv)
     if args.images < 1:
         p.error('--images must be >= 1')
@@ -68,6 +74,7 @@ def build_dataset(args: argparse.Namespace):
         raise FileNotFoundError(f'--data-root: no {ann_file} (write it with '
                                 'tools/misc/make_coco_like_dataset.py)')
     cfg = Config.fromfile(args.config)
+    cfg.merge_from_dict(args.cfg_options)
     init_default_scope(cfg.get('default_scope', 'detr_plugin'))
     dataset_cfg = cfg.train_dataloader.dataset
     coco_cfg = dataset_cfg.dataset if dataset_cfg.type == 'MultiImageMixDataset' else dataset_cfg

@@ -9,6 +9,7 @@ encoder, decoder input projections) and D-FINE N (HGNetv2-B0 with frozen norms, 
 hybrid encoder, decoder and head). The GPU test compares one bf16 training step of the RT-DETRv2
 R18 COCO model in both layouts.
 """
+import copy
 import io
 import pathlib
 
@@ -16,6 +17,7 @@ import pytest
 import torch
 from mmdet.structures import DetDataSample
 from mmengine.config import Config
+from mmengine.registry import DefaultScope
 from mmengine.structures import InstanceData
 
 from detr_plugin.models.layers.ema import ForeachExpMomentumEMA
@@ -49,13 +51,15 @@ def build(cfg: Config, seed: int = 0):
     return model
 
 
-def pair(name: str):
-    """A default model and a channels-last one holding its weights (loaded from its state dict,
-    as a checkpoint would be)."""
-    reference = build(small_cfg(name))
-    model = build(small_cfg(name, channels_last=True), seed=1)
+@pytest.fixture(scope='module', params=sorted(CONFIGS))
+def pair(request):
+    """name, a default model and a channels-last one holding its weights (loaded from its state
+    dict, as a checkpoint would be); tests that change them take copies."""
+    with DefaultScope.overwrite_default_scope('detr_plugin'):  # module fixtures precede conftest's
+        reference = build(small_cfg(request.param))
+        model = build(small_cfg(request.param, channels_last=True), seed=1)
     model.load_state_dict(reference.state_dict())
-    return reference, model
+    return request.param, reference, model
 
 
 def batch(size=(64, 96)):
@@ -78,13 +82,18 @@ def preprocessed(model):
     return model.data_preprocessor(dict(inputs=images, data_samples=samples), training=True)
 
 
-def losses_and_grads(model, data):
-    """The loss terms and every trainable parameter's gradient of one training forward; the
-    denoising queries drawn from the same seed for every model."""
+def training_losses(model, data):
+    """The loss terms of one training forward; the denoising queries drawn from the same seed
+    for every model."""
     model.train()
-    model.zero_grad()
     torch.manual_seed(0)
-    losses = model.loss(data['inputs'], data['data_samples'])
+    return model.loss(data['inputs'], data['data_samples'])
+
+
+def losses_and_grads(model, data):
+    """:func:`training_losses` and every trainable parameter's gradient."""
+    model.zero_grad()
+    losses = training_losses(model, data)
     sum(losses.values()).backward()
     return losses, {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
 
@@ -95,27 +104,24 @@ def conv_tensors(model):
     return {n: t for n, t in tensors if t.dim() == 4}
 
 
-@pytest.mark.parametrize('name', sorted(CONFIGS))
-def test_float32_losses_are_the_default_layouts(name):
-    reference, model = pair(name)
+def test_float32_losses_are_the_default_layouts(pair):
+    _, reference, model = pair
     data = preprocessed(reference)
     assert data['inputs'].is_contiguous()  # the preprocessor's batch: the default layout
-    expected, _ = losses_and_grads(reference, data)
-    losses, _ = losses_and_grads(model, data)
+    with torch.no_grad():
+        expected, losses = (training_losses(m, data) for m in (reference, model))
     assert losses.keys() == expected.keys()
     for key, value in expected.items():
         torch.testing.assert_close(losses[key], value, rtol=1e-5, atol=1e-6, msg=key)
 
 
-@pytest.mark.parametrize('name', sorted(CONFIGS))
-def test_float64_gradients_are_the_default_layouts(name):
+def test_float64_gradients_are_the_default_layouts(pair):
     """In float64: in float32 the CPU's channels-last kernels round differently, and the
     backward of an untrained HGNetv2 (learnable affines before BatchNorms, whose gradient
     cancels) amplifies that to about 1e-2 relative in its first stages, while float64 agrees to
     1e-12; a layout mistake (a transposed view, a wrong reshape) shows in either."""
-    reference, model = pair(name)
-    reference.double()
-    model.double()
+    reference, model = (copy.deepcopy(m).double() for m in pair[1:])
+    model.load_state_dict(reference.state_dict())  # (running statistics of earlier tests)
     data = preprocessed(reference)
     data['inputs'] = data['inputs'].double()
     expected, expected_grads = losses_and_grads(reference, data)
@@ -136,27 +142,31 @@ def test_float64_gradients_are_the_default_layouts(name):
             assert grads[key].is_contiguous(memory_format=CHANNELS_LAST), key
 
 
-@pytest.mark.parametrize('name', sorted(CONFIGS))
-def test_features_are_channels_last_and_tokens_contiguous(name):
-    _, model = pair(name)
+def test_features_are_channels_last_and_tokens_contiguous(pair):
+    """The default-layout batch enters the backbone channels-last; every level stays so, and
+    the decoder's flattened tokens are (bs, N, C) contiguous."""
+    _, _, model = pair
     inputs = preprocessed(model)['inputs']
+    seen = []
+    hook = model.backbone.register_forward_hook(
+        lambda module, args, outputs: seen.append((args[0], outputs)))
     model.eval()
     with torch.no_grad():
-        backbone = model.backbone(inputs.contiguous(memory_format=CHANNELS_LAST))
         levels = model.extract_feat(inputs)
         memory, _ = model.decoder.flatten_levels(levels)
-    for level in backbone:
+    hook.remove()
+    (backbone_input, backbone_levels), = seen
+    assert backbone_input.is_contiguous(memory_format=CHANNELS_LAST)
+    for level in (backbone_input, *backbone_levels, *levels):
         assert level.is_contiguous(memory_format=CHANNELS_LAST)
         assert not level.is_contiguous()  # (C, H, W > 1: the two layouts differ)
-    for level in levels:
-        assert level.is_contiguous(memory_format=CHANNELS_LAST)
-    assert memory.is_contiguous()  # (bs, N, C)
+    assert memory.is_contiguous()
 
 
-@pytest.mark.parametrize('name', sorted(CONFIGS))
-def test_checkpoints_move_between_layouts(name):
-    """default -> channels-last -> file -> default: the same tensors, the same outputs."""
-    reference, model = pair(name)
+def test_checkpoints_move_between_layouts(pair):
+    """channels-last -> file -> default model: the same tensors in the default layout, the
+    same outputs."""
+    name, _, model = pair
     saved = io.BytesIO()
     torch.save(model.state_dict(), saved)
     saved.seek(0)
@@ -165,25 +175,24 @@ def test_checkpoints_move_between_layouts(name):
                for t in state.values())  # saved as held
     back = build(small_cfg(name), seed=2)
     back.load_state_dict(state)
-    for key, value in reference.state_dict().items():
+    for key, value in model.state_dict().items():
         loaded = back.state_dict()[key]
         assert torch.equal(loaded, value), key
         assert loaded.is_contiguous(), key  # the default model keeps its own layout
 
-    inputs = preprocessed(reference)['inputs']
-    for m in (reference, back, model):
-        m.eval()
+    inputs = preprocessed(model)['inputs']
+    back.eval()
+    model.eval()
     with torch.no_grad():
-        expected = reference._forward(inputs)  # logits, boxes
-        # bitwise: the same weights in the same layout
-        torch.testing.assert_close(back._forward(inputs), expected, rtol=0, atol=0)
-        torch.testing.assert_close(model._forward(inputs), expected, rtol=1e-4, atol=1e-5)
+        # logits, boxes
+        torch.testing.assert_close(back._forward(inputs), model._forward(inputs), rtol=1e-4,
+                                   atol=1e-5)
 
 
-def test_ema_keeps_the_layout():
+def test_ema_keeps_the_layout(pair):
     """The EMA copy of a channels-last model stays channels-last and averages position by
     position: after a copy and one update, average = m * new + (1 - m) * old."""
-    _, model = pair('rtdetr')
+    model = copy.deepcopy(pair[2])
     ema = ForeachExpMomentumEMA(model, momentum=0.1, gamma=1000)
     ema.update_parameters(model)
     old = {k: t.clone() for k, t in conv_tensors(model).items()}
@@ -205,6 +214,7 @@ def test_cfg_option_turns_it_on():
     cfg.merge_from_dict({'model.channels_last': True})
     cfg.model.backbone.init_cfg = None
     model = MODELS.build(cfg.model)
+    model.init_weights()  # in place: the layout stays
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(c.weight.is_contiguous(memory_format=CHANNELS_LAST) for c in convs)
 

@@ -7,9 +7,10 @@ _base_ = './rtdetrv2_r18vd_8xb2-120e_coco.py'
 model = dict(
     backbone=dict(depth=34, init_cfg=dict(checkpoint='presnet://resnet34vd')),
     decoder=dict(num_layers=4),
+    # the original's collate scales (640 three times), nearest interpolation
     data_preprocessor=dict(batch_augments=[
-        dict(type='BatchSyncRandomResize', random_size_range=(480, 800), size_divisor=32,
-             interval=1)
+        dict(type='BatchMultiScaleResize',
+             sizes=[480, 512, 544, 576, 608, 640, 640, 640, 672, 704, 736, 768, 800])
     ]))
 
 backbone_norm = dict(lr_mult=0.5, decay_mult=0.0)

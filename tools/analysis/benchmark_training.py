@@ -158,6 +158,7 @@ def our_side(cfg, args, weights: Optional[Dict[str, torch.Tensor]]) -> Side:
     from mmengine.logging import MessageHub
     from mmengine.optim import build_optim_wrapper
     from mmengine.runner import Runner
+    from mmengine.utils.dl_utils import set_multi_processing
 
     from detr_plugin.registry import MODELS
     torch.manual_seed(args.seed)
@@ -167,6 +168,9 @@ def our_side(cfg, args, weights: Optional[Dict[str, torch.Tensor]]) -> Side:
         model.load_state_dict(weights, strict=True)
     model = model.to(args.device).train()
     wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    # as Runner.setup_env: the workers inherit OpenCV's thread count (0: single-threaded), or
+    # each would run OpenCV on every core of the host
+    set_multi_processing(**cfg.get('env_cfg', {}).get('mp_cfg', {}))
     loader = Runner.build_dataloader(cfg.train_dataloader, seed=args.seed)
     first = next(iter(loader))
     resident = dict(first, inputs=[img.to(args.device) for img in first['inputs']])

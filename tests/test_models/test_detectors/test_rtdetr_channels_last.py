@@ -63,7 +63,8 @@ def pair(request):
 
 
 def batch(size=(64, 96)):
-    """Two images, one with two boxes (xyxy pixels) and one with none, preprocessed."""
+    """Two images of ``size`` (h, w) and their data samples: one with two boxes (xyxy pixels),
+    one with none."""
     g = torch.Generator().manual_seed(0)
     samples = []
     for boxes in ([[2., 3., 30., 40.], [40., 10., 90., 50.]], []):
@@ -76,9 +77,9 @@ def batch(size=(64, 96)):
     return images, samples
 
 
-def preprocessed(model):
+def preprocessed(model, size=(64, 96)):
     """:func:`batch` through the model's data preprocessor in training mode."""
-    images, samples = batch()
+    images, samples = batch(size)
     return model.data_preprocessor(dict(inputs=images, data_samples=samples), training=True)
 
 
@@ -219,35 +220,82 @@ def test_cfg_option_turns_it_on():
     assert convs and all(c.weight.is_contiguous(memory_format=CHANNELS_LAST) for c in convs)
 
 
-@pytest.mark.gpu
-def test_bf16_training_step_matches_the_default_layout_on_gpu():
-    """One RT-DETRv2 R18 training step (bf16 autocast, batch 4 at 320 x 320) in both layouts
-    from the same weights: the same loss terms within bf16 rounding, gradients close."""
-    device = torch.device('cuda')
+def r18_pair_on_gpu():
+    """The RT-DETRv2 R18 COCO model (no pretrained backbone, no batch multi-scale resize) on
+    the GPU in the default layout, and a channels-last one with its weights."""
     cfg = Config.fromfile(str(REPO_ROOT / R18_COCO)).model
     cfg.backbone.init_cfg = None
     cfg.data_preprocessor.batch_augments = None
-    reference = build(cfg).to(device)
-    model = build(Config(dict(cfg, channels_last=True)), seed=1).to(device)
+    cl_cfg = copy.deepcopy(cfg)
+    cl_cfg.channels_last = True
+    reference = build(cfg).cuda()
+    model = build(cl_cfg, seed=1).cuda()
     model.load_state_dict(reference.state_dict())
-    images, samples = batch(size=(320, 320))
-    images = images * 2
-    data = reference.data_preprocessor(dict(inputs=[i.to(device) for i in images],
-                                            data_samples=samples), training=True)
-    results = []
-    for m in (reference, model):
-        with torch.autocast('cuda', dtype=torch.bfloat16):
-            results.append(losses_and_grads(m, data))
-    (expected, expected_grads), (losses, grads) = results
+    return reference, model
+
+
+def bf16_step(model, data):
+    """The loss terms (bf16 autocast) and the gradients of one training step."""
+    model.zero_grad()
+    with torch.autocast('cuda', dtype=torch.bfloat16):
+        losses = training_losses(model, data)
+    sum(losses.values()).backward()
+    return losses, {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.gpu
+def test_bf16_training_step_matches_the_default_layout_on_gpu():
+    """One RT-DETRv2 R18 training step under bf16 autocast (2 images of 320 x 320) in both
+    layouts from the same weights: the same total loss within bf16 rounding (1e-2), each term
+    within 5e-2 (a near-tie in the matching may pair a query differently), and gradients as
+    close to the float32 step's as the default layout's are.
+
+    bf16 itself moves an untrained model's gradients far (on the CPU: 27% of the norm in the
+    backbone, 4% in the head, in either layout), so the two bf16 steps are compared through their
+    distance to the float32 one, per part of the model.
+    """
+    reference, model = r18_pair_on_gpu()
+    data = preprocessed(reference, size=(320, 320))
+    (expected, expected_grads), (losses, grads) = (bf16_step(m, data) for m in (reference, model))
+    _, float32_grads = losses_and_grads(reference, data)
+    total = sum(v.float() for v in expected.values())
+    torch.testing.assert_close(sum(v.float() for v in losses.values()), total, rtol=1e-2, atol=0)
     for key, value in expected.items():
-        torch.testing.assert_close(losses[key].float(), value.float(), rtol=1e-2, atol=1e-3,
+        torch.testing.assert_close(losses[key].float(), value.float(), rtol=5e-2, atol=1e-3,
                                    msg=key)
-    total = torch.stack([v for v in expected.values()]).sum()
-    torch.testing.assert_close(torch.stack(list(losses.values())).sum(), total, rtol=1e-2,
-                               atol=0)
-    for key, value in expected_grads.items():
-        cos = torch.nn.functional.cosine_similarity(grads[key].flatten().float(),
-                                                    value.flatten().float(), dim=0)
-        assert cos > 0.99 or value.abs().max() < 1e-6, (key, cos.item())
+    for part in ('backbone', 'neck', 'decoder', 'bbox_head'):
+        keys = [k for k in float32_grads if k.startswith(part + '.')]
+
+        def flat(grads):
+            return torch.cat([grads[k].float().flatten() for k in keys])
+
+        exact = flat(float32_grads)
+        error = (flat(grads) - exact).norm() / exact.norm()
+        default_error = (flat(expected_grads) - exact).norm() / exact.norm()
+        assert error <= 1.5 * default_error + 1e-3, (part, error.item(), default_error.item())
     for key, tensor in conv_tensors(model).items():
         assert tensor.is_contiguous(memory_format=CHANNELS_LAST), key
+        if tensor.requires_grad:
+            assert grads[key].is_contiguous(memory_format=CHANNELS_LAST), key
+
+
+@pytest.mark.gpu
+def test_channels_last_step_has_fewer_layout_transposes_on_gpu():
+    """cuDNN's layout-transpose kernels (nchwToNhwc / nhwcToNchw) in one warmed-up bf16 training
+    step: the channels-last model runs fewer than the default one (printed: run with -s)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def transposes(model, data):
+        bf16_step(model, data)  # warm-up
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            bf16_step(model, data)
+            torch.cuda.synchronize()
+        return sum(e.count for e in prof.key_averages()
+                   if 'nchwtonhwc' in e.key.lower() or 'nhwctonchw' in e.key.lower())
+
+    reference, model = r18_pair_on_gpu()
+    data = preprocessed(reference, size=(320, 320))
+    default, channels_last = transposes(reference, data), transposes(model, data)
+    print(f'layout transposes per step: default {default}, channels_last {channels_last}')
+    assert channels_last < default, (default, channels_last)

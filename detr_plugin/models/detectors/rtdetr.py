@@ -33,12 +33,13 @@ class RTDETR(BaseDetector):
         channels_last: keep every convolution (backbone, hybrid encoder, decoder input
             projections) and the input batch in ``torch.channels_last`` memory layout, so that on
             the GPU cuDNN runs its NHWC kernels (BatchNorm included) without a layout transpose
-            around each convolution. The same numbers in another layout: checkpoints load in
-            either direction, EMA copies keep the layout, and the flattened levels are
-            (bs, H * W, C) contiguous as before. Set it with
-            ``--cfg-options model.channels_last=True``. :func:`fuse_for_inference` makes new
-            convolutions in the default layout; ``End2EndDetector(channels_last=True)`` converts
-            them again.
+            around each convolution. The same computation in another layout (float rounding
+            aside): checkpoints load in either direction, EMA copies keep the layout, and the
+            flattened levels are (bs, H * W, C) contiguous as before. Off by default; set it with
+            ``--cfg-options model.channels_last=True``. Not yet for several processes with
+            ``sync_bn``: :class:`SyncBatchNorm2d` then copies its input to the default layout.
+            :func:`fuse_for_inference` makes new convolutions in the default layout;
+            ``End2EndDetector(channels_last=True)`` converts them again.
     """
 
     def __init__(self,

@@ -1,13 +1,12 @@
 """``RTDETR(channels_last=True)`` (RT-DETR, RT-DETRv2, D-FINE, DEIM): the model with the
 default layout and the same weights is the reference; the channels-last one must give its losses
-and gradients (float32 rounding apart: the CPU runs other convolution kernels for the other
-layout), keep its convolutions, features and gradients in channels-last memory, and exchange
-checkpoints and EMA copies with it.
+(float32) and gradients (float64: see below), keep its convolutions, features and gradients in
+channels-last memory, and exchange checkpoints and EMA copies with it.
 
 Two small models cover the family's parts: the RT-DETR demo (ResNet-18-vd, RT-DETR's hybrid
-encoder, decoder input projections) and D-FINE N (HGNetv2-B0 with frozen norms, D-FINE's
-hybrid encoder, decoder and head). The GPU test compares one bf16 training step of the RT-DETRv2
-R18 COCO model in both layouts.
+encoder, decoder input projections) and D-FINE N (HGNetv2-B0 with learnable affines, D-FINE's
+hybrid encoder, decoder and head). The GPU tests run the RT-DETRv2 R18 COCO model: one bf16
+training step in both layouts, and the count of cuDNN's layout transposes in a step.
 """
 import copy
 import io

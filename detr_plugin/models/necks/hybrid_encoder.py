@@ -136,7 +136,9 @@ class HybridEncoder(nn.Module):
         tokens = feat.flatten(2).transpose(1, 2)  # (bs, H * W, C)
         pos = sincos_position_embedding(h, w, c, self.pe_temperature, feat.device)
         tokens = encoder(tokens, pos.to(tokens.dtype), None)
-        return tokens.transpose(1, 2).reshape(bs, c, h, w).contiguous()
+        layout = (torch.channels_last if feat.is_contiguous(memory_format=torch.channels_last)
+                  else torch.contiguous_format)  # the level's own layout (a channels-last model)
+        return tokens.transpose(1, 2).reshape(bs, c, h, w).contiguous(memory_format=layout)
 
     def cross_scale_fusion(self, feats: List[Tensor]) -> Tuple[Tensor, ...]:
         """CCFM over the projected levels (finest first); returns the fused levels, finest first."""

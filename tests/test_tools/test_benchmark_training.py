@@ -119,9 +119,10 @@ def test_benchmark_prints_its_table_on_cpu(load_tool, repo_root, dataset, capsys
     bench.main([str(repo_root / 'configs/rtdetr/rtdetr_r18vd_1xb8-demo.py'), '--data-root',
                 str(root), '--batch', '2', '--workers', '0', '--iters', '2', '--step-iters', '1',
                 '--warmup', '0', '--window', '1', '--rounds', '1', '--amp', 'none',
-                '--device', 'cpu'])
+                '--device', 'cpu', '--variant', 'model.decoder.num_queries=20'])
     lines = capsys.readouterr().out.strip().splitlines()
-    header, row = lines[-3], lines[-1]
+    header, row, variant = lines[-4], lines[-2], lines[-1]
+    assert variant.startswith('| ours, model.decoder.num_queries=20 |')
     for field in ('pipeline images/s', 'data wait ms/iter', 'epoch min (118,287 images)',
                   'model step images/s', 'model step ms', 'peak RSS MiB',
                   # the two iterations after the step that creates the optimizer state
@@ -133,7 +134,7 @@ def test_benchmark_prints_its_table_on_cpu(load_tool, repo_root, dataset, capsys
     assert rate > 0 and wait >= 0 and rss > 100 and np.isfinite(loss) and loss > 0
     assert epoch == pytest.approx(118287 / rate / 60, rel=0.02)
     assert step_rate == pytest.approx(2 / step_ms * 1e3, rel=0.02)
-    assert re.search(r'batch 2, AMP none, cpu', lines[-4])
+    assert re.search(r'batch 2, AMP none, cpu', lines[-5])
 
 
 def test_original_side_takes_rtdetrv2_coco_configs_only(load_tool, dataset):

@@ -20,7 +20,8 @@ memory (:func:`benchmark_rtdetr.interleaved_ms`), so (a) - (b) is the cost of th
 
 Ours starts from the config's initialisation (no backbone checkpoint, no download) with seed
 ``--seed``; its class count is the dataset's (80); ``--cfg-options`` edits its config (e.g.
-``model.channels_last=True``), and its steps run with cuDNN's autotuner as the config's
+``model.channels_last=True``; ``--variant`` adds a row for ours with more settings, same
+weights and data), and its steps run with cuDNN's autotuner as the config's
 ``env_cfg.cudnn_benchmark`` says (the runner's setting; the original's steps run without it, as
 its train script does). With ``--original-root`` (RT-DETRv2 configs of
 :data:`benchmark_rtdetr.FAMILIES`: a checkout of lyuwenyu/RT-DETR's ``rtdetrv2_pytorch``, which
@@ -88,6 +89,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
                    help='override settings of the config (ours), as tools/train.py does')
+    p.add_argument('--variant', nargs='+', action=DictAction, default={},
+                   help='one more side: ours with these settings on top of --cfg-options '
+                        '(same weights and data), e.g. model.channels_last=True')
     p.add_argument('--device', default='cuda', help="'cpu' only to check the script itself")
     p.add_argument('--original-root', default=None,
                    help='checkout of rtdetrv2_pytorch: run the original beside ours')
@@ -112,12 +116,14 @@ def original_model_name(config: str) -> Optional[str]:
                 None)
 
 
-def benchmark_config(args: argparse.Namespace):
-    """The config with the train loader reading ``--data-root`` at ``--batch``, no backbone
-    checkpoint, and the model's class count set to the dataset's 80."""
+def benchmark_config(args: argparse.Namespace, variant: Optional[dict] = None):
+    """The config with ``--cfg-options`` (and ``variant``), the train loader reading
+    ``--data-root`` at ``--batch``, no backbone checkpoint, and the model's class count set to
+    the dataset's 80."""
     from mmengine.config import Config
     cfg = Config.fromfile(args.config)
     cfg.merge_from_dict(args.cfg_options)
+    cfg.merge_from_dict(variant or {})
     loader = cfg.train_dataloader
     loader.update(batch_size=args.batch, num_workers=args.workers,
                   persistent_workers=args.workers > 0)
@@ -152,7 +158,7 @@ def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int
     return params + buffers + states
 
 
-def our_side(cfg, args, weights: Optional[Dict[str, torch.Tensor]]) -> Side:
+def our_side(cfg, args, weights: Optional[Dict[str, torch.Tensor]], name: str = 'ours') -> Side:
     """Our model (``weights`` if given, else the config's seeded initialisation), the config's
     optimizer wrapper and train loader."""
     from mmengine.logging import MessageHub
@@ -186,7 +192,7 @@ def our_side(cfg, args, weights: Optional[Dict[str, torch.Tensor]]) -> Side:
         # the float() is a host wait, as the runner's per-iteration logging is
         return float(model.train_step(data, wrapper)['loss'].detach())
     step(resident)  # creates the optimizer state
-    return Side('ours', forever(loader), step, resident, state_bytes(model, wrapper.optimizer))
+    return Side(name, forever(loader), step, resident, state_bytes(model, wrapper.optimizer))
 
 
 def import_original_data(root: str):
@@ -344,6 +350,9 @@ def main(argv=None) -> None:
         original, weights = original_side(args)
         sides.append(original)
     sides.insert(0, our_side(cfg, args, weights))
+    if args.variant:
+        name = 'ours, ' + ' '.join(f'{k}={v}' for k, v in args.variant.items())
+        sides.insert(1, our_side(benchmark_config(args, args.variant), args, weights, name))
     records = run_pipeline(sides, args)
     # (b): the model step alone, on the resident batch
     step_ms = interleaved_ms({s.name: (lambda s=s: s.step(s.resident)) for s in sides},

@@ -29,11 +29,15 @@ train_pipeline = [
         dict(type='ZeroFillExpand', mean=[0, 0, 0], to_rgb=True, ratio_range=(1, 4), prob=0.5),
         dict(type='RandomIoUCrop', prob=0.8),
     ]),
+    # keep_empty=False: an image whose boxes all fall below the minimum is kept with no box, as
+    # DEIM's SanitizeBoundingBoxes keeps it. mmdet's default (True) returns None instead, which
+    # MultiImageMixDataset retries on the same input 15 times and then raises 'always return None'
     dict(type='FilterAnnotations', min_gt_bbox_wh=(1, 1), keep_empty=False),
     # mmdet's flip (a view): MultiImageMixDataset copies the results before each transform, so
     # ContiguousRandomFlip's own copy would gain nothing here
     dict(type='RandomFlip', prob=0.5),
     dict(type='Resize', scale=(640, 640), keep_ratio=False),
+    # again after the resize (a zoomed-out box can shrink below 1 px), keeping empty images too
     dict(type='FilterAnnotations', min_gt_bbox_wh=(1, 1), keep_empty=False),
     dict(type='PackDetInputs')
 ]

@@ -11,11 +11,11 @@ Hungarian assigner score all decoder layers and all images of a batch in one cal
 only the inputs it needs; the others may be anything (e.g. ``None``).
 """
 import torch
-from mmdet.structures.bbox import bbox_cxcywh_to_xyxy
 from torch import Tensor
 
 from detr_plugin.registry import TASK_UTILS
 from .box_overlaps import box_overlaps
+from .box_transforms import cxcywh_to_xyxy
 
 
 def _at_least_float32(pred_boxes: Tensor, gt_boxes: Tensor) -> tuple:
@@ -120,8 +120,8 @@ class IoUCost(MatchCost):
     def cost(self, pred_logits, pred_boxes, gt_labels, gt_boxes) -> Tensor:
         lead, num_queries = pred_boxes.shape[:-2], pred_boxes.shape[-2]
         pred_boxes, gt_boxes = _at_least_float32(pred_boxes, gt_boxes)
-        pred_xyxy = bbox_cxcywh_to_xyxy(pred_boxes.reshape(-1, 4))  # (prod(...) * Q, 4)
-        gt_xyxy = bbox_cxcywh_to_xyxy(gt_boxes)  # (G, 4)
+        pred_xyxy = cxcywh_to_xyxy(pred_boxes.reshape(-1, 4))  # (prod(...) * Q, 4)
+        gt_xyxy = cxcywh_to_xyxy(gt_boxes)  # (G, 4)
         overlaps = box_overlaps(pred_xyxy, gt_xyxy, mode=self.iou_mode)  # (prod(...) * Q, G)
         return -overlaps.reshape(*lead, num_queries, gt_boxes.shape[0])
 

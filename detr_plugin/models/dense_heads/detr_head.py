@@ -3,7 +3,6 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from mmdet.structures import SampleList
-from mmdet.structures.bbox import bbox_cxcywh_to_xyxy, bbox_xyxy_to_cxcywh
 from mmdet.utils import InstanceList, reduce_mean
 from mmengine.model import BaseModule
 from mmengine.structures import InstanceData
@@ -11,7 +10,7 @@ from torch import Tensor, nn
 
 from detr_plugin.registry import MODELS, TASK_UTILS, build_in_scope
 from ..layers import MLP
-from ..task_modules import Matches
+from ..task_modules import Matches, cxcywh_to_xyxy, xyxy_to_cxcywh
 
 
 def at_least_float32(x: Tensor) -> Tensor:
@@ -143,7 +142,7 @@ class DETRHead(BaseModule):
         for sample, scale in zip(batch_data_samples, scales):
             gt_boxes = sample.gt_instances.bboxes
             gt_boxes = gt_boxes.tensor if hasattr(gt_boxes, 'tensor') else gt_boxes
-            boxes.append(bbox_xyxy_to_cxcywh(gt_boxes.to(dtype) / scale))
+            boxes.append(xyxy_to_cxcywh(gt_boxes.to(dtype) / scale))
             labels.append(sample.gt_instances.labels.long())
         return GroundTruth(labels, boxes, torch.cat(labels), torch.cat(boxes).reshape(-1, 4))
 
@@ -184,11 +183,11 @@ class DETRHead(BaseModule):
         pred = boxes.flatten(0, 2)[matches.pred_index]  # (M, 4)
         target = gt.all_boxes[matches.gt_index]
         l1 = self.loss_bbox(pred, target, reduction_override='none').sum(-1)
-        iou = self.loss_iou(bbox_cxcywh_to_xyxy(pred), bbox_cxcywh_to_xyxy(target),
-                            reduction_override='none')
+        pred_xyxy, target_xyxy = cxcywh_to_xyxy(torch.stack([pred, target]))  # one conversion
+        iou = self.loss_iou(pred_xyxy, target_xyxy, reduction_override='none')
         layer = matches.pred_index // boxes[0, ..., 0].numel()
         per_layer = boxes.new_zeros(2, num_layers).index_add_(1, layer, torch.stack((l1, iou)))
-        return per_layer[0] / num_boxes, per_layer[1] / num_boxes
+        return (per_layer / num_boxes).unbind()
 
     @staticmethod
     def name_losses(**per_layer: Tensor) -> Dict[str, Tensor]:
@@ -230,7 +229,7 @@ class DETRHead(BaseModule):
         """(n, 4) normalized cxcywh -> (n, 4) xyxy pixels, clamped to the image, optionally
         mapped back to the original image size."""
         frame_h, frame_w = cls.frame_size(metainfo)
-        boxes = bbox_cxcywh_to_xyxy(boxes) * boxes.new_tensor([frame_w, frame_h, frame_w, frame_h])
+        boxes = cxcywh_to_xyxy(boxes) * boxes.new_tensor([frame_w, frame_h, frame_w, frame_h])
         h, w = metainfo['img_shape'][:2]
         boxes[:, 0::2].clamp_(0, w)
         boxes[:, 1::2].clamp_(0, h)

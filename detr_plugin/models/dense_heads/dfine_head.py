@@ -5,7 +5,6 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from mmdet.models.layers import inverse_sigmoid
-from mmdet.structures.bbox import bbox_cxcywh_to_xyxy
 from mmdet.utils import reduce_mean
 from torch import Tensor, nn
 
@@ -15,7 +14,7 @@ from ..layers.box_distribution import (boxes_to_bins, distances_to_boxes,
                                        distribution_to_distances, weighting_function)
 from ..layers.predictions import DetectionOutputs, LayerPrediction
 from ..losses.decoupled_distillation import DistillationBalance, distillation_balance
-from ..task_modules import Matches, box_overlaps
+from ..task_modules import Matches, box_overlaps, cxcywh_to_xyxy
 from ..task_modules.matching_union import matching_union
 from .detr_head import GroundTruth, at_least_float32
 from .rtdetr_head import RTDETRHead
@@ -269,13 +268,13 @@ class DFINEHead(RTDETRHead):
             num_matched: FGL's normaliser.
             balance: DDF's mixing weights of matched and unmatched queries.
         """
-        target = bbox_cxcywh_to_xyxy(gt.all_boxes[gt_index])  # (M, 4)
+        target = cxcywh_to_xyxy(gt.all_boxes[gt_index])  # (M, 4)
         bins = boxes_to_bins(reference.flatten(0, 1)[pred_index], target, self.reg_max,
                              self.reg_scale, self.up)
+        matched = cxcywh_to_xyxy(boxes.detach().flatten(1, 2)[:, pred_index])  # (L, M, 4)
+        all_ious = box_overlaps(matched, target, is_aligned=True)  # (L, M), every layer at once
         fgl, ddf = [], []
-        for i, (layer_corners, layer_boxes) in enumerate(zip(corners, boxes)):
-            matched = bbox_cxcywh_to_xyxy(layer_boxes.flatten(0, 1)[pred_index])
-            ious = box_overlaps(matched, target, is_aligned=True).detach()
+        for i, (layer_corners, ious) in enumerate(zip(corners, all_ious)):
             fgl.append(self.loss_fgl(layer_corners.flatten(0, 1)[pred_index], bins, ious,
                                      avg_factor=num_matched))
             if i < len(corners) - 1:

@@ -5,7 +5,6 @@ from typing import Dict, Optional, Tuple
 import torch
 from mmdet.models.layers import inverse_sigmoid
 from mmdet.structures import SampleList
-from mmdet.structures.bbox import bbox_cxcywh_to_xyxy
 from mmdet.utils import InstanceList
 from torch import Tensor, nn
 
@@ -13,7 +12,7 @@ from detr_plugin.registry import MODELS
 from ..layers import MLP
 from ..layers.denoising import DenoisingGroups
 from ..layers.predictions import DetectionOutputs, LayerPrediction
-from ..task_modules import Matches, box_overlaps
+from ..task_modules import Matches, box_overlaps, cxcywh_to_xyxy
 from .detr_head import DETRHead, GroundTruth, at_least_float32
 
 
@@ -180,8 +179,8 @@ class RTDETRHead(DETRHead):
         labels = self.classification_targets(cls_logits, gt, matches)  # (L, bs, Q)
         ious = cls_logits.new_zeros(labels.numel())
         if len(matches.pred_index):
-            pred = bbox_cxcywh_to_xyxy(boxes.detach().flatten(0, 2)[matches.pred_index])
-            target = bbox_cxcywh_to_xyxy(gt.all_boxes[matches.gt_index])
+            pred = boxes.detach().flatten(0, 2)[matches.pred_index]
+            pred, target = cxcywh_to_xyxy(torch.stack([pred, gt.all_boxes[matches.gt_index]]))
             ious[matches.pred_index] = box_overlaps(pred, target, is_aligned=True).to(ious.dtype)
         loss = self.loss_cls(cls_logits.flatten(0, 2), labels.flatten(), ious,
                              reduction_override='none')  # (L * bs * Q, K)

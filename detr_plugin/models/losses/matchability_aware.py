@@ -8,6 +8,7 @@ uses gamma = 1.5). The head divides the summed loss by the number of gt boxes.
 """
 from typing import Optional
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -29,14 +30,14 @@ def matchability_aware_loss(logits: Tensor, labels: Tensor, ious: Tensor, gamma:
     Returns:
         (N, K) loss of every logit.
     """
-    num_classes = logits.shape[-1]
-    one_hot = F.one_hot(labels, num_classes + 1)[..., :num_classes].to(logits.dtype)  # (N, K)
-    target = (one_hot * ious.detach()[..., None].to(logits.dtype)).pow(gamma)
-    negative_weight = logits.detach().sigmoid().pow(gamma) * (1 - one_hot)
+    # the matched class, none where labels == K (selected, not multiplied by a one-hot)
+    positive = labels[..., None] == torch.arange(logits.shape[-1], device=labels.device)  # (N, K)
+    target = torch.where(positive, ious.detach()[..., None].to(logits.dtype).pow(gamma), 0.0)
+    negative_weight = logits.detach().sigmoid().pow(gamma)
     if alpha is not None:
         negative_weight = alpha * negative_weight
-    return F.binary_cross_entropy_with_logits(logits, target, weight=negative_weight + one_hot,
-                                              reduction='none')
+    weight = torch.where(positive, 1.0, negative_weight)
+    return F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction='none')
 
 
 @MODELS.register_module()

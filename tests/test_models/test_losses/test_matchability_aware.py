@@ -58,3 +58,32 @@ def test_module_reductions_and_gradient():
         MatchabilityAwareLoss(reduction='max')
     with pytest.raises(ValueError, match='matchability_aware'):
         loss(logits, labels[:2], ious)
+
+
+def one_hot_mal(logits, labels, ious, gamma, alpha):
+    """DEIM's own formulation: target and weight from a one-hot of the labels."""
+    one_hot = torch.nn.functional.one_hot(labels, logits.shape[-1] + 1)[:, :-1].to(logits.dtype)
+    target = (one_hot * ious[:, None]).pow(gamma)
+    negative_weight = logits.detach().sigmoid().pow(gamma) * (1 - one_hot)
+    if alpha is not None:
+        negative_weight = alpha * negative_weight
+    return torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, target, weight=negative_weight + one_hot, reduction='none')
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('alpha', [None, 0.25])
+def test_bitwise_equal_to_the_one_hot_formula_values_and_gradients(dtype, alpha):
+    g = torch.Generator().manual_seed(0)
+    logits = (4 * torch.randn(200, 7, generator=g, dtype=dtype)).requires_grad_()
+    labels = torch.randint(0, 8, (200,), generator=g)  # 7 = no object
+    ious = torch.rand(200, generator=g, dtype=dtype)
+    ious[:10] = 0
+    ious[10:20] = 1
+    ours = matchability_aware_loss(logits, labels, ious, 1.5, alpha)
+    reference = one_hot_mal(logits, labels, ious, 1.5, alpha)
+    assert torch.equal(ours, reference)
+    weights = torch.rand(ours.shape, generator=g, dtype=dtype)
+    ours_grad, = torch.autograd.grad((ours * weights).sum(), logits)
+    reference_grad, = torch.autograd.grad((reference * weights).sum(), logits)
+    assert torch.equal(ours_grad, reference_grad)

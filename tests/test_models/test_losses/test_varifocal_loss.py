@@ -65,3 +65,29 @@ def test_bad_inputs():
         RTDETRVarifocalLoss(reduction='max')
     with pytest.raises(ValueError, match='expected logits'):
         loss(torch.zeros(2, 3), torch.zeros(3, dtype=torch.long), torch.zeros(3))
+
+
+def one_hot_vfl(logits, labels, ious, alpha=0.75, gamma=2.0):
+    """RT-DETR's own formulation: target and weight from a one-hot of the labels."""
+    one_hot = torch.nn.functional.one_hot(labels, logits.shape[-1] + 1)[:, :-1].to(logits.dtype)
+    target = one_hot * ious[:, None]
+    weight = alpha * logits.detach().sigmoid().pow(gamma) * (1 - one_hot) + target
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits, target, weight=weight,
+                                                                reduction='none')
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_bitwise_equal_to_the_one_hot_formula_values_and_gradients(dtype):
+    g = torch.Generator().manual_seed(0)
+    logits = (4 * torch.randn(200, 7, generator=g, dtype=dtype)).requires_grad_()
+    labels = torch.randint(0, 8, (200,), generator=g)  # 7 = no object
+    ious = torch.rand(200, generator=g, dtype=dtype)
+    ious[:10] = 0
+    ious[10:20] = 1
+    ours = RTDETRVarifocalLoss(reduction='none')(logits, labels, ious)
+    reference = one_hot_vfl(logits, labels, ious)
+    assert torch.equal(ours, reference)
+    weights = torch.rand(ours.shape, generator=g, dtype=dtype)
+    ours_grad, = torch.autograd.grad((ours * weights).sum(), logits)
+    reference_grad, = torch.autograd.grad((reference * weights).sum(), logits)
+    assert torch.equal(ours_grad, reference_grad)

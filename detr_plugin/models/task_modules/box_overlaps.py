@@ -39,7 +39,8 @@ def _corners(boxes1: Tensor, boxes2: Tensor, is_aligned: bool,
     boxes1, boxes2 = boxes1[..., :, None, :], boxes2[..., None, :, :]  # every pair
     top_left1, bottom_right1 = boxes1[..., :2], boxes1[..., 2:]
     top_left2, bottom_right2 = boxes2[..., :2], boxes2[..., 2:]
-    low_br, high_tl = torch.minimum(bottom_right1, bottom_right2), torch.maximum(top_left1, top_left2)
+    low_br = torch.minimum(bottom_right1, bottom_right2)
+    high_tl = torch.maximum(top_left1, top_left2)
     if not enclose:
         return low_br, high_tl, None, None
     return (low_br, high_tl, torch.minimum(top_left1, top_left2),

@@ -7,8 +7,9 @@ from detr_plugin.models.task_modules import cxcywh_to_xyxy, xyxy_to_cxcywh
 
 
 def test_hand_computed_box():
-    assert torch.equal(cxcywh_to_xyxy(torch.tensor([2., 3., 4., 2.])), torch.tensor([0., 2., 4., 4.]))
-    assert torch.equal(xyxy_to_cxcywh(torch.tensor([0., 2., 4., 4.])), torch.tensor([2., 3., 4., 2.]))
+    cxcywh, xyxy = torch.tensor([2., 3., 4., 2.]), torch.tensor([0., 2., 4., 4.])
+    assert torch.equal(cxcywh_to_xyxy(cxcywh), xyxy)
+    assert torch.equal(xyxy_to_cxcywh(xyxy), cxcywh)
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])

@@ -15,8 +15,9 @@ from typing import List, NamedTuple, Sequence
 
 import torch
 from mmdet.models.layers import inverse_sigmoid
-from mmdet.structures.bbox import bbox_cxcywh_to_xyxy, bbox_xyxy_to_cxcywh
 from torch import Tensor, nn
+
+from ..task_modules.box_transforms import cxcywh_to_xyxy, xyxy_to_cxcywh
 
 # box of the padding queries of a batch without gts: any valid box (cxcywh, normalized)
 EMPTY_BATCH_BOX = (0.5, 0.5, 0.1, 0.1)
@@ -138,8 +139,8 @@ class ContrastiveDenoising(nn.Module):
             half_size = boxes[..., 2:].repeat(1, 1, 2) * 0.5 * self.box_noise_scale  # (bs, D, 4)
             sign = torch.randint_like(boxes, 0, 2) * 2.0 - 1.0
             magnitude = torch.rand_like(boxes) + is_negative[None, :, None].to(boxes.dtype)
-            corners = bbox_cxcywh_to_xyxy(boxes) + sign * magnitude * half_size
-            boxes = bbox_xyxy_to_cxcywh(corners.clamp(0.0, 1.0))
+            corners = cxcywh_to_xyxy(boxes) + sign * magnitude * half_size
+            boxes = xyxy_to_cxcywh(corners.clamp(0.0, 1.0))
             if self.absolute_sizes:
                 boxes = boxes.abs()
         return inverse_sigmoid(boxes, eps=1e-5)

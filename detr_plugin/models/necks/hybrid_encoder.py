@@ -8,6 +8,7 @@ pass (1x1 lateral conv, nearest upsampling, concat, fusion block) then a bottom-
 downsampling a 3x3 stride-2 conv; D-FINE (and DEIM, which trains the D-FINE models) fuses with
 RepNCSPELAN4, downsamples with SCDown and has no activation after the lateral convs.
 """
+from collections import OrderedDict
 from typing import List, Sequence, Tuple
 
 import torch
@@ -41,6 +42,43 @@ def sincos_position_embedding(h: int, w: int, embed_dims: int, temperature: floa
     omega = 1. / temperature ** (torch.arange(quarter, dtype=torch.float32, device=device) / quarter)
     angles_u, angles_v = u * omega, v * omega  # (h * w, quarter)
     return torch.cat([angles_u.sin(), angles_u.cos(), angles_v.sin(), angles_v.cos()], 1)[None]
+
+
+class SinCosEmbeddings(nn.Module):
+    """:func:`sincos_position_embedding` of the map sizes asked for, kept for the last ``size``
+    (h, w, dtype, device) (multi-scale training's sizes stay cached: RT-DETR's schedule has 11).
+
+    Made once per key, so that an encoder asking on every forward launches nothing for it after
+    the first call (no host -> device copy either: capturable in a CUDA graph). Plain attributes,
+    not buffers: never saved, moved by ``.to()`` or broadcast by DDP.
+
+    Args:
+        embed_dims / temperature: as in :func:`sincos_position_embedding`.
+        size: how many embeddings to keep; the least recently used one is dropped first.
+    """
+
+    def __init__(self, embed_dims: int, temperature: float = 10000., size: int = 16) -> None:
+        super().__init__()
+        self.embed_dims = embed_dims
+        self.temperature = temperature
+        self.size = size
+        # (h, w, dtype, device) -> (1, h * w, embed_dims), least recently used first
+        self.embeddings: OrderedDict = OrderedDict()
+
+    def forward(self, h: int, w: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """The (1, h * w, embed_dims) embedding in ``dtype`` (computed in float32, then cast) on
+        ``device``. A shared tensor: not to be modified in place."""
+        key = (h, w, dtype, device)
+        if key in self.embeddings:
+            self.embeddings.move_to_end(key)
+            return self.embeddings[key]
+        # a normal tensor even when first made under inference mode: training reuses it
+        with torch.inference_mode(False):
+            pos = sincos_position_embedding(h, w, self.embed_dims, self.temperature, device)
+            self.embeddings[key] = pos.to(dtype)
+        if len(self.embeddings) > self.size:
+            self.embeddings.popitem(last=False)
+        return self.embeddings[key]
 
 
 @MODELS.register_module()
@@ -82,7 +120,7 @@ class HybridEncoder(nn.Module):
         self.in_channels = list(in_channels)
         self.embed_dims = embed_dims
         self.encoder_levels = list(encoder_levels)
-        self.pe_temperature = pe_temperature
+        self.position_embeddings = SinCosEmbeddings(embed_dims, pe_temperature)
         self.input_proj = nn.ModuleList(
             nn.Sequential(nn.Conv2d(c, embed_dims, 1, bias=False), nn.BatchNorm2d(embed_dims))
             for c in in_channels)
@@ -134,8 +172,8 @@ class HybridEncoder(nn.Module):
         """AIFI: self-attention among the tokens of one level. (bs, C, H, W) -> (bs, C, H, W)."""
         bs, c, h, w = feat.shape
         tokens = feat.flatten(2).transpose(1, 2)  # (bs, H * W, C)
-        pos = sincos_position_embedding(h, w, c, self.pe_temperature, feat.device)
-        tokens = encoder(tokens, pos.to(tokens.dtype), None)
+        pos = self.position_embeddings(h, w, tokens.dtype, feat.device)
+        tokens = encoder(tokens, pos, None)
         layout = (torch.channels_last if feat.is_contiguous(memory_format=torch.channels_last)
                   else torch.contiguous_format)  # the level's own layout (a channels-last model)
         return tokens.transpose(1, 2).reshape(bs, c, h, w).contiguous(memory_format=layout)

@@ -8,6 +8,7 @@ from mmengine.config import Config
 
 from detr_plugin.models.layers.csp_rep_layer import CSPRepLayer, RepVggBlock
 from detr_plugin.models.necks import HybridEncoder, sincos_position_embedding
+from detr_plugin.models.necks.hybrid_encoder import SinCosEmbeddings
 
 
 def test_sincos_embedding_by_hand():
@@ -34,6 +35,60 @@ def test_sincos_frequencies_round_as_the_originals():
     omega = 1. / 10000. ** (torch.arange(quarter, dtype=torch.float32) / quarter)  # the original's
     pos = sincos_position_embedding(1, 2, 4 * quarter, 10000.)  # token 1: u = 1, v = 0
     assert torch.equal(pos[0, 1, :quarter], (1.0 * omega).sin())
+
+
+def test_kept_embeddings_equal_fresh_ones_and_are_reused():
+    cache, cpu = SinCosEmbeddings(8, 100.), torch.device('cpu')
+    with torch.inference_mode():
+        first = cache(2, 3, torch.float32, cpu)
+    assert not first.is_inference()  # training may reuse what inference made
+    assert torch.equal(first, sincos_position_embedding(2, 3, 8, 100.))
+    assert cache(2, 3, torch.float32, cpu) is first
+    double = cache(2, 3, torch.float64, cpu)  # the float32 values cast, as the encoder did
+    assert double.dtype == torch.float64
+    assert torch.equal(double, sincos_position_embedding(2, 3, 8, 100.).double())
+    assert cache(3, 2, torch.float32, cpu).shape == (1, 6, 8)
+    assert not list(cache.buffers()) and not cache.state_dict()
+
+
+def test_kept_embeddings_are_the_last_size_asked_for():
+    cache, cpu = SinCosEmbeddings(4, size=2), torch.device('cpu')
+    first_a, first_b = cache(1, 1, torch.float32, cpu), cache(2, 2, torch.float32, cpu)
+    assert cache(1, 1, torch.float32, cpu) is first_a  # a is now the most recently used
+    cache(3, 3, torch.float32, cpu)  # drops b
+    assert cache(1, 1, torch.float32, cpu) is first_a
+    again_b = cache(2, 2, torch.float32, cpu)
+    assert again_b is not first_b and torch.equal(again_b, first_b)
+    assert len(cache.embeddings) == 2
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_encoder_output_and_gradients_with_kept_embeddings(dtype):
+    """The encoder against its stages by hand with a freshly computed embedding, bitwise, on the
+    first (embedding made) and second (embedding reused) forward."""
+    torch.manual_seed(0)
+    neck = HybridEncoder(in_channels=[4, 6], embed_dims=8, num_heads=2, ffn_dims=16,
+                         encoder_levels=[0, 1], depth_mult=1 / 3).to(dtype)
+    feats = [torch.randn(2, c, s, s + 1, dtype=dtype) for c, s in ((4, 4), (6, 2))]
+
+    def by_hand():
+        proj = [p(f) for p, f in zip(neck.input_proj, feats)]
+        for encoder, level in zip(neck.encoder, neck.encoder_levels):
+            bs, c, h, w = proj[level].shape
+            pos = sincos_position_embedding(h, w, c).to(dtype)
+            tokens = encoder(proj[level].flatten(2).transpose(1, 2), pos, None)
+            proj[level] = tokens.transpose(1, 2).reshape(bs, c, h, w).contiguous()
+        return neck.cross_scale_fusion(proj)
+
+    for _ in range(2):
+        got, expected = neck(feats), by_hand()
+        params = list(neck.parameters())
+        for out, ref in zip(got, expected):
+            assert torch.equal(out, ref)
+        grads = torch.autograd.grad(sum(o.square().sum() for o in got), params)
+        ref_grads = torch.autograd.grad(sum(o.square().sum() for o in expected), params)
+        assert all(torch.equal(g, r) for g, r in zip(grads, ref_grads))
+    assert len(neck.position_embeddings.embeddings) == 2  # one per encoded level
 
 
 def bn_eval(x, bn):

@@ -269,8 +269,8 @@ class DFINEHead(RTDETRHead):
             balance: DDF's mixing weights of matched and unmatched queries.
         """
         target = cxcywh_to_xyxy(gt.all_boxes[gt_index])  # (M, 4)
-        bins = boxes_to_bins(reference.flatten(0, 1)[pred_index], target, self.reg_max,
-                             self.reg_scale, self.up)
+        bins = boxes_to_bins(reference.flatten(0, 1)[pred_index], target, self.bin_weights(),
+                             self.reg_scale)
         matched = cxcywh_to_xyxy(boxes.detach().flatten(1, 2)[:, pred_index])  # (L, M, 4)
         all_ious = box_overlaps(matched, target, is_aligned=True)  # (L, M), every layer at once
         fgl, ddf = [], []

@@ -88,8 +88,8 @@ def distances_to_boxes(reference: Tensor, distances: Tensor, reg_scale: Tensor) 
 
 
 @torch.no_grad()
-def boxes_to_bins(reference: Tensor, boxes_xyxy: Tensor, reg_max: int, reg_scale: Tensor,
-                  up: Tensor, eps: float = 0.1) -> BinTargets:
+def boxes_to_bins(reference: Tensor, boxes_xyxy: Tensor, weights: Tensor, reg_scale: Tensor,
+                  eps: float = 0.1) -> BinTargets:
     """Two-bin targets of gt boxes relative to reference boxes (inverse of the decoding above).
 
     Each gt edge offset ``d`` (in W units) gets left bin ``n`` = the largest with W(n) <= d and
@@ -100,29 +100,29 @@ def boxes_to_bins(reference: Tensor, boxes_xyxy: Tensor, reg_max: int, reg_scale
     Args:
         reference: (N, 4) cxcywh reference boxes.
         boxes_xyxy: (N, 4) gt boxes, xyxy, same coordinates as ``reference``.
-        reg_max, reg_scale, up: as in :func:`weighting_function`.
+        weights: (reg_max + 1,) W(n) from :func:`weighting_function` (the head's cached table).
+        reg_scale: (1,) or scalar; its absolute value is used.
         eps: keeps ``index`` below reg_max.
     Returns:
         :class:`BinTargets` with 4 * N entries, box-major (box 0's left, top, right, bottom,
         then box 1's, ...).
     """
+    reg_max = weights.shape[0] - 1
     scale = reg_scale.abs()
     centre, size = reference[:, :2], reference[:, 2:]
     unit = size / scale + 1e-16
-    near = (centre - boxes_xyxy[:, :2]) / unit - 0.5 * scale   # left, top
-    far = (boxes_xyxy[:, 2:] - centre) / unit - 0.5 * scale    # right, bottom
-    offsets = torch.stack([near[:, 0], near[:, 1], far[:, 0], far[:, 1]], -1).reshape(-1)
+    # (N, 2, 2): the left and top edges' distances from the centre, then the right and bottom's
+    reach = (torch.cat([centre, boxes_xyxy[:, 2:]], 1)
+             - torch.cat([boxes_xyxy[:, :2], centre], 1)).unflatten(1, (2, 2))
+    offsets = (reach / unit[:, None] - 0.5 * scale).reshape(-1)
 
-    values = weighting_function(reg_max, up, reg_scale)
-    # largest n with W(n) <= offset: -1 below W(0), reg_max at or above W(reg_max)
-    left = (values[None, :] <= offsets[:, None]).sum(1) - 1
-    inside = (left >= 0) & (left < reg_max)
-    safe = left.clamp(0, reg_max - 1)
-    to_left = (offsets - values[safe]).abs()
-    to_right = (values[safe + 1] - offsets).abs()
-    interp_right = to_left / (to_left + to_right)
-    weight_right = torch.where(inside, interp_right, (left >= reg_max).to(offsets.dtype))
-    weight_left = torch.where(inside, 1 - interp_right, (left < 0).to(offsets.dtype))
-    index = torch.where(left >= reg_max, torch.full_like(offsets, reg_max - 0.1),
-                        left.clamp(min=0).to(offsets.dtype))
-    return BinTargets(index.clamp(0, reg_max - eps), weight_right, weight_left)
+    # bins at or below each offset: 0 below W(0), reg_max + 1 at or above W(reg_max)
+    count = (weights[None, :] <= offsets[:, None]).sum(1)
+    left = (count - 1).clamp(0, reg_max - 1)
+    # |d - W(n)|, |W(n + 1) - d| in one subtraction of the neighbouring pair (negation is exact)
+    gaps = (weights.unfold(0, 2, 1)[left] - offsets[:, None]).abs()
+    above = count > reg_max
+    weight_right = (gaps[:, 0] / (gaps[:, 0] + gaps[:, 1])).masked_fill(count == 0, 0)
+    weight_right = weight_right.masked_fill(above, 1)
+    index = left.to(offsets.dtype).masked_fill(above, reg_max - 0.1)
+    return BinTargets(index.clamp(0, reg_max - eps), weight_right, 1 - weight_right)

@@ -133,8 +133,7 @@ def _edge_case(offsets):
 
 
 def _bins(ref, gt, reg_max=32, eps=0.1):
-    return boxes_to_bins(ref, gt, reg_max, torch.tensor([4.0], dtype=F64),
-                         torch.tensor([0.5], dtype=F64), eps)
+    return boxes_to_bins(ref, gt, _w(reg_max), torch.tensor([4.0], dtype=F64), eps)
 
 
 def test_boxes_to_bins_hand_cases():
@@ -182,7 +181,7 @@ def test_decoding_two_bin_targets_recovers_the_box():
     gt_cxcywh = distances_to_boxes(ref, offsets, scale)
     centre, half = gt_cxcywh[:, :2], gt_cxcywh[:, 2:] / 2
     gt = torch.cat([centre - half, centre + half], 1)
-    bins = boxes_to_bins(ref, gt, reg_max, scale, up)
+    bins = boxes_to_bins(ref, gt, w, scale)
     left = bins.index.long()
     assert (w[left] <= offsets.reshape(-1) + 1e-12).all()
     assert (w[left + 1] > offsets.reshape(-1) - 1e-12).all()
@@ -194,3 +193,53 @@ def test_decoding_two_bin_targets_recovers_the_box():
     torch.testing.assert_close(decoded, offsets, rtol=0, atol=1e-9)
     torch.testing.assert_close(distances_to_boxes(ref, decoded, scale), gt_cxcywh, rtol=0,
                                atol=1e-9)
+
+
+def _previous_boxes_to_bins(reference, boxes_xyxy, reg_max, reg_scale, up, eps=0.1):
+    """The earlier implementation (per-edge stack, where-based weights), kept as the reference
+    of the fused one."""
+    scale = reg_scale.abs()
+    centre, size = reference[:, :2], reference[:, 2:]
+    unit = size / scale + 1e-16
+    near = (centre - boxes_xyxy[:, :2]) / unit - 0.5 * scale
+    far = (boxes_xyxy[:, 2:] - centre) / unit - 0.5 * scale
+    offsets = torch.stack([near[:, 0], near[:, 1], far[:, 0], far[:, 1]], -1).reshape(-1)
+    values = weighting_function(reg_max, up, reg_scale)
+    left = (values[None, :] <= offsets[:, None]).sum(1) - 1
+    inside = (left >= 0) & (left < reg_max)
+    safe = left.clamp(0, reg_max - 1)
+    to_left = (offsets - values[safe]).abs()
+    to_right = (values[safe + 1] - offsets).abs()
+    interp_right = to_left / (to_left + to_right)
+    weight_right = torch.where(inside, interp_right, (left >= reg_max).to(offsets.dtype))
+    weight_left = torch.where(inside, 1 - interp_right, (left < 0).to(offsets.dtype))
+    index = torch.where(left >= reg_max, torch.full_like(offsets, reg_max - 0.1),
+                        left.clamp(min=0).to(offsets.dtype))
+    return index.clamp(0, reg_max - eps), weight_right, weight_left
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, F64])
+@pytest.mark.parametrize('reg_max,eps', [(32, 0.1), (8, 0.5)])
+def test_boxes_to_bins_bitwise_the_previous_implementation(dtype, reg_max, eps):
+    g = torch.Generator().manual_seed(0)
+    ref = torch.cat([torch.rand(200, 2, generator=g), torch.rand(200, 2, generator=g) * 0.5
+                     + 0.01], 1).to(dtype)
+    centre, half = ref[:, :2], ref[:, 2:] / 2
+    # gt edges from far inside to far outside the W range (|W| <= 4 units of size / 4)
+    spread = (torch.rand(200, 4, generator=g) * 6 - 1.5).to(dtype)
+    gt = torch.cat([centre - half * spread[:, :2], centre + half * spread[:, 2:]], 1)
+    up, scale = torch.tensor([0.5], dtype=dtype), torch.tensor([4.0], dtype=dtype)
+    w = weighting_function(reg_max, up, scale)
+    # edges exactly on bins, at both ends and beyond them: offset d -> edge at centre -+ ...
+    exact = torch.cat([w, w[:1] - 1, w[-1:] + 1])[:, None].expand(-1, 4)
+    ref_exact = torch.tensor([[0.0, 0.0, 16.0, 16.0]], dtype=dtype).expand(len(exact), 4)
+    gt_exact = torch.cat([-(2 + exact[:, :2]) * 4, (2 + exact[:, 2:]) * 4], 1)
+    ref, gt = torch.cat([ref, ref_exact]), torch.cat([gt, gt_exact])
+    ours = boxes_to_bins(ref, gt, w, scale, eps)
+    expected = _previous_boxes_to_bins(ref, gt, reg_max, scale, up, eps)
+    assert ours.weight_left.dtype == dtype
+    for got, want in zip(ours, expected):
+        assert torch.equal(got, want)
+    # every case occurs: below W(0), above W(reg_max), on a bin, strictly between two
+    assert (ours.weight_left == 1).any() and (ours.weight_right == 1).any()
+    assert ((ours.weight_right > 0) & (ours.weight_right < 1)).any()

@@ -272,15 +272,12 @@ class DFINEHead(RTDETRHead):
         bins = boxes_to_bins(reference.flatten(0, 1)[pred_index], target, self.bin_weights(),
                              self.reg_scale)
         matched = cxcywh_to_xyxy(boxes.detach().flatten(1, 2)[:, pred_index])  # (L, M, 4)
-        all_ious = box_overlaps(matched, target, is_aligned=True)  # (L, M), every layer at once
-        fgl, ddf = [], []
-        for i, (layer_corners, ious) in enumerate(zip(corners, all_ious)):
-            fgl.append(self.loss_fgl(layer_corners.flatten(0, 1)[pred_index], bins, ious,
-                                     avg_factor=num_matched))
-            if i < len(corners) - 1:
-                ddf.append(self.loss_ddf(layer_corners, corners[-1], logits[-1], pred_index,
-                                         ious, balance))
-        return torch.stack(fgl), torch.stack(ddf) if ddf else corners.new_zeros(0)
+        ious = box_overlaps(matched, target, is_aligned=True)  # (L, M), every layer at once
+        fgl = self.loss_fgl(corners.flatten(1, 2)[:, pred_index], bins, ious,
+                            avg_factor=num_matched)
+        ddf = [self.loss_ddf(layer_corners, corners[-1], logits[-1], pred_index, layer_ious,
+                             balance) for layer_corners, layer_ious in zip(corners[:-1], ious)]
+        return fgl, torch.stack(ddf) if ddf else corners.new_zeros(0)
 
     def named(self, terms: Dict[str, Tensor], loss_fgl: Tensor, loss_ddf: Tensor,
               prefix: str = '') -> Dict[str, Tensor]:

@@ -7,8 +7,9 @@ scaled by the IoU of the predicted box with its gt (all four edges share the box
 over edges, then divided by ``avg_factor`` (the head passes the number of gt boxes, or of the
 GO-LSD union matches, as the original does).
 """
-from typing import Optional
+from typing import Optional, Union
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -17,27 +18,37 @@ from detr_plugin.registry import MODELS
 
 
 def fine_grained_localization_loss(corners: Tensor, bins: BinTargets, ious: Tensor,
-                                   avg_factor: Optional[float] = None) -> Tensor:
-    """Sum over matched edges of ``iou * (w_left * CE(left bin) + w_right * CE(left bin + 1))``.
+                                   avg_factor: Optional[Union[float, Tensor]] = None) -> Tensor:
+    """Sum over matched edges of ``iou * (w_left * CE(left bin) + w_right * CE(left bin + 1))``,
+    for any number of leading (layer) dimensions sharing the same targets.
 
     Args:
-        corners: (M, 4 * (reg_max + 1)) bin logits of M matched queries, edges left, top, right,
-            bottom.
+        corners: (..., M, 4 * (reg_max + 1)) bin logits of M matched queries, edges left, top,
+            right, bottom.
         bins: targets of the M matched gts, 4 * M entries box-major (as ``boxes_to_bins``).
-        ious: (M,) IoU of each matched predicted box with its gt; no gradient flows through it.
+        ious: (..., M) IoU of each matched predicted box with its gt; no gradient flows through
+            it.
         avg_factor: divides the sum when given.
     Returns:
-        scalar loss.
+        (...) loss, a scalar for (M, 4 * (reg_max + 1)) corners.
     """
-    num_boxes = corners.shape[0]
-    if bins.index.shape != (4 * num_boxes,) or ious.shape != (num_boxes,):
+    num_boxes = corners.shape[-2]
+    if bins.index.shape != (4 * num_boxes,) or ious.shape != corners.shape[:-1]:
         raise ValueError(f'fine_grained_localization: expected 4 * {num_boxes} bin targets and '
-                         f'{num_boxes} ious, got {tuple(bins.index.shape)} and {tuple(ious.shape)}')
-    logits = corners.reshape(4 * num_boxes, corners.shape[-1] // 4)
+                         f'ious of shape {tuple(corners.shape[:-1])}, got '
+                         f'{tuple(bins.index.shape)} and {tuple(ious.shape)}')
+    logits = corners.reshape(*corners.shape[:-2], 4 * num_boxes, corners.shape[-1] // 4)
+    lead = (1,) * (logits.dim() - 2)
     left = bins.index.long()
-    loss = (F.cross_entropy(logits, left, reduction='none') * bins.weight_left
-            + F.cross_entropy(logits, left + 1, reduction='none') * bins.weight_right)
-    loss = (loss * ious.detach().to(loss.dtype).repeat_interleave(4)).sum()
+    # (2, ..., 4M, 1): the left then the right bin; the two cross-entropies are two
+    # log-softmaxes of the same logits (one kernel), as two F.cross_entropy calls would be, so
+    # each backpropagates on its own and the logits' gradient is their sum
+    targets = torch.stack([left, left + 1]).view(2, *lead, -1, 1).expand(2, *logits.shape[:-1], 1)
+    log_prob = F.log_softmax(logits.expand(2, *logits.shape), -1).gather(-1, targets)
+    weights = torch.stack([bins.weight_left, bins.weight_right]).view(2, *lead, -1)
+    per_bin = -(log_prob.squeeze(-1) * weights)  # (2, ..., 4M) weighted cross-entropies
+    per_edge = (per_bin[0] + per_bin[1]).unflatten(-1, (num_boxes, 4))
+    loss = (per_edge * ious.detach().to(per_edge.dtype)[..., None]).flatten(-2).sum(-1)
     return loss if avg_factor is None else loss / avg_factor
 
 
@@ -50,6 +61,7 @@ class FineGrainedLocalizationLoss(nn.Module):
         self.loss_weight = loss_weight
 
     def forward(self, corners: Tensor, bins: BinTargets, ious: Tensor,
-                avg_factor: Optional[float] = None) -> Tensor:
-        """corners (M, 4 * (reg_max + 1)), bins 4 * M entries, ious (M,): see the function."""
+                avg_factor: Optional[Union[float, Tensor]] = None) -> Tensor:
+        """corners (..., M, 4 * (reg_max + 1)), bins 4 * M entries, ious (..., M): see the
+        function."""
         return self.loss_weight * fine_grained_localization_loss(corners, bins, ious, avg_factor)

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from detr_plugin.models.layers.box_distribution import BinTargets
 from detr_plugin.models.losses import FineGrainedLocalizationLoss, fine_grained_localization_loss
@@ -49,3 +50,36 @@ def test_fgl_zero_matches_and_shape_check():
     assert loss.item() == 0.0 and loss.requires_grad
     with pytest.raises(ValueError, match='fine_grained_localization'):
         fine_grained_localization_loss(torch.zeros(2, 20), empty, torch.zeros(2))
+
+
+def _previous_fgl(corners, bins, ious, avg_factor):
+    """The earlier one-layer implementation (two F.cross_entropy calls, the original's form),
+    kept as the reference of the layer-batched one."""
+    logits = corners.reshape(4 * corners.shape[0], corners.shape[-1] // 4)
+    left = bins.index.long()
+    loss = (F.cross_entropy(logits, left, reduction='none') * bins.weight_left
+            + F.cross_entropy(logits, left + 1, reduction='none') * bins.weight_right)
+    return (loss * ious.detach().to(loss.dtype).repeat_interleave(4)).sum() / avg_factor
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, F64])
+def test_fgl_over_layers_bitwise_the_per_layer_loss(dtype):
+    """(L, M) layers at once: each layer's value and the logits' gradient are those of the
+    per-layer loss, bit for bit."""
+    g = torch.Generator().manual_seed(0)
+    num_layers, num_boxes, reg_max = 3, 70, 32
+    corners = (torch.randn(num_layers, num_boxes, 4 * (reg_max + 1), generator=g) * 3).to(dtype)
+    index = (torch.rand(4 * num_boxes, generator=g) * (reg_max - 0.1)).to(dtype)
+    index[:8] = torch.tensor([0.0, reg_max - 0.1] * 4, dtype=dtype)  # both ends
+    right = torch.rand(4 * num_boxes, generator=g).to(dtype)
+    bins = BinTargets(index, right, 1 - right)
+    ious = torch.rand(num_layers, num_boxes, generator=g).to(dtype)
+    avg = torch.tensor(17.0, dtype=dtype)
+    ours_in, ref_in = corners.clone().requires_grad_(), corners.clone().requires_grad_()
+    ours = FineGrainedLocalizationLoss(0.15)(ours_in, bins, ious, avg)
+    expected = torch.stack([0.15 * _previous_fgl(c, bins, i, avg) for c, i in zip(ref_in, ious)])
+    assert ours.shape == (num_layers,) and torch.equal(ours, expected)
+    upstream = torch.rand(num_layers, generator=g).to(dtype)
+    ours.backward(upstream)
+    expected.backward(upstream)
+    assert torch.equal(ours_in.grad, ref_in.grad)

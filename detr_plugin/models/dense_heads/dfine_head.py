@@ -275,9 +275,8 @@ class DFINEHead(RTDETRHead):
         ious = box_overlaps(matched, target, is_aligned=True)  # (L, M), every layer at once
         fgl = self.loss_fgl(corners.flatten(1, 2)[:, pred_index], bins, ious,
                             avg_factor=num_matched)
-        ddf = [self.loss_ddf(layer_corners, corners[-1], logits[-1], pred_index, layer_ious,
-                             balance) for layer_corners, layer_ious in zip(corners[:-1], ious)]
-        return fgl, torch.stack(ddf) if ddf else corners.new_zeros(0)
+        ddf = self.loss_ddf(corners[:-1], corners[-1], logits[-1], pred_index, ious[:-1], balance)
+        return fgl, ddf
 
     def named(self, terms: Dict[str, Tensor], loss_fgl: Tensor, loss_ddf: Tensor,
               prefix: str = '') -> Dict[str, Tensor]:

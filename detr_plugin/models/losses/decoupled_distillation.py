@@ -39,53 +39,52 @@ def decoupled_distillation_loss(corners: Tensor, teacher_corners: Tensor, teache
                                 matched_index: Tensor, matched_ious: Tensor,
                                 balance: Optional[DistillationBalance] = None,
                                 temperature: float = 5.0) -> Tensor:
-    """DDF of one layer's distributions against the teacher's.
+    """DDF of the distributions of one or more (leading dims, e.g. layers) students against the
+    teacher's.
 
     Args:
-        corners: (bs, Q, 4 * (reg_max + 1)) the layer's bin logits.
-        teacher_corners: same shape, the last layer's; no gradient flows into it.
+        corners: (..., bs, Q, 4 * (reg_max + 1)) the students' bin logits.
+        teacher_corners: (bs, Q, 4 * (reg_max + 1)) the last layer's; no gradient flows into it.
         teacher_logits: (bs, Q, K) the last layer's class logits.
         matched_index: (M,) long, distinct matched queries as indices into the flattened
             (bs * Q) grid, i.e. ``b * Q + query_idx``.
-        matched_ious: (M,) IoU of the layer's box at each matched query with its gt.
+        matched_ious: (..., M) IoU of each student's box at each matched query with its gt.
         balance: mixing weights; None computes them from this call's matches (the original's
             non-denoising call), which the denoising call must then be given.
         temperature: T.
     Returns:
-        scalar loss; exactly 0 (with a graph) when ``corners`` equals ``teacher_corners``, as for
-        the last layer itself.
+        (...) loss per student; exactly 0 (with a graph) where a student equals the teacher, as
+        for the last layer itself (checked on the device: no host wait).
     """
-    if torch.equal(corners, teacher_corners):
-        return corners.sum() * 0
-    bs, num_queries = corners.shape[:2]
-    num_bins = corners.shape[-1] // 4
-    weights = teacher_logits.detach().sigmoid().max(-1).values.reshape(-1)  # (bs * Q,)
-    weights[matched_index] = matched_ious.detach().to(weights.dtype)
-    matched = torch.zeros(bs * num_queries, dtype=torch.bool, device=corners.device)
+    bs, num_queries, width = teacher_corners.shape
+    num_grid, num_matched = bs * num_queries, matched_index.numel()
+    lead = corners.shape[:-3]
+    teacher_corners = teacher_corners.detach()
+    same = (corners == teacher_corners).flatten(-3).all(-1)  # (...)
+    # per-query weights: the teacher's confidence, each student's IoU at matched queries
+    confidence = teacher_logits.detach().sigmoid().max(-1).values.reshape(-1)  # (bs * Q,)
+    weights = confidence.repeat(*lead, 1)
+    weights[..., matched_index] = matched_ious.detach().to(weights.dtype)
+    matched = torch.zeros(num_grid, dtype=torch.bool, device=corners.device)
     matched.index_fill_(0, matched_index, True)  # a scalar argument, not a host tensor to copy
     if balance is None:
         balance = distillation_balance(matched.reshape(bs, num_queries))
 
-    student = F.log_softmax(corners.reshape(-1, num_bins) / temperature, dim=1)
-    teacher = F.softmax(teacher_corners.detach().reshape(-1, num_bins) / temperature, dim=1)
-    kl = F.kl_div(student, teacher, reduction='none').sum(-1)  # (bs * Q * 4,)
-    loss = weights.repeat_interleave(4) * temperature ** 2 * kl
-    # the matched and unmatched queries in ascending order, as a boolean mask would select them,
-    # with counts known on the host (no wait for the GPU)
-    num_matched = matched_index.numel()
-    by_mask = torch.sort(matched.to(torch.uint8), stable=True).indices  # unmatched first
-    matched_mean = (edge_mean(loss, by_mask[bs * num_queries - num_matched:])
-                    if num_matched else 0)
-    unmatched_mean = (edge_mean(loss, by_mask[:bs * num_queries - num_matched])
-                      if num_matched < bs * num_queries else 0)
-    return ((matched_mean * balance.matched + unmatched_mean * balance.unmatched)
-            / (balance.matched + balance.unmatched))
-
-
-def edge_mean(loss: Tensor, queries: Tensor) -> Tensor:
-    """Mean of the (bs * Q * 4,) per-edge ``loss`` over the 4 edges of each of ``queries`` (Z,)."""
-    edges = (queries[:, None] * 4 + torch.arange(4, device=queries.device)).flatten()
-    return loss[edges].mean()
+    num_bins = width // 4
+    student = F.log_softmax(corners.reshape(*lead, -1, num_bins) / temperature, dim=-1)
+    teacher = F.softmax(teacher_corners.reshape(-1, num_bins) / temperature, dim=-1)
+    kl = F.kl_div(student, teacher.expand_as(student), reduction='none').sum(-1)
+    loss = (weights * temperature ** 2)[..., None] * kl.unflatten(-1, (num_grid, 4))
+    # the unmatched then the matched queries in ascending order, edge by edge, as a boolean mask
+    # would select them, with counts known on the host (no wait for the GPU)
+    by_mask = torch.sort(matched.to(torch.uint8), stable=True).indices
+    edges = loss.index_select(-2, by_mask).flatten(-2)  # (..., bs * Q * 4)
+    split = 4 * (num_grid - num_matched)
+    matched_mean = edges[..., split:].mean(-1) if num_matched else 0
+    unmatched_mean = edges[..., :split].mean(-1) if split else 0
+    mixed = ((matched_mean * balance.matched + unmatched_mean * balance.unmatched)
+             / (balance.matched + balance.unmatched))
+    return mixed.masked_fill(same, 0)
 
 
 @MODELS.register_module()

@@ -44,14 +44,11 @@ ALLOWED = {
     # mmengine's OptimWrapper logs the gradient norm of clip_grad as a float
     SyncSite('item', 'mmengine/optim/optimizer/optimizer_wrapper.py:_clip_grad'): 1,
 }
-# D-FINE's on top (2 decoder layers): GO-LSD's matching union ranks the pairs on the host, as the
-# original does (its tie order is the CPU sort's); DDF checks whether the student is the teacher
-# (once per earlier layer and once for the denoising queries)
+# D-FINE's on top: GO-LSD's matching union ranks the pairs on the host, as the original does (its
+# tie order is the CPU sort's)
 DFINE_ALLOWED = {
     **ALLOWED,
     SyncSite('copy to host', 'detr_plugin/models/task_modules/matching_union.py:matching_union'): 1,
-    SyncSite('equal', 'detr_plugin/models/losses/decoupled_distillation.py:'
-                      'decoupled_distillation_loss'): 2,
 }
 
 

@@ -158,14 +158,15 @@ class DeformableDETRHead(DETRHead):
         gt = gt.class_agnostic()
         matches = self.match(cls_logits, boxes, gt)
         num_boxes = self.num_boxes_across_ranks(gt, like=boxes)
-        loss_cls = self.loss_cls_per_layer(cls_logits, boxes, gt, matches, num_boxes)
-        loss_bbox, loss_iou = self.loss_boxes_per_layer(boxes, gt, matches, num_boxes)
+        matched = self.matched_boxes(boxes, gt, matches)
+        loss_cls = self.loss_cls_per_layer(cls_logits, gt, matches, matched.ious, num_boxes)
+        loss_bbox, loss_iou = self.loss_boxes_per_layer(boxes, matched, matches, num_boxes)
         return dict(enc_loss_cls=loss_cls[0], enc_loss_bbox=loss_bbox[0], enc_loss_iou=loss_iou[0])
 
-    def loss_cls_per_layer(self, cls_logits: Tensor, boxes: Tensor, gt: GroundTruth,
-                           matches: Matches, num_boxes: Tensor) -> Tensor:
+    def loss_cls_per_layer(self, cls_logits: Tensor, gt: GroundTruth, matches: Matches,
+                           ious: Optional[Tensor], num_boxes: Tensor) -> Tensor:
         """(L,) sigmoid focal loss of each layer, summed over queries and classes / num_boxes.
-        Unmatched queries are negatives for every class."""
+        Unmatched queries are negatives for every class (``ious`` unused)."""
         labels = self.classification_targets(cls_logits, gt, matches)  # num_classes: background
         num_layers = cls_logits.shape[0]
         # in float32: half-precision logits lose the small probabilities the focal term weighs

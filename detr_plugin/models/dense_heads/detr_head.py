@@ -33,6 +33,15 @@ class GroundTruth(NamedTuple):
                            torch.zeros_like(self.all_labels), self.all_boxes)
 
 
+class MatchedBoxes(NamedTuple):
+    """The M matched (prediction, gt) pairs of a set of layers, as every loss term reads them."""
+    pred: Tensor              # (M, 4) cxcywh, the matched predictions, with gradient
+    target: Tensor            # (M, 4) cxcywh, their gts
+    iou_loss: Tensor          # (M,) the head's loss_iou of each pair (xyxy), with gradient
+    ious: Optional[Tensor]    # (M,) the pairs' IoUs, detached (IoU-aware class targets), or
+                              # None for a head whose class targets do not use them
+
+
 @MODELS.register_module()
 class DETRHead(BaseModule):
     """Class and box predictions for every query, the Hungarian set loss, and post-processing.
@@ -108,8 +117,9 @@ class DETRHead(BaseModule):
         cls_logits, boxes = at_least_float32(cls_logits), at_least_float32(boxes)
         matches = self.match(cls_logits, boxes, gt)
         num_boxes = self.num_boxes_across_ranks(gt, like=boxes)
-        loss_cls = self.loss_cls_per_layer(cls_logits, boxes, gt, matches, num_boxes)
-        loss_bbox, loss_iou = self.loss_boxes_per_layer(boxes, gt, matches, num_boxes)
+        matched = self.matched_boxes(boxes, gt, matches)
+        loss_cls = self.loss_cls_per_layer(cls_logits, gt, matches, matched.ious, num_boxes)
+        loss_bbox, loss_iou = self.loss_boxes_per_layer(boxes, matched, matches, num_boxes)
         return self.name_losses(loss_cls=loss_cls, loss_bbox=loss_bbox, loss_iou=loss_iou)
 
     @staticmethod
@@ -163,9 +173,20 @@ class DETRHead(BaseModule):
         labels.view(-1)[matches.pred_index] = gt.all_labels[matches.gt_index]
         return labels
 
-    def loss_cls_per_layer(self, cls_logits: Tensor, boxes: Tensor, gt: GroundTruth,
-                           matches: Matches, num_boxes: Tensor) -> Tensor:
-        """(L,) cross-entropy of each layer: a mean over queries weighted by class weight."""
+    def matched_boxes(self, boxes: Tensor, gt: GroundTruth, matches: Matches) -> MatchedBoxes:
+        """The matched pairs of (L, bs, Q, 4) cxcywh ``boxes``, indexed and converted once for
+        the box losses and the class targets, with their ``loss_iou`` (IoUs: None here)."""
+        pred = boxes.flatten(0, 2)[matches.pred_index]  # (M, 4)
+        target = gt.all_boxes[matches.gt_index]
+        pred_xyxy, target_xyxy = cxcywh_to_xyxy(torch.stack([pred, target]))  # one conversion
+        iou_loss = self.loss_iou(pred_xyxy, target_xyxy, reduction_override='none')
+        return MatchedBoxes(pred, target, iou_loss, None)
+
+    def loss_cls_per_layer(self, cls_logits: Tensor, gt: GroundTruth, matches: Matches,
+                           ious: Optional[Tensor], num_boxes: Tensor) -> Tensor:
+        """(L,) cross-entropy of each layer: a mean over queries weighted by class weight.
+        ``ious``, the matched pairs' (:class:`MatchedBoxes`), are unused: the targets are the
+        matched gts' labels."""
         labels = self.classification_targets(cls_logits, gt, matches)
         weights = torch.where(labels == self.num_classes, self.no_object_weight, 1.0).to(cls_logits.dtype)
         num_layers = cls_logits.shape[0]
@@ -173,20 +194,18 @@ class DETRHead(BaseModule):
                              reduction_override='none')
         return loss.view(num_layers, -1).sum(1) / weights.view(num_layers, -1).sum(1)
 
-    def loss_boxes_per_layer(self, boxes: Tensor, gt: GroundTruth, matches: Matches,
+    def loss_boxes_per_layer(self, boxes: Tensor, matched: MatchedBoxes, matches: Matches,
                              num_boxes: Tensor) -> Tuple[Tensor, Tensor]:
-        """(L,) L1 and (L,) IoU losses of each layer, summed over matched pairs / num_boxes."""
+        """(L,) L1 and (L,) IoU losses of each layer of (L, bs, Q, 4) ``boxes``, summed over the
+        ``matched`` pairs / num_boxes."""
         num_layers = boxes.shape[0]
         if len(matches.gt_index) == 0:  # keeps every box parameter in the graph (DDP needs it)
             zero = boxes.sum() * 0
             return zero.expand(num_layers), zero.expand(num_layers)
-        pred = boxes.flatten(0, 2)[matches.pred_index]  # (M, 4)
-        target = gt.all_boxes[matches.gt_index]
-        l1 = self.loss_bbox(pred, target, reduction_override='none').sum(-1)
-        pred_xyxy, target_xyxy = cxcywh_to_xyxy(torch.stack([pred, target]))  # one conversion
-        iou = self.loss_iou(pred_xyxy, target_xyxy, reduction_override='none')
+        l1 = self.loss_bbox(matched.pred, matched.target, reduction_override='none').sum(-1)
         layer = matches.pred_index // boxes[0, ..., 0].numel()
-        per_layer = boxes.new_zeros(2, num_layers).index_add_(1, layer, torch.stack((l1, iou)))
+        per_layer = boxes.new_zeros(2, num_layers).index_add_(
+            1, layer, torch.stack((l1, matched.iou_loss)))
         return (per_layer / num_boxes).unbind()
 
     @staticmethod

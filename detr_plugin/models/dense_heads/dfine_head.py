@@ -208,7 +208,8 @@ class DFINEHead(RTDETRHead):
         num_union = reduce_mean(torch.full((), float(len(pred_index)), dtype=boxes.dtype,
                                            device=boxes.device)).clamp(min=1.0)
         union = self.repeat_matches(pred_index, gt_index, num_layers + 2, bs * num_queries)
-        loss_bbox, loss_iou = self.loss_boxes_per_layer(all_boxes, gt, union, num_union)
+        loss_bbox, loss_iou = self.loss_boxes_per_layer(
+            all_boxes, self.matched_boxes(all_boxes, gt, union), union, num_union)
         reference = outputs.pre.boxes[0].detach()
         balance = distillation_balance(self.matched_mask(pred_index, bs, num_queries))
         loss_fgl, loss_ddf = self.local_losses(corners, logits, boxes, reference, gt, pred_index,
@@ -225,13 +226,16 @@ class DFINEHead(RTDETRHead):
         encoder is matched against its one class."""
         if not self.class_agnostic_encoder:
             matches = self.match(logits, boxes, gt)
-            return self.loss_cls_per_layer(logits, boxes, gt, matches, num_boxes), matches.pairs
+            ious = self.matched_ious(boxes, gt, matches)
+            return self.loss_cls_per_layer(logits, gt, matches, ious, num_boxes), matches.pairs
         agnostic = gt.class_agnostic()
         matches, enc_matches = self.match_sets((logits[:-1], boxes[:-1], gt),
                                                (logits[-1:], boxes[-1:], agnostic))
+        ious = self.matched_ious(boxes[:-1], gt, matches)
+        enc_ious = self.matched_ious(boxes[-1:], agnostic, enc_matches)
         loss = torch.cat([
-            self.loss_cls_per_layer(logits[:-1], boxes[:-1], gt, matches, num_boxes),
-            self.loss_cls_per_layer(logits[-1:], boxes[-1:], agnostic, enc_matches, num_boxes)])
+            self.loss_cls_per_layer(logits[:-1], gt, matches, ious, num_boxes),
+            self.loss_cls_per_layer(logits[-1:], agnostic, enc_matches, enc_ious, num_boxes)])
         return loss, matches.pairs + enc_matches.pairs
 
     def denoising_losses(self, outputs: DetectionOutputs, gt: GroundTruth, num_boxes: Tensor,

@@ -13,7 +13,7 @@ from ..layers import MLP
 from ..layers.denoising import DenoisingGroups
 from ..layers.predictions import DetectionOutputs, LayerPrediction
 from ..task_modules import Matches, box_overlaps, cxcywh_to_xyxy
-from .detr_head import DETRHead, GroundTruth, at_least_float32
+from .detr_head import DETRHead, GroundTruth, MatchedBoxes, at_least_float32
 
 
 @MODELS.register_module()
@@ -40,7 +40,8 @@ class RTDETRHead(DETRHead):
             trained and matched against every gt relabelled as one class; the original matched
             the one-logit scores against the gts' own labels, which indexes out of range for
             any label but 0).
-        loss_cls / loss_bbox / loss_iou: loss configs (``RTDETRVarifocalLoss``, L1, GIoU).
+        loss_cls / loss_bbox / loss_iou: loss configs (``RTDETRVarifocalLoss``, L1, GIoU: a
+            :class:`GIoULoss`, whose IoU term is the class target).
         train_cfg: ``dict(assigner=...)``; default: focal class cost 2, L1 5, GIoU 2.
         test_cfg: ``dict(max_per_img=300)``.
     """
@@ -77,6 +78,9 @@ class RTDETRHead(DETRHead):
         super().__init__(num_classes, embed_dims, loss_cls=loss_cls, loss_bbox=loss_bbox,
                          loss_iou=loss_iou, train_cfg=train_cfg,
                          test_cfg=test_cfg or dict(max_per_img=300), init_cfg=init_cfg)
+        if not hasattr(self.loss_iou, 'losses_and_ious'):
+            raise ValueError(f'{type(self).__name__}: loss_iou must be a GIoULoss (its IoU term '
+                             f'gives the class targets), got {type(self.loss_iou).__name__}')
 
     def _init_layers(self) -> None:
         c, k = self.embed_dims, self.num_classes
@@ -166,23 +170,41 @@ class RTDETRHead(DETRHead):
 
     def losses_per_layer(self, logits: Tensor, boxes: Tensor, gt: GroundTruth, matches: Matches,
                          num_boxes: Tensor) -> Dict[str, Tensor]:
-        """(L,) class, L1 and IoU losses of each layer of (L, bs, Q, K) logits / (L, bs, Q, 4)."""
-        loss_cls = self.loss_cls_per_layer(logits, boxes, gt, matches, num_boxes)
-        loss_bbox, loss_iou = self.loss_boxes_per_layer(boxes, gt, matches, num_boxes)
+        """(L,) class, L1 and IoU losses of each layer of (L, bs, Q, K) logits / (L, bs, Q, 4),
+        all from one indexing and conversion of the matched pairs."""
+        matched = self.matched_boxes(boxes, gt, matches)
+        loss_cls = self.loss_cls_per_layer(logits, gt, matches, matched.ious, num_boxes)
+        loss_bbox, loss_iou = self.loss_boxes_per_layer(boxes, matched, matches, num_boxes)
         return dict(loss_cls=loss_cls, loss_bbox=loss_bbox, loss_iou=loss_iou)
 
-    def loss_cls_per_layer(self, cls_logits: Tensor, boxes: Tensor, gt: GroundTruth,
-                           matches: Matches, num_boxes: Tensor) -> Tensor:
+    def matched_boxes(self, boxes: Tensor, gt: GroundTruth, matches: Matches) -> MatchedBoxes:
+        """As :meth:`DETRHead.matched_boxes`, with the pairs' IoUs: the GIoU loss's own IoU term
+        (``loss_iou`` is a :class:`GIoULoss`)."""
+        pred = boxes.flatten(0, 2)[matches.pred_index]  # (M, 4)
+        target = gt.all_boxes[matches.gt_index]
+        pred_xyxy, target_xyxy = cxcywh_to_xyxy(torch.stack([pred, target]))  # one conversion
+        iou_loss, ious = self.loss_iou.losses_and_ious(pred_xyxy, target_xyxy)
+        return MatchedBoxes(pred, target, iou_loss, ious)
+
+    @staticmethod
+    def matched_ious(boxes: Tensor, gt: GroundTruth, matches: Matches) -> Tensor:
+        """(M,) IoUs of the matched pairs of (L, bs, Q, 4) ``boxes``, detached, for a set whose
+        box losses use other matches (D-FINE's classification)."""
+        pred = boxes.detach().flatten(0, 2)[matches.pred_index]
+        pred, target = cxcywh_to_xyxy(torch.stack([pred, gt.all_boxes[matches.gt_index]]))
+        return box_overlaps(pred, target, is_aligned=True)
+
+    def loss_cls_per_layer(self, cls_logits: Tensor, gt: GroundTruth, matches: Matches,
+                           ious: Optional[Tensor], num_boxes: Tensor) -> Tensor:
         """(L,) varifocal loss of each layer: the matched class's target is the IoU of the query's
-        box with its gt; summed over queries and classes, divided by ``num_boxes``."""
+        box with its gt (``ious``, (M,) of the matched pairs); summed over queries and classes,
+        divided by ``num_boxes``."""
         num_layers = cls_logits.shape[0]
         labels = self.classification_targets(cls_logits, gt, matches)  # (L, bs, Q)
-        ious = cls_logits.new_zeros(labels.numel())
+        targets = cls_logits.new_zeros(labels.numel())
         if len(matches.pred_index):
-            pred = boxes.detach().flatten(0, 2)[matches.pred_index]
-            pred, target = cxcywh_to_xyxy(torch.stack([pred, gt.all_boxes[matches.gt_index]]))
-            ious[matches.pred_index] = box_overlaps(pred, target, is_aligned=True).to(ious.dtype)
-        loss = self.loss_cls(cls_logits.flatten(0, 2), labels.flatten(), ious,
+            targets[matches.pred_index] = ious.to(targets.dtype)
+        loss = self.loss_cls(cls_logits.flatten(0, 2), labels.flatten(), targets,
                              reduction_override='none')  # (L * bs * Q, K)
         return loss.view(num_layers, -1).sum(1) / num_boxes
 

@@ -4,13 +4,13 @@ Registered under mmdet's name, so ``dict(type='GIoULoss')`` in this package's sc
 same values as mmdet's ``GIoULoss`` for float32 / float64 boxes (the same arithmetic, tested
 bitwise against it), without its ``eps`` made by a blocking host-to-device copy on every call.
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from detr_plugin.registry import MODELS
-from ..task_modules.box_overlaps import box_overlaps
+from ..task_modules.box_overlaps import box_overlaps, ious_and_gious
 
 
 @MODELS.register_module()
@@ -46,6 +46,12 @@ class GIoULoss(nn.Module):
         elif reduction == 'sum':
             loss = loss.sum()
         return self.loss_weight * loss
+
+    def losses_and_ious(self, pred: Tensor, target: Tensor) -> Tuple[Tensor, Tensor]:
+        """pred, target: (n, 4) xyxy -> (n,) losses (reduction 'none', weighted) and (n,) IoUs
+        of the pairs, detached: the GIoU's own IoU term, for IoU-aware class targets."""
+        ious, gious = ious_and_gious(pred, target, is_aligned=True, eps=self.eps)
+        return self.loss_weight * (1 - gious), ious.detach()
 
     @staticmethod
     def _check_reduction(reduction: str) -> str:

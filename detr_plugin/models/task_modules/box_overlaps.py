@@ -10,7 +10,7 @@ are one subtraction of stacked corners (19 and 13 kernels). Per element the arit
 and ties of min / max split the gradient as theirs do, so values and gradients are bitwise equal
 (tested against mmdet).
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -60,24 +60,38 @@ def box_overlaps(boxes1: Tensor, boxes2: Tensor, mode: str = 'iou', is_aligned: 
     """
     if mode not in ('iou', 'giou'):
         raise ValueError(f"box_overlaps: mode must be 'iou' or 'giou', got {mode!r}")
+    ious, gious = _overlaps(boxes1, boxes2, mode == 'giou', is_aligned, eps)
+    return ious if mode == 'iou' else gious
+
+
+def ious_and_gious(boxes1: Tensor, boxes2: Tensor, is_aligned: bool = False,
+                   eps: float = 1e-6) -> Tuple[Tensor, Tensor]:
+    """:func:`box_overlaps`'s IoU and GIoU in one pass (the GIoU's IoU term is the IoU, bitwise
+    ``mode='iou'``'s): arguments and shapes as there."""
+    return _overlaps(boxes1, boxes2, True, is_aligned, eps)
+
+
+def _overlaps(boxes1: Tensor, boxes2: Tensor, giou: bool, is_aligned: bool,
+              eps: float) -> Tuple[Tensor, Optional[Tensor]]:
+    """IoUs and, if ``giou``, GIoUs (else None) of xyxy boxes."""
     if is_aligned and boxes1.shape[-2] != boxes2.shape[-2]:
         raise ValueError(f'box_overlaps: aligned boxes need equal counts, got '
                          f'{tuple(boxes1.shape)} and {tuple(boxes2.shape)}')
     area1, area2 = _areas(boxes1, boxes2)
     if not is_aligned:  # every pair: (..., N, 1) against (..., 1, M)
         area1, area2 = area1[..., :, None], area2[..., None, :]
-    low_br, high_tl, low_tl, high_br = _corners(boxes1, boxes2, is_aligned, mode == 'giou')
-    if mode == 'iou':
+    low_br, high_tl, low_tl, high_br = _corners(boxes1, boxes2, is_aligned, giou)
+    if not giou:
         wh = (low_br - high_tl).clamp(min=0)
     else:  # the intersection's and the enclosing box's extents, (2, ..., 2)
         wh = (torch.stack([low_br, high_br]) - torch.stack([high_tl, low_tl])).clamp(min=0)
     overlap = wh[..., 0] * wh[..., 1]
     floor = torch.full((1,), eps, dtype=overlap.dtype, device=overlap.device)
-    if mode == 'giou':
+    if giou:
         overlap, enclose_area = overlap.unbind(0)
     union = torch.max(area1 + area2 - overlap, floor)
     ious = overlap / union
-    if mode == 'iou':
-        return ious
+    if not giou:
+        return ious, None
     enclose_area = torch.max(enclose_area, floor)
-    return ious - (enclose_area - union) / enclose_area
+    return ious, ious - (enclose_area - union) / enclose_area

@@ -46,7 +46,10 @@ def test_varifocal_loss_per_layer_by_hand(head):
     matches = Matches(pairs=[], pred_index=torch.tensor([1, Q + 0, Q + 2]),
                       gt_index=torch.tensor([0, 2, 1]))
     num_boxes = torch.tensor(3.0, dtype=torch.float64)
-    loss = head.loss_cls_per_layer(logits, boxes, gt, matches, num_boxes)
+    loss = head.loss_cls_per_layer(logits, gt, matches, head.matched_ious(boxes, gt, matches),
+                                   num_boxes)
+    # the shared path: class targets from the GIoU loss's IoU term of the same matched pairs
+    shared = head.losses_per_layer(logits, boxes, gt, matches, num_boxes)['loss_cls']
     target = {(0, 0, 1): (2, gt.all_boxes[0]), (0, 1, 0): (1, gt.all_boxes[2]),
               (0, 1, 2): (0, gt.all_boxes[1])}
     expected = [0.0, 0.0]
@@ -59,6 +62,14 @@ def test_varifocal_loss_per_layer_by_hand(head):
             w = t if k == label else 0.75 * p ** 2
             expected[l] += -w * (t * math.log(p) + (1 - t) * math.log(1 - p))
     torch.testing.assert_close(loss, torch.tensor(expected, dtype=torch.float64) / 3.0)
+    torch.testing.assert_close(shared, torch.tensor(expected, dtype=torch.float64) / 3.0)
+
+
+def test_loss_iou_must_give_its_iou_term():
+    with DefaultScope.overwrite_default_scope('detr_plugin'), \
+            pytest.raises(ValueError, match='loss_iou must be a GIoULoss'):
+        MODELS.build(dict(type='RTDETRHead', num_classes=3, embed_dims=8, num_pred_layers=2,
+                          loss_iou=dict(type='L1Loss')))
 
 
 def test_loss_names_and_denoising_terms(head):

@@ -2,6 +2,7 @@
 import pytest
 import torch
 from mmdet.models.losses import GIoULoss as MMDetGIoULoss
+from mmdet.structures.bbox import bbox_overlaps
 from mmengine.registry import DefaultScope
 
 from detr_plugin.models.losses import GIoULoss
@@ -35,6 +36,21 @@ def test_bitwise_equal_to_mmdet(reduction, avg_factor):
                                             reduction_override=reduction)
     assert torch.equal(ours, theirs)
     ours.sum().backward()
+    theirs.sum().backward()
+    assert torch.equal(ours_pred.grad, theirs_pred.grad)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_losses_and_ious_bitwise_mmdets(dtype):
+    """The unreduced losses (values, gradients) are mmdet's GIoU loss, the IoUs its IoU."""
+    ours_pred = boxes(30, 0).to(dtype).requires_grad_()
+    theirs_pred = ours_pred.detach().clone().requires_grad_()
+    target = boxes(30, 1).to(dtype)
+    losses, ious = GIoULoss(loss_weight=2.0).losses_and_ious(ours_pred, target)
+    theirs = MMDetGIoULoss(loss_weight=2.0)(theirs_pred, target, reduction_override='none')
+    assert torch.equal(losses, theirs) and not ious.requires_grad
+    assert torch.equal(ious, bbox_overlaps(ours_pred.detach(), target, is_aligned=True))
+    losses.sum().backward()
     theirs.sum().backward()
     assert torch.equal(ours_pred.grad, theirs_pred.grad)
 

@@ -4,6 +4,7 @@ import torch
 from mmdet.structures.bbox import bbox_overlaps
 
 from detr_plugin.models.task_modules import box_overlaps
+from detr_plugin.models.task_modules.box_overlaps import ious_and_gious
 
 
 def test_hand_computed_pair():
@@ -54,3 +55,20 @@ def test_batch_dims_and_empty():
     assert box_overlaps(boxes[0], boxes[0, :0]).shape == (5, 0)
     with pytest.raises(ValueError, match='mode'):
         box_overlaps(boxes, boxes, mode='iof')
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('is_aligned', [True, False])
+def test_ious_and_gious_are_mmdets_iou_and_giou(dtype, is_aligned):
+    """One pass gives both: each bitwise mmdet's own IoU and GIoU, values and GIoU gradients."""
+    boxes1, boxes2 = random_boxes(40, dtype, 0, True), random_boxes(40, dtype, 1, True)
+    ours_in = [boxes1.clone().requires_grad_(), boxes2.clone().requires_grad_()]
+    theirs_in = [boxes1.clone().requires_grad_(), boxes2.clone().requires_grad_()]
+    ious, gious = ious_and_gious(*ours_in, is_aligned=is_aligned)
+    assert torch.equal(ious, bbox_overlaps(boxes1, boxes2, mode='iou', is_aligned=is_aligned))
+    theirs = bbox_overlaps(*theirs_in, mode='giou', is_aligned=is_aligned)
+    assert torch.equal(gious, theirs)
+    gious.sum().backward()
+    theirs.sum().backward()
+    assert torch.equal(ours_in[0].grad, theirs_in[0].grad)
+    assert torch.equal(ours_in[1].grad, theirs_in[1].grad)

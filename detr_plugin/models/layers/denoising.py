@@ -11,10 +11,9 @@ never trained) and an all-zero box, and are negatives. A batch without any gt st
 of padding queries (M = 1, box ``EMPTY_BATCH_BOX``), so that every rank of a distributed run
 executes the same modules (the original skipped denoising there, and DDP hung).
 """
-from typing import List, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import torch
-from mmdet.models.layers import inverse_sigmoid
 from torch import Tensor, nn
 
 from ..task_modules.box_transforms import cxcywh_to_xyxy, xyxy_to_cxcywh
@@ -89,15 +88,16 @@ class ContrastiveDenoising(nn.Module):
         num_gts = [len(labels) for labels in gt_labels]
         max_gts = max(max(num_gts), 1)
         num_groups = max(self.num_denoising // max_gts, 1) if sum(num_gts) else 1
-        labels, boxes, is_gt = self._pad_to_batch(gt_labels, gt_boxes, max_gts, device)
+        labels, boxes = self._pad_to_batch(gt_labels, gt_boxes, max_gts, device)
+        real = labels != self.num_classes  # (bs, M) the real gts (labels < num_classes)
         # repeat [positive, negative] for every group: (bs, D)
         repeats = 2 * num_groups
-        labels, is_gt = labels.repeat(1, repeats), is_gt.repeat(1, repeats)
+        labels, is_gt = labels.repeat(1, repeats), real.repeat(1, repeats)
         boxes = boxes.repeat(1, repeats, 1)  # (bs, D, 4)
         is_negative = (torch.arange(labels.shape[1], device=device) // max_gts) % 2 == 1  # (D,)
         labels = self._noise_labels(labels, is_gt)
         boxes_unact = self._noise_boxes(boxes, is_negative)
-        pred_index, gt_index = self._positive_indices(num_gts, max_gts, num_groups, device)
+        pred_index, gt_index = self._positive_indices(real, sum(num_gts), num_groups)
         return DenoisingGroups(
             query=self.label_embed(labels),
             ref_boxes_unact=boxes_unact,
@@ -108,18 +108,16 @@ class ContrastiveDenoising(nn.Module):
 
     def _pad_to_batch(self, gt_labels: Sequence[Tensor], gt_boxes: Sequence[Tensor],
                       max_gts: int, device) -> tuple:
-        """(bs, M) labels (padding: num_classes), (bs, M, 4) boxes, (bs, M) bool real-gt mask."""
+        """(bs, M) labels (padding: num_classes) and (bs, M, 4) boxes."""
         bs = len(gt_labels)
         labels = torch.full((bs, max_gts), self.num_classes, dtype=torch.long, device=device)
         boxes = torch.zeros((bs, max_gts, 4), device=device)
         if sum(len(lab) for lab in gt_labels) == 0:
             boxes[:] = torch.tensor(EMPTY_BATCH_BOX, device=device)
-        is_gt = torch.zeros((bs, max_gts), dtype=torch.bool, device=device)
         for b, (lab, box) in enumerate(zip(gt_labels, gt_boxes)):
             labels[b, :len(lab)] = lab
             boxes[b, :len(lab)] = box
-            is_gt[b, :len(lab)] = True
-        return labels, boxes, is_gt
+        return labels, boxes
 
     def _noise_labels(self, labels: Tensor, is_gt: Tensor) -> Tensor:
         """Replaces each real label by a uniformly random class with p = label_noise_ratio / 2."""
@@ -136,29 +134,40 @@ class ContrastiveDenoising(nn.Module):
         a random sign, u ~ U[0, 1) for positives and U[1, 2) for negatives.
         """
         if self.box_noise_scale > 0:
-            half_size = boxes[..., 2:].repeat(1, 1, 2) * 0.5 * self.box_noise_scale  # (bs, D, 4)
+            # w * (0.5 * scale) rounds once, as (w * 0.5) * scale does (halving is exact for any
+            # side above twice float32's smallest normal number): the same values in one op
+            half_size = boxes[..., 2:].repeat(1, 1, 2) * (0.5 * self.box_noise_scale)
             sign = torch.randint_like(boxes, 0, 2) * 2.0 - 1.0
-            magnitude = torch.rand_like(boxes) + is_negative[None, :, None].to(boxes.dtype)
+            magnitude = torch.rand_like(boxes) + is_negative[None, :, None]  # bool adds 0. / 1.
             corners = cxcywh_to_xyxy(boxes) + sign * magnitude * half_size
             boxes = xyxy_to_cxcywh(corners.clamp(0.0, 1.0))
             if self.absolute_sizes:
                 boxes = boxes.abs()
-        return inverse_sigmoid(boxes, eps=1e-5)
+        return clamped_inverse_sigmoid(boxes, eps=1e-5)
 
     @staticmethod
-    def _positive_indices(num_gts: List[int], max_gts: int, num_groups: int, device) -> tuple:
+    def _positive_indices(is_gt: Tensor, num_positives: int, num_groups: int) -> tuple:
         """Positive query j of group g of image b reconstructs gt j of image b.
 
+        Args:
+            is_gt: (bs, M) True at the real gts; num_positives: their number (host int).
+
         Returns (P,) flat indices into (bs, D), ordered by image, group, gt; and the matching (P,)
-        indices into the concatenated gts, P = num_groups * sum(G_b).
+        indices into the concatenated gts, P = num_groups * sum(G_b). A fixed number of ops for
+        any batch size, with no host wait: the real (image, group, gt) cells of the (bs, groups,
+        M) grid come first, in order, by a stable sort of the padding flags.
         """
-        num_dn = 2 * max_gts * num_groups
-        pred, gt = [], []
-        gt_start = 0
-        for b, n in enumerate(num_gts):
-            j = torch.arange(n, device=device).repeat(num_groups)  # (num_groups * n,)
-            g = torch.arange(num_groups, device=device).repeat_interleave(n)
-            pred.append(b * num_dn + g * 2 * max_gts + j)
-            gt.append(gt_start + j)
-            gt_start += n
-        return torch.cat(pred), torch.cat(gt)
+        bs, max_gts = is_gt.shape
+        padding = ~is_gt[:, None].expand(bs, num_groups, max_gts)
+        cell = padding.reshape(-1).sort(stable=True).indices[:num_groups * num_positives]
+        # cell (b, g, j) = (b * groups + g) * M + j; its query is (b * groups + g) * 2M + j
+        pred_index = cell + cell // max_gts * max_gts
+        rank = is_gt.reshape(-1).cumsum(0) - 1  # gt j of image b: its index among all gts
+        gt_index = rank.view(bs, 1, max_gts).expand(bs, num_groups, max_gts).reshape(-1)[cell]
+        return pred_index, gt_index
+
+
+def clamped_inverse_sigmoid(x: Tensor, eps: float) -> Tensor:
+    """``log(x / (1 - x))`` of ``x`` clamped to [0, 1], each factor floored at ``eps``: mmdet's
+    ``inverse_sigmoid`` value for value, with the clamp folded into the two floors."""
+    return torch.log(x.clamp(eps, 1) / (1 - x).clamp(eps, 1))

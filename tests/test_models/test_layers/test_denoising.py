@@ -1,9 +1,10 @@
 """Contrastive denoising groups: counts, attention mask, noise bounds, positives, empty images."""
 import pytest
 import torch
+from mmdet.models.layers import inverse_sigmoid
 
 from detr_plugin.models.layers.denoising import (EMPTY_BATCH_BOX, ContrastiveDenoising,
-                                                 denoising_attn_mask)
+                                                 clamped_inverse_sigmoid, denoising_attn_mask)
 
 
 def naive_mask(max_gts, num_groups, num_queries):
@@ -118,3 +119,48 @@ def test_label_noise_rate_and_range():
 def test_rejects_non_positive_num_denoising():
     with pytest.raises(ValueError, match='num_denoising'):
         ContrastiveDenoising(num_classes=3, num_denoising=0)
+
+
+def positive_indices_by_loop(num_gts, max_gts, num_groups):
+    """Image by image, group by group, gt by gt."""
+    pred, gt, start = [], [], 0
+    for b, n in enumerate(num_gts):
+        for g in range(num_groups):
+            for j in range(n):
+                pred.append(b * 2 * max_gts * num_groups + g * 2 * max_gts + j)
+                gt.append(start + j)
+        start += n
+    return pred, gt
+
+
+@pytest.mark.parametrize('num_gts, num_groups', [([3, 0, 1, 3], 4), ([0, 0], 1), ([1], 1),
+                                                 ([2, 5, 0], 3), ([0, 4], 2)])
+def test_positive_indices_match_loop(num_gts, num_groups):
+    max_gts = max(max(num_gts), 1)
+    real = torch.tensor([[j < n for j in range(max_gts)] for n in num_gts])
+    pred, gt = ContrastiveDenoising._positive_indices(real, sum(num_gts), num_groups)
+    expected_pred, expected_gt = positive_indices_by_loop(num_gts, max_gts, num_groups)
+    assert pred.tolist() == expected_pred and gt.tolist() == expected_gt
+    assert pred.dtype == gt.dtype == torch.long
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_clamped_inverse_sigmoid_is_mmdets(dtype):
+    x = torch.cat([torch.tensor([-1.0, -1e-7, 0.0, 1e-6, 1e-5, 0.5, 1 - 1e-6, 1.0, 1.5]),
+                   torch.rand(200, generator=torch.Generator().manual_seed(0)) * 1.4 - 0.2])
+    x = x.to(dtype)
+    assert torch.equal(clamped_inverse_sigmoid(x, 1e-5), inverse_sigmoid(x, eps=1e-5))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+def test_gpu_positive_indices_match_loop_without_synchronising():
+    num_gts, num_groups, max_gts = [3, 0, 1, 3], 4, 3
+    real = torch.tensor([[j < n for j in range(max_gts)] for n in num_gts], device='cuda')
+    torch.cuda.set_sync_debug_mode('error')  # any synchronising CUDA call raises
+    try:
+        pred, gt = ContrastiveDenoising._positive_indices(real, sum(num_gts), num_groups)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    expected_pred, expected_gt = positive_indices_by_loop(num_gts, max_gts, num_groups)
+    assert pred.tolist() == expected_pred and gt.tolist() == expected_gt

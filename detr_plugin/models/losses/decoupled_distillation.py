@@ -71,17 +71,19 @@ def decoupled_distillation_loss(corners: Tensor, teacher_corners: Tensor, teache
         balance = distillation_balance(matched.reshape(bs, num_queries))
 
     num_bins = width // 4
-    student = F.log_softmax(corners.reshape(*lead, -1, num_bins) / temperature, dim=-1)
-    teacher = F.softmax(teacher_corners.reshape(-1, num_bins) / temperature, dim=-1)
+    # divided first: the quotient is contiguous, so the per-edge reshape needs no copy
+    student = F.log_softmax((corners / temperature).reshape(*lead, -1, num_bins), dim=-1)
+    teacher = F.softmax((teacher_corners / temperature).reshape(-1, num_bins), dim=-1)
     kl = F.kl_div(student, teacher.expand_as(student), reduction='none').sum(-1)
     loss = (weights * temperature ** 2)[..., None] * kl.unflatten(-1, (num_grid, 4))
     # the unmatched then the matched queries in ascending order, edge by edge, as a boolean mask
     # would select them, with counts known on the host (no wait for the GPU)
     by_mask = torch.sort(matched.to(torch.uint8), stable=True).indices
     edges = loss.index_select(-2, by_mask).flatten(-2)  # (..., bs * Q * 4)
-    split = 4 * (num_grid - num_matched)
-    matched_mean = edges[..., split:].mean(-1) if num_matched else 0
-    unmatched_mean = edges[..., :split].mean(-1) if split else 0
+    unmatched_edges, matched_edges = edges.split([4 * (num_grid - num_matched),
+                                                  4 * num_matched], -1)
+    matched_mean = matched_edges.mean(-1) if num_matched else 0
+    unmatched_mean = unmatched_edges.mean(-1) if num_matched < num_grid else 0
     mixed = ((matched_mean * balance.matched + unmatched_mean * balance.unmatched)
              / (balance.matched + balance.unmatched))
     return mixed.masked_fill(same, 0)

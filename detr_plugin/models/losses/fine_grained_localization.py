@@ -47,7 +47,7 @@ def fine_grained_localization_loss(corners: Tensor, bins: BinTargets, ious: Tens
     log_prob = F.log_softmax(logits.expand(2, *logits.shape), -1).gather(-1, targets)
     weights = torch.stack([bins.weight_left, bins.weight_right]).view(2, *lead, -1)
     per_bin = -(log_prob.squeeze(-1) * weights)  # (2, ..., 4M) weighted cross-entropies
-    per_edge = (per_bin[0] + per_bin[1]).unflatten(-1, (num_boxes, 4))
+    per_edge = per_bin.sum(0).unflatten(-1, (num_boxes, 4))  # left + right
     loss = (per_edge * ious.detach().to(per_edge.dtype)[..., None]).flatten(-2).sum(-1)
     return loss if avg_factor is None else loss / avg_factor
 

@@ -42,6 +42,16 @@ class MatchedBoxes(NamedTuple):
                               # None for a head whose class targets do not use them
 
 
+def matched_pairs(boxes: Tensor, gt: GroundTruth,
+                  matches: Matches) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The (M, 4) matched predictions of (L, bs, Q, 4) cxcywh ``boxes`` and their gts, cxcywh,
+    then both in xyxy (one conversion of the stacked pair)."""
+    pred = boxes.flatten(0, 2)[matches.pred_index]
+    target = gt.all_boxes[matches.gt_index]
+    pred_xyxy, target_xyxy = cxcywh_to_xyxy(torch.stack([pred, target]))
+    return pred, target, pred_xyxy, target_xyxy
+
+
 @MODELS.register_module()
 class DETRHead(BaseModule):
     """Class and box predictions for every query, the Hungarian set loss, and post-processing.
@@ -175,12 +185,15 @@ class DETRHead(BaseModule):
 
     def matched_boxes(self, boxes: Tensor, gt: GroundTruth, matches: Matches) -> MatchedBoxes:
         """The matched pairs of (L, bs, Q, 4) cxcywh ``boxes``, indexed and converted once for
-        the box losses and the class targets, with their ``loss_iou`` (IoUs: None here)."""
-        pred = boxes.flatten(0, 2)[matches.pred_index]  # (M, 4)
-        target = gt.all_boxes[matches.gt_index]
-        pred_xyxy, target_xyxy = cxcywh_to_xyxy(torch.stack([pred, target]))  # one conversion
-        iou_loss = self.loss_iou(pred_xyxy, target_xyxy, reduction_override='none')
-        return MatchedBoxes(pred, target, iou_loss, None)
+        the box losses and the class targets, with their :meth:`iou_terms`."""
+        pred, target, pred_xyxy, target_xyxy = matched_pairs(boxes, gt, matches)
+        return MatchedBoxes(pred, target, *self.iou_terms(pred_xyxy, target_xyxy))
+
+    def iou_terms(self, pred_xyxy: Tensor,
+                  target_xyxy: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        """(M,) ``loss_iou`` of each matched pair, and their IoUs for the class targets: None
+        here (the targets are the gts' labels)."""
+        return self.loss_iou(pred_xyxy, target_xyxy, reduction_override='none'), None
 
     def loss_cls_per_layer(self, cls_logits: Tensor, gt: GroundTruth, matches: Matches,
                            ious: Optional[Tensor], num_boxes: Tensor) -> Tensor:

@@ -12,8 +12,8 @@ from detr_plugin.registry import MODELS
 from ..layers import MLP
 from ..layers.denoising import DenoisingGroups
 from ..layers.predictions import DetectionOutputs, LayerPrediction
-from ..task_modules import Matches, box_overlaps, cxcywh_to_xyxy
-from .detr_head import DETRHead, GroundTruth, MatchedBoxes, at_least_float32
+from ..task_modules import Matches, box_overlaps
+from .detr_head import DETRHead, GroundTruth, at_least_float32, matched_pairs
 
 
 @MODELS.register_module()
@@ -177,21 +177,16 @@ class RTDETRHead(DETRHead):
         loss_bbox, loss_iou = self.loss_boxes_per_layer(boxes, matched, matches, num_boxes)
         return dict(loss_cls=loss_cls, loss_bbox=loss_bbox, loss_iou=loss_iou)
 
-    def matched_boxes(self, boxes: Tensor, gt: GroundTruth, matches: Matches) -> MatchedBoxes:
-        """As :meth:`DETRHead.matched_boxes`, with the pairs' IoUs: the GIoU loss's own IoU term
-        (``loss_iou`` is a :class:`GIoULoss`)."""
-        pred = boxes.flatten(0, 2)[matches.pred_index]  # (M, 4)
-        target = gt.all_boxes[matches.gt_index]
-        pred_xyxy, target_xyxy = cxcywh_to_xyxy(torch.stack([pred, target]))  # one conversion
-        iou_loss, ious = self.loss_iou.losses_and_ious(pred_xyxy, target_xyxy)
-        return MatchedBoxes(pred, target, iou_loss, ious)
+    def iou_terms(self, pred_xyxy: Tensor, target_xyxy: Tensor) -> Tuple[Tensor, Tensor]:
+        """(M,) ``loss_iou`` of each matched pair and their IoUs, the class targets: the GIoU
+        loss's own IoU term (``loss_iou`` is a :class:`GIoULoss`)."""
+        return self.loss_iou.losses_and_ious(pred_xyxy, target_xyxy)
 
     @staticmethod
     def matched_ious(boxes: Tensor, gt: GroundTruth, matches: Matches) -> Tensor:
         """(M,) IoUs of the matched pairs of (L, bs, Q, 4) ``boxes``, detached, for a set whose
         box losses use other matches (D-FINE's classification)."""
-        pred = boxes.detach().flatten(0, 2)[matches.pred_index]
-        pred, target = cxcywh_to_xyxy(torch.stack([pred, gt.all_boxes[matches.gt_index]]))
+        *_, pred, target = matched_pairs(boxes.detach(), gt, matches)
         return box_overlaps(pred, target, is_aligned=True)
 
     def loss_cls_per_layer(self, cls_logits: Tensor, gt: GroundTruth, matches: Matches,

@@ -139,7 +139,7 @@ def test_inference_waits_only_for_a_new_layouts_index_tensors(name):
             model(images)
         with HostSyncRecorder(model) as again:
             model(images)
-    made = SyncSite('copy to device', 'detr_plugin/models/layers/multi_scale.py:forward')
+    made = SyncSite('copy to device', 'detr_plugin/models/layers/multi_scale.py:level_index')
     expected = Counter() if name == 'detr' else Counter({made: 1})  # DETR: one level, no MSDA
     assert first.sites == expected, first.report()
     assert again.sites == Counter(), again.report()

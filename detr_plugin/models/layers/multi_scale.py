@@ -8,7 +8,7 @@ the query-selection anchors (RT-DETR): one box per token, centred on its pixel, 
 ``base_size * 2 ** level``.
 """
 from collections import OrderedDict
-from typing import NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -43,40 +43,52 @@ class MultiScaleLevels(NamedTuple):
         return self.spatial_shapes.flip(-1).to(self.valid_ratios)
 
 
-class LevelIndex(nn.Module):
-    """The index tensors of flattened levels, kept for the last ``size`` layouts and devices
-    asked for (multi-scale training's input sizes stay cached).
+class ShapeCache(nn.Module):
+    """Tensors that depend only on input sizes (and dtype, device), kept for the last ``size``
+    keys asked for (multi-scale training's sizes stay cached).
 
-    Made once per layout, so that a model asking on every forward copies nothing host -> device
-    after the first call (inference stays free of host synchronisation, capturable in a CUDA
-    graph). Plain attributes, not buffers: never saved, moved by ``.to()`` or broadcast by DDP.
+    Made once per key, so that a model asking on every forward launches nothing for them and
+    copies nothing host -> device after the first call (inference stays free of host
+    synchronisation, capturable in a CUDA graph). Made outside inference mode, so that training
+    can reuse what inference made. Plain attributes, not buffers: never saved, moved by ``.to()``
+    or broadcast by DDP.
 
     Args:
-        size: how many layouts to keep; the least recently used one is dropped first.
+        size: how many keys to keep; the least recently used one is dropped first.
     """
 
     def __init__(self, size: int = 16) -> None:
         super().__init__()
         self.size = size
-        # (shapes, device) -> (spatial_shapes, level_start_index), least recently used first
-        self.tensors: OrderedDict = OrderedDict()
+        self.tensors: OrderedDict = OrderedDict()  # key -> value, least recently used first
 
-    def forward(self, shapes: Shapes, device: torch.device) -> Tuple[Tensor, Tensor]:
-        """((H_0, W_0), (H_1, W_1), ...) -> spatial_shapes (L, 2) and level_start_index (L,),
-        long, on ``device``. Shared tensors: not to be modified in place."""
-        key = (shapes, device)
+    def cached(self, key: tuple, make: Callable[[], Any]) -> Any:
+        """The value kept for ``key``, made by ``make()`` the first time. Shared tensors: not to
+        be modified in place."""
         if key in self.tensors:
             self.tensors.move_to_end(key)
             return self.tensors[key]
-        # normal tensors even when first made under inference mode: training reuses them
         with torch.inference_mode(False):
-            spatial_shapes = torch.tensor(shapes, dtype=torch.long, device=device).reshape(-1, 2)
-            sizes = spatial_shapes.prod(1)
-            level_start_index = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
-        self.tensors[key] = (spatial_shapes, level_start_index)
+            self.tensors[key] = make()
         if len(self.tensors) > self.size:
             self.tensors.popitem(last=False)
         return self.tensors[key]
+
+
+class LevelIndex(ShapeCache):
+    """The index tensors of flattened levels, per layout and device (:class:`ShapeCache`)."""
+
+    def forward(self, shapes: Shapes, device: torch.device) -> Tuple[Tensor, Tensor]:
+        """((H_0, W_0), (H_1, W_1), ...) -> spatial_shapes (L, 2) and level_start_index (L,),
+        long, on ``device``."""
+        return self.cached((shapes, device), lambda: level_index(shapes, device))
+
+
+def level_index(shapes: Shapes, device: torch.device) -> Tuple[Tensor, Tensor]:
+    """spatial_shapes (L, 2) and level_start_index (L,) of levels of the given sizes."""
+    spatial_shapes = torch.tensor(shapes, dtype=torch.long, device=device).reshape(-1, 2)
+    sizes = spatial_shapes.prod(1)
+    return spatial_shapes, torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
 
 
 def flatten_levels(feats: Sequence[Tensor], index: LevelIndex,

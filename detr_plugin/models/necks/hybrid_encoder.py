@@ -8,7 +8,6 @@ pass (1x1 lateral conv, nearest upsampling, concat, fusion block) then a bottom-
 downsampling a 3x3 stride-2 conv; D-FINE (and DEIM, which trains the D-FINE models) fuses with
 RepNCSPELAN4, downsamples with SCDown and has no activation after the lateral convs.
 """
-from collections import OrderedDict
 from typing import List, Sequence, Tuple
 
 import torch
@@ -17,6 +16,7 @@ from torch import Tensor, nn
 
 from detr_plugin.registry import MODELS
 from ..layers.csp_rep_layer import ConvNormAct, CSPRepLayer
+from ..layers.multi_scale import ShapeCache
 from ..layers.rep_ncsp_elan import RepNCSPELAN4, SCDown
 from ..layers.transformer import DetrTransformerEncoder
 
@@ -44,13 +44,9 @@ def sincos_position_embedding(h: int, w: int, embed_dims: int, temperature: floa
     return torch.cat([angles_u.sin(), angles_u.cos(), angles_v.sin(), angles_v.cos()], 1)[None]
 
 
-class SinCosEmbeddings(nn.Module):
-    """:func:`sincos_position_embedding` of the map sizes asked for, kept for the last ``size``
-    (h, w, dtype, device) (multi-scale training's sizes stay cached: RT-DETR's schedule has 11).
-
-    Made once per key, so that an encoder asking on every forward launches nothing for it after
-    the first call (no host -> device copy either: capturable in a CUDA graph). Plain attributes,
-    not buffers: never saved, moved by ``.to()`` or broadcast by DDP.
+class SinCosEmbeddings(ShapeCache):
+    """:func:`sincos_position_embedding` per (h, w, dtype, device) (:class:`ShapeCache`: made
+    once per map size; multi-scale training's sizes stay cached).
 
     Args:
         embed_dims / temperature: as in :func:`sincos_position_embedding`.
@@ -58,27 +54,15 @@ class SinCosEmbeddings(nn.Module):
     """
 
     def __init__(self, embed_dims: int, temperature: float = 10000., size: int = 16) -> None:
-        super().__init__()
+        super().__init__(size)
         self.embed_dims = embed_dims
         self.temperature = temperature
-        self.size = size
-        # (h, w, dtype, device) -> (1, h * w, embed_dims), least recently used first
-        self.embeddings: OrderedDict = OrderedDict()
 
     def forward(self, h: int, w: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         """The (1, h * w, embed_dims) embedding in ``dtype`` (computed in float32, then cast) on
-        ``device``. A shared tensor: not to be modified in place."""
-        key = (h, w, dtype, device)
-        if key in self.embeddings:
-            self.embeddings.move_to_end(key)
-            return self.embeddings[key]
-        # a normal tensor even when first made under inference mode: training reuses it
-        with torch.inference_mode(False):
-            pos = sincos_position_embedding(h, w, self.embed_dims, self.temperature, device)
-            self.embeddings[key] = pos.to(dtype)
-        if len(self.embeddings) > self.size:
-            self.embeddings.popitem(last=False)
-        return self.embeddings[key]
+        ``device``."""
+        return self.cached((h, w, dtype, device), lambda: sincos_position_embedding(
+            h, w, self.embed_dims, self.temperature, device).to(dtype))
 
 
 @MODELS.register_module()

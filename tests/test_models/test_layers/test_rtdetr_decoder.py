@@ -128,7 +128,7 @@ def test_index_tensors_made_once_per_layout_and_never_read_back():
             dec(feats, head)
         with HostSyncRecorder(dec, head) as again:
             dec(feats, head)
-    made = SyncSite('copy to device', 'detr_plugin/models/layers/multi_scale.py:forward')
+    made = SyncSite('copy to device', 'detr_plugin/models/layers/multi_scale.py:level_index')
     assert first.sites == Counter({made: 1}), first.report()
     assert again.sites == Counter(), again.report()
     # (spatial_shapes, level_start_index, padding_mask, shapes)

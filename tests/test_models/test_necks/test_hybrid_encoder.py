@@ -59,7 +59,7 @@ def test_kept_embeddings_are_the_last_size_asked_for():
     assert cache(1, 1, torch.float32, cpu) is first_a
     again_b = cache(2, 2, torch.float32, cpu)
     assert again_b is not first_b and torch.equal(again_b, first_b)
-    assert len(cache.embeddings) == 2
+    assert len(cache.tensors) == 2
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
@@ -88,7 +88,7 @@ def test_encoder_output_and_gradients_with_kept_embeddings(dtype):
         grads = torch.autograd.grad(sum(o.square().sum() for o in got), params)
         ref_grads = torch.autograd.grad(sum(o.square().sum() for o in expected), params)
         assert all(torch.equal(g, r) for g, r in zip(grads, ref_grads))
-    assert len(neck.position_embeddings.embeddings) == 2  # one per encoded level
+    assert len(neck.position_embeddings.tensors) == 2  # one per encoded level
 
 
 def bn_eval(x, bn):

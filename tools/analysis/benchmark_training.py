@@ -29,7 +29,7 @@ needs torchvision and faster_coco_eval), the original runs beside ours, in turns
 ``--iters / --rounds`` iterations: its model from its YAML config with the weights of
 :func:`benchmark_rtdetr.original_model`, converted into ours (same weights); its own train loader
 (``CocoDetection``, its transforms, ``BatchImageCollateFunction``'s multi-scale) on the same files
-at the same batch; its step as its ``det_engine.train_one_epoch`` takes it (autocast, criterion,
+at the same batch, shuffled and augmented from ``--seed``; its step as its ``det_engine.train_one_epoch`` takes it (autocast, criterion,
 backward, gradient clipping 0.1, AdamW with its YAML's parameter groups). Neither side runs EMA
 or a learning-rate schedule. Peak memory on a GPU is, per side, its weights, gradients and
 optimizer state plus the largest rise of ``torch.cuda.max_memory_allocated`` within its turns;
@@ -236,6 +236,7 @@ def original_side(args) -> Tuple[Side, Dict[str, torch.Tensor]]:
     from benchmark_rtdetr import FAMILIES, original_model
 
     from detr_plugin.converters import convert_rtdetr
+    torch.manual_seed(args.seed)  # its data order and augmentation draws, as ours, by --seed
     name = original_model_name(args.config)
     original = original_model('v2', name, args.original_root, size=640)
     model, criterion = original.model, original.criterion

@@ -91,7 +91,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help='override settings of the config (ours), as tools/train.py does')
     p.add_argument('--variant', nargs='+', action=DictAction, default={},
                    help='one more side: ours with these settings on top of --cfg-options '
-                        '(same weights and data), e.g. model.channels_last=True')
+                        '(same weights and data), e.g. model.cuda_graph=True')
     p.add_argument('--device', default='cuda', help="'cpu' only to check the script itself")
     p.add_argument('--original-root', default=None,
                    help='checkout of rtdetrv2_pytorch: run the original beside ours')
@@ -359,6 +359,16 @@ def main(argv=None) -> None:
     step_ms = interleaved_ms({s.name: (lambda s=s: s.step(s.resident)) for s in sides},
                              args.warmup, args.step_iters, args.device, args.rounds)
     print(table(args, sides, records, step_ms))
+    if args.device.startswith('cuda') and graph_pool_bytes():
+        print(f'CUDA graph memory pools (reserved; not in the peak column): '
+              f'{graph_pool_bytes() / 2**20:.0f} MiB')
+
+
+def graph_pool_bytes() -> int:
+    """Bytes of the device memory segments held by CUDA graphs' private pools (the
+    activations a replay writes, which ``max_memory_allocated`` does not see)."""
+    return sum(seg['total_size'] for seg in torch.cuda.memory_snapshot()
+               if tuple(seg.get('segment_pool_id', (0, 0))) != (0, 0))
 
 
 if __name__ == '__main__':

@@ -102,22 +102,25 @@ def no_tf32():
 @pytest.mark.parametrize('amp', [None, torch.bfloat16])
 @pytest.mark.parametrize('config', [R18_COCO, DFINE_N_COCO])
 def test_graphed_steps_are_as_exact_as_eager_steps_on_gpu(config, amp, no_tf32):
-    """RT-DETRv2 R18 and D-FINE N (HGNetv2, frozen stem and norms) at 320, 384, 320, 384, 320 (captures, a grown buffer, replays). Each step
-    starts all models from the eager model's weights (AdamW-updated in between). Reference: the
-    same step in float64. Every parameter gradient of the graphed model must be as close to it
-    as the eager model's gradient (in the same precision) is, up to a small term; loss terms
-    and BatchNorm statistics must match the eager model's. Summing in another order moves a
-    gradient by rounding only, a wrong or missing contribution moves it by its own size.
-    Box noise is off: float64 boxes would draw other noise on CUDA."""
+    """RT-DETRv2 R18 and D-FINE N (HGNetv2: frozen stem and norms, learned scalars) at 320,
+    384, 320, 384, 320 (captures, a grown buffer, replays). Each step starts all models from the
+    eager model's weights (AdamW-updated in between). Reference: the same step in float64. Each
+    gradient of the graphed model must be as close to it as twice the eager model's (same
+    precision) plus a small term, both over the gradient's scale: another summation order moves
+    a gradient by rounding (which a sum over a whole feature map, as for HGNetv2's scalars,
+    amplifies), a wrong or missing contribution by its own size. Loss terms and BatchNorm
+    statistics must match the eager model's. Box noise is off: float64 boxes would draw other
+    noise on CUDA."""
     def model(cuda_graph):
         built = build(config, cuda_graph, 'cuda', box_noise_scale=0.0)
         return built.double() if cuda_graph is None else built
 
     eager, graphed, exact = model(False), model(True), model(None)
     optimizer = torch.optim.AdamW(eager.parameters(), lr=1e-4)
-    # the small term, as a fraction of the larger of a gradient's size and 1e-3 of the step's
-    # largest gradient (three biases before batch-normalised layers have zero true gradients)
-    slack, loss_tol = (1e-5, 1e-4) if amp is None else (1e-3, 2e-2)
+    # the small term, over the larger of a gradient's size and 1e-3 of the step's largest
+    # gradient (three biases before batch-normalised layers have zero true gradients); in bf16
+    # it only separates wrong dtypes or scales from rounding, fp32 is the precise check
+    slack, loss_tol = (1e-4, 1e-4) if amp is None else (0.3, 2e-2)
     for step, side in enumerate((320, 384, 320, 384, 320)):
         for other in (graphed, exact):
             other.load_state_dict(eager.state_dict())  # in place: the graphs' addresses stay
@@ -130,18 +133,17 @@ def test_graphed_steps_are_as_exact_as_eager_steps_on_gpu(config, amp, no_tf32):
             got = graphed_losses[key]
             assert torch.allclose(got, want, rtol=loss_tol, atol=0), f'step {step}: loss {key}'
         floor = 1e-3 * max(float(g.abs().max()) for g in exact_grads.values())
-        excess = {}
+        errors = {}  # per gradient: graphed and eager error over its scale
         for name, want in exact_grads.items():
             scale = max(float(want.abs().max()), floor)
-            graphed_error = float((graphed_grads[name] - want).abs().max())
-            eager_error = float((eager_grads[name] - want).abs().max())
-            excess[name] = (graphed_error - 2 * eager_error) / scale, graphed_error / scale,\
-                eager_error / scale
-        worst = sorted(excess.items(), key=lambda kv: -kv[1][0])[:3]
-        print(f'step {step} ({side}): largest excess (graphed - 2 eager error, graphed, eager; '
-              'over scale): ' + ', '.join(f'{k} {e:.1e} {g:.1e} {w:.1e}' for k, (e, g, w) in worst))
-        assert worst[0][1][0] <= slack, f'step {step} at {side}: gradient {worst[0][0]} ' \
-            f'off float64 by {worst[0][1][1]:.1e} of its scale, eager {worst[0][1][2]:.1e}'
+            errors[name] = tuple(float((grads[name] - want).abs().max()) / scale
+                                 for grads in (graphed_grads, eager_grads))
+        name, (graphed_error, eager_error) = max(errors.items(),
+                                                 key=lambda kv: kv[1][0] - 2 * kv[1][1])
+        print(f'step {step} ({side}): {name} graphed {graphed_error:.1e} eager '
+              f'{eager_error:.1e}; worst eager {max(e for _, e in errors.values()):.1e}')
+        assert graphed_error <= 2 * eager_error + slack, f'step {step} at {side}: gradient ' \
+            f'{name} off float64 by {graphed_error:.1e} of its scale, eager {eager_error:.1e}'
         state, reference = graphed.state_dict(), eager.state_dict()
         for key, want in reference.items():
             if 'running' in key:

@@ -23,7 +23,7 @@ def build(config: str, cuda_graph: bool, device: str, **denoising):
     cfg.backbone.init_cfg = None
     cfg.data_preprocessor.batch_augments = None
     cfg.denoising.update(denoising)
-    cfg.cuda_graph = bool(cuda_graph)
+    cfg.cuda_graph = cuda_graph
     torch.manual_seed(0)
     model = MODELS.build(cfg)
     model.init_weights()
@@ -111,11 +111,9 @@ def test_graphed_steps_are_as_exact_as_eager_steps_on_gpu(config, amp, no_tf32):
     amplifies), a wrong or missing contribution by its own size. Loss terms and BatchNorm
     statistics must match the eager model's. Box noise is off: float64 boxes would draw other
     noise on CUDA."""
-    def model(cuda_graph):
-        built = build(config, cuda_graph, 'cuda', box_noise_scale=0.0)
-        return built.double() if cuda_graph is None else built
-
-    eager, graphed, exact = model(False), model(True), model(None)
+    eager, graphed, exact = (build(config, cuda_graph, 'cuda', box_noise_scale=0.0)
+                             for cuda_graph in (False, True, False))
+    exact.double()
     optimizer = torch.optim.AdamW(eager.parameters(), lr=1e-4)
     # the small term, over the larger of a gradient's size and 1e-3 of the step's largest
     # gradient (three biases before batch-normalised layers have zero true gradients); in bf16

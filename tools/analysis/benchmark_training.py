@@ -6,6 +6,9 @@ original implementation's in the same run.
     python tools/analysis/benchmark_training.py configs/rtdetrv2/rtdetrv2_r50vd_8xb2-72e_coco.py \\
         --data-root data/coco_like --batch 16 --workers 8 --amp bf16 --iters 500 \\
         --original-root /path/to/rtdetrv2_pytorch
+    python tools/analysis/benchmark_training.py configs/dfine/dfine_hgnetv2-s_8xb4-132e_coco.py \\
+        --data-root data/coco_like --batch 16 --workers 8 --amp bf16 --iters 500 \\
+        --original-root /path/to/D-FINE
 
 (a) pipeline: the config's ``train_dataloader`` (its transforms, sampler and collate) reads the
 COCO-like JPEGs of ``--data-root``; each iteration takes the next batch and runs
@@ -23,17 +26,27 @@ Ours starts from the config's initialisation (no backbone checkpoint, no downloa
 ``model.channels_last=True``; ``--variant`` adds a row for ours with more settings, same
 weights and data), and its steps run with cuDNN's autotuner as the config's
 ``env_cfg.cudnn_benchmark`` says (the runner's setting; the original's steps run without it, as
-its train script does). With ``--original-root`` (RT-DETRv2 configs of
-:data:`benchmark_rtdetr.FAMILIES`: a checkout of lyuwenyu/RT-DETR's ``rtdetrv2_pytorch``, which
-needs torchvision and faster_coco_eval), the original runs beside ours, in turns of
-``--iters / --rounds`` iterations: its model from its YAML config with the weights of
-:func:`benchmark_rtdetr.original_model`, converted into ours (same weights); its own train loader
-(``CocoDetection``, its transforms, ``BatchImageCollateFunction``'s multi-scale) on the same files
-at the same batch, shuffled and augmented from ``--seed``; its step as its ``det_engine.train_one_epoch`` takes it (autocast, criterion,
-backward, gradient clipping 0.1, AdamW with its YAML's parameter groups). Neither side runs EMA
-or a learning-rate schedule. Peak memory on a GPU is, per side, its weights, gradients and
-optimizer state plus the largest rise of ``torch.cuda.max_memory_allocated`` within its turns;
-on the CPU the process's peak RSS, shared by both sides.
+its train script does); a config's ``AugmentationWindowHook`` (DEIM's epoch windows) is applied as
+the runner applies it before epoch 0. With ``--original-root`` (the COCO configs of
+:data:`benchmark_rtdetr.FAMILIES` for RT-DETRv2, D-FINE and DEIM-D-FINE: a checkout of
+lyuwenyu/RT-DETR's ``rtdetrv2_pytorch``, Peterande/D-FINE or ShihuaHuang95/DEIM, which import
+torchvision, faster_coco_eval, scipy, pyyaml and tensorboard), the original runs beside ours,
+in turns of ``--iters / --rounds`` iterations: its model from its YAML config with the weights of
+:func:`benchmark_rtdetr.original_model`, converted into ours by the family's converter (same
+weights); its own train loader (``CocoDetection``, its transforms, ``BatchImageCollateFunction``'s
+multi-scale) on the same files at the same batch, shuffled and augmented from ``--seed``, at
+epoch 0 throughout (``set_epoch(0)``, as its solver before the first epoch: DEIM then runs no
+Mosaic, MixUp, photometric distortion, zoom-out or IoU crop, which its policy starts at epoch 4,
+and our DEIM configs' window hook does the same); its step as its ``det_engine.train_one_epoch``
+takes it (the forward under autocast, the criterion outside it with the engine's epoch / step
+arguments, D-FINE's and DEIM's read-back of non-finite boxes under AMP, a gradient scaler,
+gradient clipping at its YAML's ``clip_max_norm``, AdamW with its YAML's parameter groups from
+its ``get_optim_params``). DEIM's own transforms override only the names torchvision's v2
+``Transform`` had before 0.21 (``_transform``, ``_get_params``; its issue #33): they are given the
+new names too. Neither side runs EMA or a learning-rate schedule. Peak memory on a GPU is, per
+side, its weights, gradients and optimizer state plus the largest rise of
+``torch.cuda.max_memory_allocated`` within its turns; on the CPU the process's peak RSS, shared
+by both sides.
 """
 import argparse
 import importlib
@@ -94,7 +107,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         '(same weights and data), e.g. model.cuda_graph=True')
     p.add_argument('--device', default='cuda', help="'cpu' only to check the script itself")
     p.add_argument('--original-root', default=None,
-                   help='checkout of rtdetrv2_pytorch: run the original beside ours')
+                   help='checkout of the config family\'s original (rtdetrv2_pytorch, D-FINE, '
+                        'DEIM): run it beside ours')
     args = p.parse_args(argv)
     if args.step_iters is None:
         args.step_iters = args.iters
@@ -102,17 +116,32 @@ def parse_args(argv=None) -> argparse.Namespace:
             or args.warmup < 0:
         p.error('--iters, --step-iters, --window, --batch and --rounds must be >= 1, '
                 '--warmup >= 0')
-    if args.original_root is not None and original_model_name(args.config) is None:
-        p.error(f'--original-root: {args.config} is not an RT-DETRv2 COCO config of '
-                'tools/analysis/benchmark_rtdetr.py FAMILIES')
+    if args.original_root is not None and original_of(args.config) is None:
+        from benchmark_rtdetr import FAMILIES
+        titles = ', '.join(FAMILIES[f.version].title for f in ORIGINALS)
+        p.error(f'--original-root: {args.config} is not a COCO config of the families with an '
+                f'original side ({titles}; tools/analysis/benchmark_rtdetr.py FAMILIES)')
     return args
 
 
-def original_model_name(config: str) -> Optional[str]:
-    """The RT-DETRv2 model name (``r18``...) whose COCO config is ``config``, else None."""
+class OriginalFamily(NamedTuple):
+    """How the original of one family of :data:`benchmark_rtdetr.FAMILIES` is run."""
+    version: str         # its key there
+    package: str         # the original's top-level package, holding data/ and core/
+    checks_boxes: bool   # its engine's AMP step reads back whether the boxes are finite
+
+
+ORIGINALS = (OriginalFamily('v2', 'src', False), OriginalFamily('dfine', 'src', True),
+             OriginalFamily('deim', 'engine', True))
+
+
+def original_of(config: str) -> Optional[Tuple[OriginalFamily, str]]:
+    """The family and model name (``r18``, ``s``...) whose COCO config is ``config``, else
+    None."""
     from benchmark_rtdetr import FAMILIES
     path = os.path.relpath(os.path.abspath(config), os.path.join(HERE, '..', '..'))
-    return next((name for name, (ours, _) in FAMILIES['v2'].models.items() if ours == path),
+    return next(((family, name) for family in ORIGINALS
+                 for name, (ours, _) in FAMILIES[family.version].models.items() if ours == path),
                 None)
 
 
@@ -131,10 +160,12 @@ def benchmark_config(args: argparse.Namespace, variant: Optional[dict] = None):
     if not os.path.isfile(ann_file):
         raise FileNotFoundError(f'--data-root: no {ann_file} (write it with '
                                 'tools/misc/make_coco_like_dataset.py)')
-    loader.dataset.update(data_root=args.data_root,
-                          ann_file='annotations/instances_train2017.json',
-                          data_prefix=dict(img='train2017/'))
-    loader.dataset.pop('metainfo', None)  # COCO's 80 classes, the CocoDataset default
+    dataset = loader.dataset
+    while 'dataset' in dataset:  # through wrappers (DEIM's MultiImageMixDataset)
+        dataset = dataset.dataset
+    dataset.update(data_root=args.data_root, ann_file='annotations/instances_train2017.json',
+                   data_prefix=dict(img='train2017/'))
+    dataset.pop('metainfo', None)  # COCO's 80 classes, the CocoDataset default
     cfg.model.backbone.init_cfg = None
     cfg.model.bbox_head.num_classes = 80
     if args.amp != 'none':
@@ -178,6 +209,7 @@ def our_side(cfg, args, weights: Optional[Dict[str, torch.Tensor]], name: str = 
     # each would run OpenCV on every core of the host
     set_multi_processing(**cfg.get('env_cfg', {}).get('mp_cfg', {}))
     loader = Runner.build_dataloader(cfg.train_dataloader, seed=args.seed)
+    first_epoch_windows(cfg, model, loader)
     first = next(iter(loader))
     resident = dict(first, inputs=[img.to(args.device) for img in first['inputs']])
 
@@ -195,72 +227,113 @@ def our_side(cfg, args, weights: Optional[Dict[str, torch.Tensor]], name: str = 
     return Side(name, forever(loader), step, resident, state_bytes(model, wrapper.optimizer))
 
 
-def import_original_data(root: str):
-    """The original's YAMLConfig with its train loader's modules registered: its model code
-    (as benchmark_rtdetr imports it), ``CocoDetection``, its transforms and collate functions;
-    its dataset package's ``__init__`` (VOC, CIFAR, evaluators) is not run."""
+def first_epoch_windows(cfg, model: torch.nn.Module, loader) -> None:
+    """The config's ``AugmentationWindowHook`` sets, as before the runner's epoch 0, the
+    transforms and batch augments that epoch runs (a stand-in runner: loader, model, epoch 0)."""
+    from types import SimpleNamespace
+
+    from mmengine.logging import MMLogger
+
+    from detr_plugin.registry import HOOKS
+    runner = SimpleNamespace(train_dataloader=loader, model=model, epoch=0,
+                             logger=MMLogger.get_current_instance())
+    for hook_cfg in [*cfg.get('default_hooks', {}).values(), *cfg.get('custom_hooks', [])]:
+        if hook_cfg and hook_cfg.get('type') == 'AugmentationWindowHook':
+            hook = HOOKS.build(hook_cfg)
+            hook.before_train(runner)
+            hook.before_train_epoch(runner)
+
+
+def import_original_data(package: str, root: str) -> None:
+    """Registers the original's train loader modules (after its model code, which registers
+    ``package`` and ``package.data`` as empty packages): ``CocoDetection``, its transforms and
+    collate functions; its dataset package's ``__init__`` (VOC, CIFAR, evaluators) is not run.
+    Its transforms that define only the methods torchvision's v2 ``Transform`` overrode before
+    0.21 get the new names too (DEIM's ``ConvertPILImage`` and ``ConvertBoxes``, which
+    torchvision >= 0.21 would not call)."""
     import types
-    sys.path.insert(0, os.path.join(HERE, '..', 'model_converters'))
-    import rtdetrv2_parity_reference as v2
-    YAMLConfig = v2.import_original(root)
-    package = types.ModuleType('src.data.dataset')
-    package.__path__ = [os.path.join(root, 'src', 'data', 'dataset')]
-    sys.modules['src.data.dataset'] = package
-    for name in ('src.data.dataset.coco_dataset', 'src.data.transforms', 'src.data.dataloader'):
-        importlib.import_module(name)
-    return YAMLConfig
+
+    from torchvision.transforms.v2 import Transform
+    dataset = types.ModuleType(f'{package}.data.dataset')
+    dataset.__path__ = [os.path.join(root, package, 'data', 'dataset')]
+    sys.modules[dataset.__name__] = dataset
+    for name in ('dataset.coco_dataset', 'transforms', 'dataloader'):
+        importlib.import_module(f'{package}.data.{name}')
+    transforms = importlib.import_module(f'{package}.data.transforms._transforms')
+    for cls in vars(transforms).values():
+        if isinstance(cls, type) and issubclass(cls, Transform):
+            for old, new in (('_transform', 'transform'), ('_get_params', 'make_params')):
+                if old in vars(cls) and new not in vars(cls):
+                    setattr(cls, new, vars(cls)[old])
 
 
-def original_loader(root: str, yml: str, data_root: str, batch: int, workers: int):
-    """The original's train loader of its config ``yml`` (under configs/rtdetrv2/) reading the
-    COCO-like dataset: ``(images (B, 3, H, W) in [0, 1], targets)`` batches, with targets'
+def original_loader(family: OriginalFamily, name: str, args):
+    """The original's train loader of its model ``name``'s YAML config reading the COCO-like
+    dataset at epoch 0: ``(images (B, 3, H, W) in [0, 1], targets)`` batches, with targets'
     ``boxes`` normalized (cx, cy, w, h) and ``labels`` in 0..79."""
-    YAMLConfig = import_original_data(root)
-    cfg = YAMLConfig(os.path.join(root, 'configs', 'rtdetrv2', yml))
+    from benchmark_rtdetr import FAMILIES
+    spec, root = FAMILIES[family.version], args.original_root
+    cfg = spec.load_config(family.version, root, os.path.join(
+        root, 'configs', spec.config_dir, spec.models[name][1]), 640)
+    import_original_data(family.package, root)
     loader_cfg = cfg.yaml_cfg['train_dataloader']
-    loader_cfg['dataset'].update(img_folder=os.path.join(data_root, 'train2017'),
-                                 ann_file=os.path.join(data_root, 'annotations',
+    loader_cfg['dataset'].update(img_folder=os.path.join(args.data_root, 'train2017'),
+                                 ann_file=os.path.join(args.data_root, 'annotations',
                                                        'instances_train2017.json'))
-    loader_cfg.update(total_batch_size=batch, num_workers=workers, drop_last=True,
-                      persistent_workers=workers > 0)
-    return cfg, cfg.train_dataloader
+    loader_cfg.update(total_batch_size=args.batch, num_workers=args.workers, drop_last=True,
+                      persistent_workers=args.workers > 0)
+    loader = cfg.train_dataloader
+    loader.set_epoch(0)  # as its solver before the first epoch
+    return loader
 
 
 def to_device(batch: Tuple[torch.Tensor, List[dict]], device: str):
-    images, targets = batch
-    return images.to(device), [{k: v.to(device) for k, v in t.items()} for t in targets]
+    images, targets = batch  # D-FINE's targets also hold the image path
+    return images.to(device), [{k: v.to(device) if torch.is_tensor(v) else v
+                                for k, v in t.items()} for t in targets]
 
 
 def original_side(args) -> Tuple[Side, Dict[str, torch.Tensor]]:
     """The original's side and its weights converted into ours."""
+    import random
+
     from benchmark_rtdetr import FAMILIES, original_model
 
-    from detr_plugin.converters import convert_rtdetr
-    torch.manual_seed(args.seed)  # its data order and augmentation draws, as ours, by --seed
-    name = original_model_name(args.config)
-    original = original_model('v2', name, args.original_root, size=640)
+    from detr_plugin import converters
+    # its data order and augmentation draws (torch's and, in the loader's process, Python's
+    # random), as ours, by --seed
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    family, name = original_of(args.config)
+    original = original_model(family.version, name, args.original_root, size=640)
     model, criterion = original.model, original.criterion
-    weights = convert_rtdetr(model.state_dict())
-    cfg, loader = original_loader(args.original_root, FAMILIES['v2'].models[name][1],
-                                  args.data_root, args.batch, args.workers)
+    # copies: the converted tensors share the parameters' storage, which its steps update
+    weights = {k: v.clone() for k, v in getattr(
+        converters, FAMILIES[family.version].converter)(model.state_dict()).items()}
+    loader = original_loader(family, name, args)
     model, criterion = model.to(args.device).train(), criterion.to(args.device).train()
-    opt_cfg = {k: v for k, v in cfg.yaml_cfg['optimizer'].items() if k != 'type'}
-    optimizer = torch.optim.AdamW(cfg.get_optim_params(cfg.yaml_cfg['optimizer'], model),
-                                  **{k: v for k, v in opt_cfg.items() if k != 'params'})
+    optimizer = original.optimizer()
     dtype = getattr(torch, AMP_DTYPES[args.amp]) if args.amp != 'none' else None
     scaler = torch.amp.GradScaler(args.device, enabled=dtype == torch.float16)
-    clip = cfg.yaml_cfg.get('clip_max_norm', 0.1)
+    steps = iter(range(2**62))
 
     def step(batch) -> float:
         torch.backends.cudnn.benchmark = False  # its train script leaves cuDNN's default
         images, targets = to_device(batch, args.device)
+        i = next(steps)  # at epoch 0 throughout, as its loader
+        metas = dict(epoch=0, step=i, global_step=i, epoch_step=len(loader))
         with torch.autocast(args.device, dtype=dtype or torch.float32, enabled=dtype is not None):
             outputs = model(images, targets=targets)
-            loss = sum(criterion(outputs, targets).values())
+        boxes = outputs['pred_boxes']
+        if dtype is not None and family.checks_boxes and (torch.isnan(boxes).any()
+                                                          or torch.isinf(boxes).any()):
+            raise FloatingPointError('the original predicted non-finite boxes')
+        with torch.autocast(args.device, enabled=False):
+            loss = sum(criterion(outputs, targets, **metas).values())
         optimizer.zero_grad()
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), original.clip_max_norm)
         scaler.step(optimizer)
         scaler.update()
         return float(loss.detach())

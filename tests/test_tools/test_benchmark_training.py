@@ -1,7 +1,11 @@
 """tools/misc/make_coco_like_dataset.py (valid COCO, COCO-like statistics, deterministic) and
 tools/analysis/benchmark_training.py (runs on the CPU and prints its table)."""
+import importlib.util
 import json
+import os
+import pathlib
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -137,15 +141,119 @@ def test_benchmark_prints_its_table_on_cpu(load_tool, repo_root, dataset, capsys
     assert re.search(r'batch 2, AMP none, cpu', lines[-5])
 
 
-def test_original_side_takes_rtdetrv2_coco_configs_only(load_tool, dataset):
+def test_original_side_takes_the_families_coco_configs_only(load_tool, dataset, capsys):
     bench = load_tool('tools/analysis/benchmark_training.py')
     root, _ = dataset
-    assert bench.original_model_name('configs/rtdetrv2/rtdetrv2_r50vd_8xb2-72e_coco.py') == 'r50'
-    assert bench.original_model_name('configs/rtdetrv2/rtdetrv2_r18vd_8xb2-120e_coco.py') == 'r18'
-    assert bench.original_model_name('configs/rtdetr/rtdetr_r18vd_1xb8-demo.py') is None
+    for config, version, name in [
+            ('configs/rtdetrv2/rtdetrv2_r50vd_8xb2-72e_coco.py', 'v2', 'r50'),
+            ('configs/rtdetrv2/rtdetrv2_r18vd_8xb2-120e_coco.py', 'v2', 'r18'),
+            ('configs/dfine/dfine_hgnetv2-s_8xb4-132e_coco.py', 'dfine', 's'),
+            ('configs/deim/deim_dfine_hgnetv2-n_8xb16-160e_coco.py', 'deim', 'n')]:
+        family, found = bench.original_of(config)
+        assert (family.version, found) == (version, name)
+    assert (bench.original_of('configs/deim/deim_dfine_hgnetv2-n_8xb16-160e_coco.py')[0].package
+            == 'engine')
+    assert bench.original_of('configs/rtdetr/rtdetr_r18vd_1xb8-demo.py') is None
+    assert bench.original_of('configs/dfine/dfine_r18vd_1xb8-demo.py') is None
     with pytest.raises(SystemExit):
         bench.parse_args(['configs/rtdetr/rtdetr_r18vd_1xb8-demo.py', '--data-root', str(root),
                           '--original-root', '/nonexistent'])
+    assert '(RT-DETRv2, D-FINE, DEIM-D-FINE;' in capsys.readouterr().err
+
+
+# family: (environment variable, folder under /work/ref and .device/ref, a folder it must hold)
+ORIGINAL_CHECKOUTS = {'dfine': ('DFINE_ROOT', 'D-FINE', 'src/zoo/dfine'),
+                      'deim': ('DEIM_ROOT', 'DEIM', 'engine/deim')}
+
+
+def original_checkout(repo_root, version: str) -> pathlib.Path:
+    """A checkout of Peterande/D-FINE or ShihuaHuang95/DEIM ($DFINE_ROOT / $DEIM_ROOT,
+    /work/ref/ or the copy carried to the GPU machine, .device/ref/) and the imports of its model
+    and loader code, else skip."""
+    variable, folder, marker = ORIGINAL_CHECKOUTS[version]
+    candidates = [os.environ.get(variable, f'/work/ref/{folder}'),
+                  repo_root / '.device' / 'ref' / folder]
+    root = next((pathlib.Path(c) for c in candidates if (pathlib.Path(c) / marker).is_dir()),
+                None)
+    if root is None:
+        pytest.skip(f'no checkout of the original {folder} (${variable}, /work/ref/{folder})')
+    missing = [m for m in ('torchvision', 'faster_coco_eval', 'scipy', 'yaml', 'tensorboard')
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f'the original {folder} imports {", ".join(missing)}, not installed here')
+    return root
+
+
+@pytest.fixture
+def original_modules(monkeypatch):
+    """The originals' packages that the test imports (D-FINE's src.*, DEIM's engine.*) are
+    dropped after it, and sys.path restored; benchmark_rtdetr, whose cached imports of them
+    would outlive them, is imported afresh by the test and dropped after it."""
+    monkeypatch.setattr(sys, 'path', list(sys.path))
+    monkeypatch.delitem(sys.modules, 'benchmark_rtdetr', raising=False)
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        if name.split('.')[0] in ('src', 'engine', 'benchmark_rtdetr'):
+            del sys.modules[name]
+
+
+DFINE_N = 'configs/dfine/dfine_hgnetv2-n_8xb16-160e_coco.py'
+DEIM_N = 'configs/deim/deim_dfine_hgnetv2-n_8xb16-160e_coco.py'
+
+
+@pytest.mark.parametrize('config,version', [(DFINE_N, 'dfine'), (DEIM_N, 'deim')])
+def test_benchmark_runs_beside_the_original_on_cpu(load_tool, repo_root, dataset, capsys,
+                                                    one_thread, original_modules, config,
+                                                    version):
+    root = original_checkout(repo_root, version)
+    bench = load_tool('tools/analysis/benchmark_training.py')
+    data_root, _ = dataset
+    bench.main([str(repo_root / config), '--data-root', str(data_root), '--batch', '1',
+                '--workers', '0', '--iters', '1', '--step-iters', '1', '--warmup', '0',
+                '--window', '1', '--rounds', '1', '--amp', 'none', '--device', 'cpu',
+                '--original-root', str(root)])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert 'loss after 2 steps' in lines[-4]
+    rows = {}
+    for line in lines[-2:]:
+        cells = [c.strip() for c in line.strip('|').split('|')]
+        rows[cells[0]] = list(map(float, cells[1:]))
+    assert set(rows) == {'ours', 'original'}
+    for rate, wait, epoch, step_rate, step_ms, rss, loss in rows.values():
+        assert rate > 0 and wait >= 0 and step_ms > 0 and rss > 100
+        assert step_rate == pytest.approx(1 / step_ms * 1e3, abs=0.06)  # printed as .1f
+        assert np.isfinite(loss) and loss > 0
+
+
+def test_ours_starts_from_the_originals_weights_before_its_first_step(
+        load_tool, repo_root, dataset, one_thread, original_modules):
+    """The weights handed to our side are the original's initial ones (a second build of the
+    original, converted), not those after the step that creates its optimizer state; its loader
+    reads the dataset with COCO's category ids mapped to 0..79."""
+    root = original_checkout(repo_root, 'dfine')
+    bench = load_tool('tools/analysis/benchmark_training.py')
+    data_root, coco = dataset
+    args = bench.parse_args([str(repo_root / DFINE_N), '--data-root', str(data_root),
+                             '--batch', '2', '--workers', '0', '--amp', 'none', '--device',
+                             'cpu', '--original-root', str(root)])
+    side, weights = bench.original_side(args)
+    from benchmark_rtdetr import original_model
+
+    from detr_plugin.converters import convert_dfine
+    torch.manual_seed(args.seed)  # the original's initialisation, before the noise on it
+    fresh = convert_dfine(original_model('dfine', 'n', str(root), size=640).model.state_dict())
+    assert weights.keys() == fresh.keys()
+    assert all(torch.equal(weights[k], fresh[k]) for k in fresh)
+    images, targets = side.resident
+    assert images.shape == (2, 3, 640, 640) and 0 <= images.min() and images.max() <= 1
+    coco_ids = sorted(set(range(1, 91)) - {12, 26, 29, 30, 45, 66, 68, 69, 71, 83})
+    for target in targets:
+        annotated = {coco_ids.index(a['category_id']) for a in coco['annotations']
+                     if a['image_id'] == int(target['image_id'])}
+        assert set(target['labels'].tolist()) <= annotated
+        assert ((0 < target['boxes']) & (target['boxes'] <= 1)).all()
+    assert sum(len(t['labels']) for t in targets) > 0
 
 
 def test_our_step_runs_the_batch_multi_scale(load_tool, repo_root, dataset, one_thread):

@@ -226,25 +226,33 @@ def test_benchmark_runs_beside_the_original_on_cpu(load_tool, repo_root, dataset
         assert np.isfinite(loss) and loss > 0
 
 
+@pytest.mark.parametrize('config,version', [(DFINE_N, 'dfine'), (DEIM_N, 'deim')])
 def test_ours_starts_from_the_originals_weights_before_its_first_step(
-        load_tool, repo_root, dataset, one_thread, original_modules):
+        load_tool, repo_root, dataset, one_thread, original_modules, config, version):
     """The weights handed to our side are the original's initial ones (a second build of the
-    original, converted), not those after the step that creates its optimizer state; its loader
-    reads the dataset with COCO's category ids mapped to 0..79."""
-    root = original_checkout(repo_root, 'dfine')
+    original, converted), not those after the step that creates its optimizer state: on the
+    original loader's first batch (COCO's category ids mapped to 0..79), denoising off, our loss
+    is the original criterion's on the second build's output."""
+    root = original_checkout(repo_root, version)
     bench = load_tool('tools/analysis/benchmark_training.py')
     data_root, coco = dataset
-    args = bench.parse_args([str(repo_root / DFINE_N), '--data-root', str(data_root),
+    args = bench.parse_args([str(repo_root / config), '--data-root', str(data_root),
                              '--batch', '2', '--workers', '0', '--amp', 'none', '--device',
                              'cpu', '--original-root', str(root)])
     side, weights = bench.original_side(args)
-    from benchmark_rtdetr import original_model
+    from benchmark_rtdetr import FAMILIES, original_model
+    from mmdet.structures import DetDataSample
+    from mmdet.structures.bbox import bbox_cxcywh_to_xyxy
+    from mmengine.structures import InstanceData
 
-    from detr_plugin.converters import convert_dfine
+    from detr_plugin import converters
+    from detr_plugin.registry import MODELS
     torch.manual_seed(args.seed)  # the original's initialisation, before the noise on it
-    fresh = convert_dfine(original_model('dfine', 'n', str(root), size=640).model.state_dict())
-    assert weights.keys() == fresh.keys()
-    assert all(torch.equal(weights[k], fresh[k]) for k in fresh)
+    fresh = original_model(version, 'n', str(root), size=640)
+    reference = getattr(converters, FAMILIES[version].converter)(fresh.model.state_dict())
+    assert weights.keys() == reference.keys()
+    assert all(torch.equal(weights[k], reference[k]) for k in reference)
+
     images, targets = side.resident
     assert images.shape == (2, 3, 640, 640) and 0 <= images.min() and images.max() <= 1
     coco_ids = sorted(set(range(1, 91)) - {12, 26, 29, 30, 45, 66, 68, 69, 71, 83})
@@ -254,6 +262,21 @@ def test_ours_starts_from_the_originals_weights_before_its_first_step(
         assert set(target['labels'].tolist()) <= annotated
         assert ((0 < target['boxes']) & (target['boxes'] <= 1)).all()
     assert sum(len(t['labels']) for t in targets) > 0
+
+    fresh.model.decoder.num_denoising = 0
+    theirs = sum(fresh.criterion(fresh.model(images, targets=targets), targets).values())
+    ours = MODELS.build(bench.benchmark_config(args).model)
+    ours.load_state_dict(weights, strict=True)
+    ours.train()
+    ours.denoising = None
+    samples = []
+    for target in targets:
+        sample = DetDataSample(metainfo=dict(img_shape=(640, 640), batch_input_shape=(640, 640)))
+        sample.gt_instances = InstanceData(bboxes=bbox_cxcywh_to_xyxy(target['boxes']) * 640,
+                                           labels=target['labels'])
+        samples.append(sample)
+    total, _ = ours.parse_losses(ours.loss(images, samples))
+    assert float(total) == pytest.approx(float(theirs), rel=1e-5)
 
 
 def test_our_step_runs_the_batch_multi_scale(load_tool, repo_root, dataset, one_thread):

@@ -1,9 +1,7 @@
 """The benchmark scripts of tools/analysis on CPU: they run, print their table, and refuse what
 cannot work with one clear line (the figures themselves come from GPU runs, docs/benchmarks.md)."""
-import importlib.util
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -186,30 +184,14 @@ def test_benchmark_rtdetr_peak_memory_of_a_known_step(load_tool):
     del other
 
 
-def original_dfine_root(repo_root):
-    """A checkout of Peterande/D-FINE ($DFINE_ROOT, /work/ref/D-FINE or the copy carried to the
-    GPU machine) and the original's imports, else skip."""
-    candidates = [os.environ.get('DFINE_ROOT', '/work/ref/D-FINE'),
-                  repo_root / '.device' / 'ref' / 'D-FINE']
-    root = next((pathlib.Path(c) for c in candidates
-                 if (pathlib.Path(c) / 'src' / 'zoo' / 'dfine').is_dir()), None)
-    if root is None:
-        pytest.skip('no checkout of Peterande/D-FINE ($DFINE_ROOT, /work/ref/D-FINE)')
-    missing = [m for m in ('torchvision', 'tensorboard', 'scipy', 'yaml')
-               if importlib.util.find_spec(m) is None]
-    if missing:
-        pytest.skip(f'the original D-FINE imports {", ".join(missing)}, not installed here')
-    return root
-
-
 def table_row(stdout: str, first_cells: str):
     line = next(line for line in stdout.splitlines() if line.startswith(first_cells))
     return [cell.strip() for cell in line.strip('|').split('|')]
 
 
-def test_benchmark_rtdetr_dfine_next_to_the_original_on_cpu(load_tool, repo_root, monkeypatch,
-                                                           capsys):
-    root = original_dfine_root(repo_root)
+def test_benchmark_rtdetr_dfine_next_to_the_original_on_cpu(load_tool, original_checkout,
+                                                           monkeypatch, capsys):
+    root = original_checkout('dfine')
     tool = load_tool('tools/analysis/benchmark_rtdetr.py')
     monkeypatch.setattr(sys, 'path', list(sys.path))
     modules, threads = set(sys.modules), torch.get_num_threads()

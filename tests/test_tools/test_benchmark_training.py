@@ -1,9 +1,6 @@
 """tools/misc/make_coco_like_dataset.py (valid COCO, COCO-like statistics, deterministic) and
 tools/analysis/benchmark_training.py (runs on the CPU and prints its table)."""
-import importlib.util
 import json
-import os
-import pathlib
 import re
 import sys
 
@@ -161,27 +158,8 @@ def test_original_side_takes_the_families_coco_configs_only(load_tool, dataset, 
     assert '(RT-DETRv2, D-FINE, DEIM-D-FINE;' in capsys.readouterr().err
 
 
-# family: (environment variable, folder under /work/ref and .device/ref, a folder it must hold)
-ORIGINAL_CHECKOUTS = {'dfine': ('DFINE_ROOT', 'D-FINE', 'src/zoo/dfine'),
-                      'deim': ('DEIM_ROOT', 'DEIM', 'engine/deim')}
-
-
-def original_checkout(repo_root, version: str) -> pathlib.Path:
-    """A checkout of Peterande/D-FINE or ShihuaHuang95/DEIM ($DFINE_ROOT / $DEIM_ROOT,
-    /work/ref/ or the copy carried to the GPU machine, .device/ref/) and the imports of its model
-    and loader code, else skip."""
-    variable, folder, marker = ORIGINAL_CHECKOUTS[version]
-    candidates = [os.environ.get(variable, f'/work/ref/{folder}'),
-                  repo_root / '.device' / 'ref' / folder]
-    root = next((pathlib.Path(c) for c in candidates if (pathlib.Path(c) / marker).is_dir()),
-                None)
-    if root is None:
-        pytest.skip(f'no checkout of the original {folder} (${variable}, /work/ref/{folder})')
-    missing = [m for m in ('torchvision', 'faster_coco_eval', 'scipy', 'yaml', 'tensorboard')
-               if importlib.util.find_spec(m) is None]
-    if missing:
-        pytest.skip(f'the original {folder} imports {", ".join(missing)}, not installed here')
-    return root
+# the originals' model code and their loaders' COCO dataset
+LOADER_IMPORTS = ('torchvision', 'faster_coco_eval', 'scipy', 'yaml', 'tensorboard')
 
 
 @pytest.fixture
@@ -204,9 +182,9 @@ DEIM_N = 'configs/deim/deim_dfine_hgnetv2-n_8xb16-160e_coco.py'
 
 @pytest.mark.parametrize('config,version', [(DFINE_N, 'dfine'), (DEIM_N, 'deim')])
 def test_benchmark_runs_beside_the_original_on_cpu(load_tool, repo_root, dataset, capsys,
-                                                    one_thread, original_modules, config,
-                                                    version):
-    root = original_checkout(repo_root, version)
+                                                    one_thread, original_checkout,
+                                                    original_modules, config, version):
+    root = original_checkout(version, LOADER_IMPORTS)
     bench = load_tool('tools/analysis/benchmark_training.py')
     data_root, _ = dataset
     bench.main([str(repo_root / config), '--data-root', str(data_root), '--batch', '1',
@@ -228,12 +206,13 @@ def test_benchmark_runs_beside_the_original_on_cpu(load_tool, repo_root, dataset
 
 @pytest.mark.parametrize('config,version', [(DFINE_N, 'dfine'), (DEIM_N, 'deim')])
 def test_ours_starts_from_the_originals_weights_before_its_first_step(
-        load_tool, repo_root, dataset, one_thread, original_modules, config, version):
+        load_tool, repo_root, dataset, one_thread, original_checkout, original_modules, config,
+        version):
     """The weights handed to our side are the original's initial ones (a second build of the
     original, converted), not those after the step that creates its optimizer state: on the
     original loader's first batch (COCO's category ids mapped to 0..79), denoising off, our loss
     is the original criterion's on the second build's output."""
-    root = original_checkout(repo_root, version)
+    root = original_checkout(version, LOADER_IMPORTS)
     bench = load_tool('tools/analysis/benchmark_training.py')
     data_root, coco = dataset
     args = bench.parse_args([str(repo_root / config), '--data-root', str(data_root),

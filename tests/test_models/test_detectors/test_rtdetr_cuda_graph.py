@@ -111,6 +111,11 @@ def deterministic():
      torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) = saved[2:]
 
 
+def running_stats(model) -> dict:
+    """Copies of the model's BatchNorm running statistics, by name."""
+    return {k: v.clone() for k, v in model.state_dict().items() if 'running' in k}
+
+
 def differences(got: dict, want: dict) -> str:
     """'' if every tensor of ``want`` equals ``got``'s bitwise, else the count and the worst."""
     differ = {k: float((got[k].double() - v.double()).abs().max()) for k, v in want.items()
@@ -137,8 +142,7 @@ def test_fp32_graphed_steps_equal_eager_steps_bitwise_on_gpu(config, determinist
         for model in (eager, eager, graphed):
             model.load_state_dict(start)  # in place: the graphs' addresses stay
             losses, grads = step_from(model, side, step, None)
-            runs.append((losses, grads, {k: v.clone() for k, v in model.state_dict().items()
-                                         if 'running' in k}))
+            runs.append((losses, grads, running_stats(model)))
         want, again, got = runs
         names = ('losses', 'gradients', 'BatchNorm statistics')
         for name, a, b in zip(names, again, want):
@@ -178,8 +182,7 @@ def test_bf16_graphed_steps_are_as_exact_as_eager_steps_on_gpu(config, determini
         graphed_losses, graphed_grads = step_from(graphed, side, step, torch.bfloat16)
         assert not differences(graphed_losses, eager_losses), \
             f'step {step}: graphed losses: {differences(graphed_losses, eager_losses)}'
-        stats = {k: v for k, v in graphed.state_dict().items() if 'running' in k}
-        reference = {k: v for k, v in eager.state_dict().items() if 'running' in k}
+        stats, reference = running_stats(graphed), running_stats(eager)
         assert not differences(stats, reference), \
             f'step {step}: graphed BatchNorm statistics: {differences(stats, reference)}'
         assert graphed_grads.keys() == eager_grads.keys() == exact_grads.keys(), \
